@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test demo standin bench clean
+.PHONY: help setup test demo standin export bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -31,6 +31,12 @@ standin: $(STANDIN)/tfhub_module.pb ## write the tiny stand-in hub module (model
 
 $(STANDIN)/tfhub_module.pb: | setup
 	$(PY) -m model standin $(STANDIN) --size tiny
+
+MODEL_DIR ?= models/s3d_milnce
+SOURCE    ?= $(STANDIN)
+
+export: $(if $(filter $(STANDIN),$(SOURCE)),standin,setup) ## export SOURCE (default: the tiny stand-in) as the next version in MODEL_DIR
+	$(PY) -m export --source $(SOURCE) --model-dir $(MODEL_DIR)
 
 bench: setup ## speed figures, side by side as ratios (model forward pass by clip size, ...)
 	$(PY) -m model.bench

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -25,7 +26,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.out.exists():
         print(f"error: {args.out} already exists; pass a new folder or remove it first", file=sys.stderr)
         return 2
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     from model.standin import write_standin  # imports TensorFlow: only once the arguments are good
+    import tensorflow as tf
+
+    tf.get_logger().setLevel("ERROR")  # TF1 API deprecation notices
 
     start = time.perf_counter()
     path = write_standin(args.out, args.size, args.seed, args.vocab, args.variables)

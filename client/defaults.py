@@ -1,0 +1,27 @@
+"""The one source of truth for the project's defaults: model name, signatures, ports, preprocessing.
+
+Lives in the client because everything else (export, serving, tests) can import the client, while the
+client must never import TensorFlow.
+"""
+from __future__ import annotations
+
+MODEL_NAME = "s3d_milnce"
+HUB_HANDLE = "https://tfhub.dev/deepmind/mil-nce/s3d/1"
+
+GRPC_PORT = 8500
+REST_PORT = 8501
+
+# Signatures of an exported model version (the first and last are the hub module's own contract).
+VIDEO_SIGNATURE = "video"  # images: float32 [B,T,H,W,3] in [0,1]
+VIDEO_UINT8_SIGNATURE = "video_uint8"  # frames: uint8 [B,T,H,W,3] in 0..255, 4x smaller requests
+TEXT_SIGNATURE = "text"  # words: string [B]
+DEFAULT_SIGNATURE = TEXT_SIGNATURE  # what `serving_default` answers: plain sentences, easy over REST
+# Each signature's one input key.
+INPUT_KEYS = {VIDEO_SIGNATURE: "images", VIDEO_UINT8_SIGNATURE: "frames", TEXT_SIGNATURE: "words"}
+VIDEO_OUTPUTS = ("video_embedding", "mixed_5c")
+TEXT_OUTPUT = "text_embedding"
+
+# Preprocessing the model was trained with (reference §2): 32 RGB frames at 10 fps, 224x224.
+FRAMES = 32
+FPS = 10.0
+SIZE = 224

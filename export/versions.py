@@ -1,0 +1,43 @@
+"""TF Serving model versions: numbered child folders of a model's base path, published atomically."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from export.source import ExportError
+
+
+def versions(model_dir: Path) -> list[int]:
+    """Version numbers present (TF Serving ignores non-numeric children such as our temp folders)."""
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def choose_version(model_dir: Path, requested: int | None) -> int:
+    """The requested version if free, else the next integer after those present."""
+    if requested is None:
+        return max(versions(model_dir), default=0) + 1
+    if requested < 1:
+        raise ExportError(f"--version {requested}: versions are positive integers")
+    if (model_dir / str(requested)).exists():
+        raise ExportError(f"{model_dir / str(requested)} already exists; versions are never overwritten, "
+                          f"omit --version to take the next one ({max(versions(model_dir)) + 1})")
+    return requested
+
+
+def staging_dir(model_dir: Path) -> Path:
+    """A fresh non-numeric folder beside the versions, on the same file system so rename is atomic."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=".export-", dir=model_dir))
+
+
+def publish(staged: Path, model_dir: Path, version: int) -> Path:
+    """Rename the verified export into place; fails rather than replace a version that appeared meanwhile."""
+    target = model_dir / str(version)
+    try:
+        os.rename(staged, target)  # refuses a non-empty existing target
+    except OSError as err:
+        raise ExportError(f"cannot publish {target}: {err.strerror}; nothing was overwritten") from None
+    return target
