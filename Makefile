@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test demo standin export bench clean
+.PHONY: help setup test demo standin export serve bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -37,6 +37,10 @@ SOURCE    ?= $(STANDIN)
 
 export: $(if $(filter $(STANDIN),$(SOURCE)),standin,setup) ## export SOURCE (default: the tiny stand-in) as the next version in MODEL_DIR
 	$(PY) -m export --source $(SOURCE) --model-dir $(MODEL_DIR)
+
+serve: ## serve MODEL_DIR: tensorflow_model_server, else Docker, else the embedded server (exports first if empty)
+	@ls -d $(MODEL_DIR)/[0-9]* >/dev/null 2>&1 || $(MAKE) --no-print-directory export
+	$(PY) -m serving --model-dir $(MODEL_DIR) $(SERVE_FLAGS)
 
 bench: setup ## speed figures, side by side as ratios (model forward pass by clip size, ...)
 	$(PY) -m model.bench

@@ -1,0 +1,1 @@
+"""How the model is served: TF Serving configs, launcher, and an embedded TF Serving-compatible server."""

@@ -1,0 +1,98 @@
+"""`python -m serving`: serve exported versions with TF Serving, its Docker image, or the embedded server.
+
+Uses `tensorflow_model_server` when it is on PATH, else Docker with the pinned image (`-gpu` when a GPU is
+visible) when an engine answers, else the embedded TF Serving-compatible server (`--embedded` forces it).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+from client.defaults import GRPC_PORT, MODEL_NAME, REST_PORT
+from serving import launcher
+from serving.config import parse_batching, parse_monitoring
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m serving", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--embedded", action="store_true", help="use the embedded server even if TF Serving is here")
+    parser.add_argument("--model-name", default=MODEL_NAME)
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--model-dir", type=Path, help="base path holding numbered versions (default models/NAME)")
+    source.add_argument("--model-config", type=Path, help="a models.config of your own (several models)")
+    parser.add_argument("--host", default="0.0.0.0", help="address to bind (embedded server)")
+    parser.add_argument("--port", type=int, default=GRPC_PORT, help=f"gRPC port ({GRPC_PORT})")
+    parser.add_argument("--rest-port", type=int, default=REST_PORT, help=f"REST and metrics port ({REST_PORT})")
+    parser.add_argument("--batching", action=argparse.BooleanOptionalAction, default=True,
+                        help="server-side batching with serving/batching.config (TF Serving only)")
+    parser.add_argument("--gpu-memory-fraction", type=float,
+                        help="share of GPU memory TF Serving may take (default: TF takes nearly all)")
+    parser.add_argument("--poll-seconds", type=float, default=1.0, help="how often to look for new versions")
+    args = parser.parse_args(argv)
+    if not args.model_config:
+        args.model_dir = args.model_dir or Path("models") / args.model_name
+    return args
+
+
+def run_embedded(args: argparse.Namespace, config_text: str) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    from serving.embedded.server import EmbeddedServer, Options
+
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)  # TF1 API deprecation notices
+
+    monitoring = parse_monitoring().prometheus_config
+    options = Options(models=text_format.Parse(config_text, model_server_config_pb2.ModelServerConfig()),
+                      host=args.host, port=args.port, rest_port=args.rest_port or None,
+                      metrics_path=monitoring.path if monitoring.enable else None, poll_seconds=args.poll_seconds)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    server = EmbeddedServer(options)
+    server.start()
+    host = "localhost" if args.host in ("0.0.0.0", "::") else args.host
+    print(f"serving {args.model_name} (embedded server): gRPC {host}:{server.port}"
+          + (f", REST http://{host}:{server.rest.port}" if server.rest else "")
+          + ("; batching: not done by the embedded server, each request runs as it comes" if args.batching else ""),
+          flush=True)
+    stop.wait()
+    print("shutting down: finishing requests in flight", flush=True)
+    server.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    parse_batching()  # a broken batching file should fail here, not inside a container
+    plan = launcher.Plan(args.model_name, args.model_dir, args.model_config, args.port, args.rest_port,
+                         args.batching, args.gpu_memory_fraction)
+    if args.embedded or not (shutil.which("tensorflow_model_server") or launcher.docker_engine()):
+        return run_embedded(args, launcher.models_config(plan))
+    with tempfile.TemporaryDirectory() as tmp:
+        config_file = Path(tmp) / "models.config"
+        if shutil.which("tensorflow_model_server"):
+            config_file.write_text(launcher.models_config(plan))
+            command, kind = launcher.binary_command(plan, config_file), "tensorflow_model_server"
+        else:
+            gpu = launcher.gpu_visible()
+            config_file.write_text(launcher.models_config(plan, f"{launcher.CONTAINER_MODELS}/{args.model_name}"))
+            command, kind = launcher.docker_command(plan, config_file, gpu), "Docker " + ("GPU" if gpu else "CPU")
+        print(f"serving {args.model_name} ({kind}): gRPC localhost:{args.port}, REST http://localhost:{args.rest_port}")
+        print(" ".join(command), flush=True)
+        return subprocess.call(command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

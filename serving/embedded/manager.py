@@ -1,0 +1,183 @@
+"""Model versions on disk -> loaded servables, as TF Serving's file-system source and manager do.
+
+Every `poll_seconds` each model's base path is scanned for numeric version folders; the version policy
+(`latest {num_versions}`, `all`, `specific`) picks which to serve. A new version is loaded (and warmed up)
+before the old one is unloaded, and unloading waits for the old version's requests in flight, so a
+version swap fails no request. A version that fails to load ends in state END with its error; it never
+takes the server down, and the previous version goes on serving. Unlike TF Serving, a failed version is
+not retried (TF Serving retries 5 times, 60 s apart): publish a new version number instead.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tensorflow_serving.apis import get_model_status_pb2, model_pb2
+from tensorflow_serving.config import model_server_config_pb2
+
+from serving.embedded.errors import not_found
+from serving.embedded.servable import Servable
+
+State = get_model_status_pb2.ModelVersionStatus.State
+log = logging.getLogger("serving")
+
+
+@dataclass
+class Version:
+    state: int = State.START
+    error_code: int = 0
+    error_message: str = ""
+    servable: Servable | None = None
+
+
+@dataclass
+class Model:
+    config: model_server_config_pb2.ModelConfig
+    versions: dict[int, Version] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def on_disk(self) -> list[int]:
+        base = Path(self.config.base_path)
+        if not base.is_dir():
+            return []
+        return sorted(int(p.name) for p in base.iterdir() if p.name.isdigit() and p.is_dir())
+
+    def wanted(self) -> set[int]:
+        present = self.on_disk()
+        policy = self.config.model_version_policy
+        kind = policy.WhichOneof("policy_choice")
+        if kind == "all":
+            return set(present)
+        if kind == "specific":
+            return set(present) & set(policy.specific.versions)
+        count = policy.latest.num_versions if kind == "latest" else 1
+        return set(present[-max(count, 1):])
+
+
+class Manager:
+    """Loads, serves and unloads the versions of the configured models."""
+
+    def __init__(self, models: list[model_server_config_pb2.ModelConfig], poll_seconds: float = 1.0,
+                 tensor_content: bool = False):
+        self.models = {m.name: Model(m) for m in models}
+        self.poll_seconds = poll_seconds
+        self.tensor_content = tensor_content
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Load what is on disk (waiting, like TF Serving, until every model has a version), then poll."""
+        warned: set[str] = set()
+        while not self._stop.is_set():
+            self.poll()
+            missing = [m for m in self.models.values() if not m.versions]
+            if not missing:
+                break
+            for model in missing:
+                if model.name not in warned:
+                    warned.add(model.name)
+                    log.warning("No versions of servable %s found under base path %s; waiting for one",
+                                model.name, model.config.base_path)
+            self._stop.wait(self.poll_seconds)
+        self._poller = threading.Thread(target=self._poll_loop, name="version-poller", daemon=True)
+        self._poller.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._poller:
+            self._poller.join()
+        for model in self.models.values():
+            for number in list(model.versions):
+                self._unload(model, number)
+
+    def _poll_loop(self) -> None:
+        while not self._stop.wait(self.poll_seconds):
+            self.poll()
+
+    def poll(self) -> None:
+        for model in self.models.values():
+            wanted = model.wanted()
+            for number in sorted(wanted - set(model.versions)):
+                self._load(model, number)
+            if not any(model.versions[n].state == State.AVAILABLE for n in wanted if n in model.versions):
+                continue  # keep serving the old version while no wanted one is available
+            for number, version in list(model.versions.items()):
+                if number not in wanted and version.state == State.AVAILABLE:
+                    self._unload(model, number)
+
+    def _load(self, model: Model, number: int) -> None:
+        version = Version(state=State.LOADING)
+        with self._lock:
+            model.versions[number] = version
+        path = Path(model.config.base_path) / str(number)
+        try:
+            servable = Servable(model.name, number, path, self.tensor_content)
+        except Exception as err:  # noqa: BLE001 - any load failure is reported per version
+            code = getattr(err, "error_code", 2)  # TF OpError codes are gRPC codes; else UNKNOWN
+            with self._lock:
+                version.state, version.error_code = State.END, code
+                version.error_message = f"{type(err).__name__}: {err}"[:1024]
+            log.error("Loading %s version %d failed: %s", model.name, number, version.error_message)
+            return
+        with self._lock:
+            version.servable, version.state = servable, State.AVAILABLE
+        log.info("Successfully loaded servable version {name: %s version: %d}", model.name, number)
+
+    def _unload(self, model: Model, number: int) -> None:
+        with self._lock:  # after this no new request can pick the version
+            version = model.versions[number]
+            servable, version.servable = version.servable, None
+            if servable is None:
+                return
+            version.state = State.UNLOADING
+        servable.close()  # waits for the requests already running on it
+        with self._lock:
+            version.state = State.END
+        log.info("Unloaded servable version {name: %s version: %d}", model.name, number)
+
+    @contextlib.contextmanager
+    def servable(self, spec: model_pb2.ModelSpec) -> Iterator[Servable]:
+        """The version a request asks for (latest by default), held while the request runs."""
+        with self._lock:
+            model = self.models.get(spec.name)
+            available = {n: v.servable for n, v in model.versions.items() if v.servable} if model else {}
+            if spec.HasField("version"):
+                chosen = available.get(spec.version.value)
+                if chosen is None:
+                    raise not_found(f"Servable not found for request: Specific({spec.name}, {spec.version.value})")
+            elif spec.version_label:
+                raise not_found(f"Servable not found for request: Label({spec.name}, {spec.version_label})")
+            elif available:
+                chosen = available[max(available)]
+            else:
+                raise not_found(f"Servable not found for request: Latest({spec.name})")
+            chosen.__enter__()
+        try:
+            yield chosen
+        finally:
+            chosen.__exit__(None, None, None)
+
+    def status(self, spec: model_pb2.ModelSpec) -> get_model_status_pb2.GetModelStatusResponse:
+        with self._lock:
+            model = self.models.get(spec.name)
+            if model is None or not model.versions:
+                raise not_found(f"Could not find any versions of model {spec.name}")
+            numbers = sorted(model.versions, reverse=True)
+            if spec.HasField("version"):
+                if spec.version.value not in model.versions:
+                    raise not_found(f"Could not find version {spec.version.value} of model {spec.name}")
+                numbers = [spec.version.value]
+            response = get_model_status_pb2.GetModelStatusResponse()
+            for number in numbers:
+                v = model.versions[number]
+                entry = response.model_version_status.add(version=number, state=v.state)
+                entry.status.error_code, entry.status.error_message = v.error_code, v.error_message
+            return response

@@ -1,0 +1,66 @@
+"""The embedded TF Serving-compatible server: gRPC + REST over one model manager."""
+from __future__ import annotations
+
+import logging
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+from tensorflow_serving.config import model_server_config_pb2
+
+from serving.embedded.api import Api
+from serving.embedded.grpc_service import ModelService, PredictionService
+from serving.embedded.manager import Manager
+from serving.embedded.metrics import Metrics
+from serving.embedded.rest import RestServer
+
+MAX_MESSAGE_BYTES = 2**31 - 1  # TF Serving accepts ~2 GiB; grpc's Python default is 4 MiB
+log = logging.getLogger("serving")
+
+
+@dataclass
+class Options:
+    models: model_server_config_pb2.ModelServerConfig
+    host: str = "0.0.0.0"
+    port: int = 8500
+    rest_port: int | None = 8501  # None: no REST server; 0: any free port
+    metrics_path: str | None = None  # Prometheus page on the REST port, from the monitoring config
+    poll_seconds: float = 1.0
+    workers: int = 16
+    tensor_content: bool = False  # answer in tensor_content instead of typed fields
+
+
+class EmbeddedServer:
+    def __init__(self, options: Options):
+        self.options = options
+        self.manager = Manager(list(options.models.model_config_list.config), options.poll_seconds,
+                               options.tensor_content)
+        self.api = Api(self.manager, Metrics())
+        self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="grpc"),
+                                options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                                         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(self.api), self.grpc)
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self.api), self.grpc)
+        self.port = 0
+        self.rest: RestServer | None = None
+
+    def start(self) -> EmbeddedServer:
+        """Load the models first, then open the ports (as TF Serving does)."""
+        self.manager.start()
+        self.port = self.grpc.add_insecure_port(f"{self.options.host}:{self.options.port}")
+        self.grpc.start()
+        if self.options.rest_port is not None:
+            self.rest = RestServer(self.api, self.options.host, self.options.rest_port, self.options.metrics_path)
+            self.rest.start()
+        log.info("Running gRPC ModelServer at %s:%d", self.options.host, self.port)
+        if self.rest:
+            log.info("Exporting HTTP/REST API at %s:%d", self.options.host, self.rest.port)
+        return self
+
+    def stop(self, grace: float = 30.0) -> None:
+        """Stop taking requests, let those in flight finish (up to `grace` s), then unload everything."""
+        self.grpc.stop(grace).wait()
+        if self.rest:
+            self.rest.stop()
+        self.manager.stop()

@@ -1,0 +1,83 @@
+"""Pick how to serve: the `tensorflow_model_server` binary, the pinned Docker image, or the embedded server.
+
+All three read the same config files from this folder; only the model base path is rewritten to the local
+model directory (the committed `models.config` carries the container path /models/<name>).
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from google.protobuf import text_format
+
+from serving.config import BATCHING_CONFIG, MONITORING_CONFIG, TF_SERVING_IMAGE, parse_models
+
+CONTAINER_MODELS = "/models"
+CONTAINER_CONFIG = "/config"
+
+
+@dataclass
+class Plan:
+    model_name: str
+    model_dir: Path | None  # None: use the base paths of the given --model-config as they are
+    model_config: Path | None
+    port: int
+    rest_port: int
+    batching: bool
+    gpu_memory_fraction: float | None
+
+
+def models_config(plan: Plan, base_path: str | None = None) -> str:
+    """The model config text: the given file, or the committed one pointed at `base_path`."""
+    if plan.model_config:
+        return plan.model_config.read_text()
+    config = parse_models()
+    entry = config.model_config_list.config[0]
+    entry.name = plan.model_name
+    entry.base_path = base_path or str(plan.model_dir.resolve())
+    return text_format.MessageToString(config)
+
+
+def docker_engine() -> bool:
+    """True when a Docker client is on PATH and an engine answers it."""
+    if not shutil.which("docker"):
+        return False
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def gpu_visible() -> bool:
+    if not shutil.which("nvidia-smi"):
+        return False
+    return subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode == 0
+
+
+def server_flags(plan: Plan, config_dir: str, model_config_file: str) -> list[str]:
+    flags = [f"--port={plan.port}", f"--rest_api_port={plan.rest_port}",
+             f"--model_config_file={model_config_file}",
+             f"--monitoring_config_file={config_dir}/{MONITORING_CONFIG.name}"]
+    if plan.batching:
+        flags += ["--enable_batching", f"--batching_parameters_file={config_dir}/{BATCHING_CONFIG.name}"]
+    if plan.gpu_memory_fraction is not None:
+        flags.append(f"--per_process_gpu_memory_fraction={plan.gpu_memory_fraction}")
+    return flags
+
+
+def binary_command(plan: Plan, config_file: Path) -> list[str]:
+    return ["tensorflow_model_server", *server_flags(plan, str(BATCHING_CONFIG.parent), str(config_file))]
+
+
+def docker_command(plan: Plan, config_file: Path, gpu: bool) -> list[str]:
+    """`docker run` of the pinned image with the model folder and this config folder mounted read-only."""
+    image = f"{TF_SERVING_IMAGE}-gpu" if gpu else TF_SERVING_IMAGE
+    mounts = ["-v", f"{BATCHING_CONFIG.parent}:{CONTAINER_CONFIG}:ro",
+              "-v", f"{config_file}:{CONTAINER_CONFIG}/local-models.config:ro"]
+    if plan.model_dir:
+        mounts += ["-v", f"{plan.model_dir.resolve()}:{CONTAINER_MODELS}/{plan.model_name}:ro"]
+    return ["docker", "run", "--rm", "--init", *(["--gpus", "all"] if gpu else []),
+            "-p", f"{plan.port}:{plan.port}", "-p", f"{plan.rest_port}:{plan.rest_port}", *mounts, image,
+            *server_flags(plan, CONTAINER_CONFIG, f"{CONTAINER_CONFIG}/local-models.config")]
