@@ -57,6 +57,7 @@ class Servable:
     def __enter__(self) -> Servable:
         with self._idle:
             self._in_flight += 1
+            self._idle.notify_all()
         return self
 
     def __exit__(self, *exc) -> None:
