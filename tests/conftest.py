@@ -22,3 +22,56 @@ def standin(tmp_path_factory) -> Callable[..., Path]:
         return cache[key]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def model_dir(standin, tmp_path_factory) -> Path:
+    """The tiny stand-in exported as version 1 (warmup at small clips to keep the suite fast)."""
+    from client.defaults import MODEL_NAME
+    from export.pipeline import export_model
+
+    path = tmp_path_factory.mktemp("served") / MODEL_NAME
+    export_model(str(standin()), path, frames=8, size=64)
+    return path
+
+
+def start_server(model_dir: Path, **options):
+    """An embedded server on loopback, on free ports, polling fast."""
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    from client.defaults import MODEL_NAME
+    from serving import launcher
+    from serving.embedded.server import EmbeddedServer, Options
+
+    plan = launcher.Plan(MODEL_NAME, model_dir, None, 0, 0, False, None)
+    config = text_format.Parse(launcher.models_config(plan), model_server_config_pb2.ModelServerConfig())
+    return EmbeddedServer(Options(models=config, host="127.0.0.1", port=0, rest_port=0,
+                                  metrics_path="/monitoring/prometheus/metrics", poll_seconds=0.1,
+                                  **options)).start()
+
+
+@pytest.fixture(scope="session")
+def server(model_dir):
+    srv = start_server(model_dir)
+    yield srv
+    srv.stop(grace=5)
+
+
+def write_clip(path: Path, frames: int, fps: float, size: tuple[int, int] = (96, 72), fourcc: str = "FFV1",
+               seed: int | None = None) -> Path:
+    """A clip whose frame i is uniformly grey level i (or seeded noise): sampling can be checked exactly."""
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(seed) if seed is not None else None
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, size)
+    assert writer.isOpened(), f"OpenCV cannot write {fourcc} to {path}"
+    for i in range(frames):
+        if rng is None:
+            frame = np.full((size[1], size[0], 3), i % 256, np.uint8)
+        else:
+            frame = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+        writer.write(frame)
+    writer.release()
+    return path

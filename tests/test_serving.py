@@ -24,24 +24,13 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
 from tensorflow_serving.config import model_server_config_pb2
 
 from client.defaults import MODEL_NAME
+from tests.conftest import start_server
 from export.pipeline import export_model
 from serving import launcher
 from serving.config import TF_SERVING_IMAGE, parse_batching, parse_models, parse_monitoring
-from serving.embedded.server import EmbeddedServer, Options
 
 State = get_model_status_pb2.ModelVersionStatus.State
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
-
-
-def models_config(model_dir) -> model_server_config_pb2.ModelServerConfig:
-    plan = launcher.Plan(MODEL_NAME, model_dir, None, 0, 0, False, None)
-    return text_format.Parse(launcher.models_config(plan), model_server_config_pb2.ModelServerConfig())
-
-
-def start_server(model_dir, **options) -> EmbeddedServer:
-    return EmbeddedServer(Options(models=models_config(model_dir), host="127.0.0.1", port=0, rest_port=0,
-                                  metrics_path="/monitoring/prometheus/metrics", poll_seconds=0.1,
-                                  **options)).start()
 
 
 class Client:
@@ -66,20 +55,6 @@ class Client:
         request = get_model_status_pb2.GetModelStatusRequest()
         request.model_spec.name = model
         return self.model_stub.GetModelStatus(request, timeout=10)
-
-
-@pytest.fixture(scope="module")
-def model_dir(standin, tmp_path_factory):
-    path = tmp_path_factory.mktemp("served") / MODEL_NAME
-    export_model(str(standin()), path, frames=8, size=64)
-    return path
-
-
-@pytest.fixture(scope="module")
-def server(model_dir):
-    srv = start_server(model_dir)
-    yield srv
-    srv.stop(grace=5)
 
 
 @pytest.fixture(scope="module")

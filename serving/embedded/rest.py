@@ -11,11 +11,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import grpc
 import numpy as np
 from google.protobuf import json_format
+from tensorflow.core.framework import tensor_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, predict_pb2
 
+from client.tensors import DTYPES, to_numpy, to_proto
 from serving.embedded.api import SIGNATURE_DEF, Api
 from serving.embedded.errors import ServingError, invalid
-from serving.embedded.tensors import DTYPES, to_numpy, to_proto
 
 MODEL_PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
                         r"(?P<verb>:predict|/metadata)?$")
@@ -70,7 +71,7 @@ def predict_request(body: dict, spec: dict, signatures: dict) -> tuple[predict_p
     for alias, value in columns.items():
         if alias not in inputs:
             raise invalid(f"input {alias} is not in signature {key}; it takes {sorted(inputs)}")
-        request.inputs[alias].CopyFrom(to_proto(_decode(value, inputs[alias].dtype)))
+        request.inputs[alias].CopyFrom(to_proto(_decode(value, inputs[alias].dtype), tensor_pb2.TensorProto))
     return request, rows
 
 

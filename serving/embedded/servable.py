@@ -11,10 +11,11 @@ from pathlib import Path
 import grpc
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.framework import tensor_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
+from client.tensors import dtype_name, to_numpy, to_proto
 from serving.embedded.errors import ServingError, from_tf, invalid
-from serving.embedded.tensors import dtype_name, to_numpy, to_proto
 
 DEFAULT_KEY = tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY
 WARMUP = Path("assets.extra") / "tf_serving_warmup_requests"
@@ -116,5 +117,5 @@ class Servable:
         except tf.errors.OpError as err:
             raise from_tf(err) from None
         for alias, value in zip(aliases, outputs):
-            response.outputs[alias].CopyFrom(to_proto(value, self.tensor_content))
+            response.outputs[alias].CopyFrom(to_proto(value, tensor_pb2.TensorProto, self.tensor_content))
         return response

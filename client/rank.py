@@ -1,0 +1,55 @@
+"""Ranking: raw dot-product scores (the model's own similarity), a video scoring as its best window."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Match:
+    video: str
+    score: float
+    start: float  # seconds: the best window's span
+    end: float
+
+
+@dataclass
+class Windows:
+    """Embedded windows of many videos; rows are grouped by video (`owner` is non-decreasing)."""
+
+    videos: list[str]
+    embeddings: np.ndarray  # [N, D] float32
+    owner: np.ndarray  # [N] index into `videos`
+    spans: np.ndarray  # [N, 2] start, end seconds
+
+    @classmethod
+    def join(cls, parts: list[tuple[str, np.ndarray, list[tuple[float, float]]]]) -> Windows:
+        """From (video, embeddings [W, D], spans) per video."""
+        if not parts:
+            return cls([], np.zeros((0, 0), np.float32), np.zeros(0, np.int64), np.zeros((0, 2)))
+        return cls([p for p, _, _ in parts], np.concatenate([e for _, e, _ in parts]).astype(np.float32),
+                   np.concatenate([np.full(len(e), i) for i, (_, e, _) in enumerate(parts)]),
+                   np.concatenate([np.asarray(s, dtype=np.float64).reshape(-1, 2) for _, _, s in parts]))
+
+
+def rank(queries: np.ndarray, windows: Windows, top: int) -> list[list[Match]]:
+    """For each query embedding [Q, D], the `top` videos by their best window's score, best first."""
+    if not windows.videos:
+        return [[] for _ in range(len(queries))]
+    scores = queries.astype(np.float32) @ windows.embeddings.T  # [Q, N]
+    starts = np.flatnonzero(np.r_[True, windows.owner[1:] != windows.owner[:-1]])
+    ends = np.r_[starts[1:], len(windows.owner)]
+    best = np.maximum.reduceat(scores, starts, axis=1)  # [Q, videos]
+    top = min(top, best.shape[1])
+    results = []
+    for q in range(len(queries)):
+        chosen = np.argpartition(-best[q], top - 1)[:top] if top < best.shape[1] else np.arange(best.shape[1])
+        chosen = chosen[np.argsort(-best[q, chosen], kind="stable")]
+        matches = []
+        for v in chosen:
+            row = starts[v] + int(np.argmax(scores[q, starts[v]: ends[v]]))
+            start, end = windows.spans[row]
+            matches.append(Match(windows.videos[windows.owner[row]], float(best[q, v]), float(start), float(end)))
+        results.append(matches)
+    return results

@@ -1,0 +1,65 @@
+"""The `search` verb: videos -> windows (reader) -> embeddings (mapper) -> ranked matches (writer is report)."""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import numpy as np
+
+from client.rank import Match, Windows, rank
+from client.session import Session
+from client.video import Sampling, VideoError, load
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass
+class Result:
+    queries: list[str]
+    matches: list[list[Match]]
+    errors: list[tuple[str, str]] = field(default_factory=list)  # (video, why)
+    warnings: list[str] = field(default_factory=list)
+
+
+def prefetch(fn: Callable[[T], R], items: Iterable[T], depth: int = 2) -> Iterator[tuple[T, Future]]:
+    """Run `fn` over `items` in threads, at most `depth` ahead of the consumer, in order."""
+    with ThreadPoolExecutor(max_workers=depth, thread_name_prefix="decode") as pool:
+        pending: list[tuple[T, Future]] = []
+        for item in items:
+            pending.append((item, pool.submit(fn, item)))
+            if len(pending) > depth:
+                yield pending.pop(0)
+        yield from pending
+
+
+def embed_videos(session: Session, paths: Sequence[str], sampling: Sampling,
+                 errors: list[tuple[str, str]]) -> Windows:
+    """Decode (in threads, ahead) and embed every video; unusable files go to `errors` and are skipped."""
+    parts = []
+    for path, future in prefetch(lambda p: load(p, sampling), paths):
+        try:
+            frames, spans = future.result()
+        except VideoError as err:
+            errors.append((path, str(err).removeprefix(f"{path}: ")))
+            continue
+        parts.append((path, session.embed_windows(frames), spans))
+    return Windows.join(parts)
+
+
+def unknown_word_queries(queries: Sequence[str], embeddings: np.ndarray, empty: np.ndarray) -> list[str]:
+    """Queries that embed exactly as the empty sentence: none of their words is in the vocabulary."""
+    return [q for q, e in zip(queries, embeddings) if np.array_equal(e, empty)]
+
+
+def search(session: Session, queries: Sequence[str], paths: Sequence[str], sampling: Sampling,
+           top: int = 5) -> Result:
+    texts = session.embed_text([*queries, ""])
+    result = Result(list(queries), [])
+    windows = embed_videos(session, paths, sampling, result.errors)
+    result.matches = rank(texts[:-1], windows, top)
+    result.warnings = [f"query {q!r} has no word the model knows: its ranking means nothing"
+                       for q in unknown_word_queries(queries, texts[:-1], texts[-1])]
+    return result

