@@ -7,16 +7,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from client.defaults import FPS, FRAMES, GRPC_PORT, MODEL_NAME
+from client.defaults import FPS, FRAMES, GRPC_PORT, MODEL_NAME, SIZE
+from client import html_report
+from client.files import atomic_write
+from client.index import Index, IndexFolderError
+from client.indexing import index_videos
 from client.report import as_json, as_table
-from client.search import search
+from client.search import search, search_index
 from client.session import Options, ServerError, Session
 from client.tensors import dtype_name
 from client.video import Sampling, VideoError, load
@@ -26,6 +28,9 @@ def _sampling_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sampling", choices=("segments", "colab"), default="segments",
                         help="segments: 3.2 s windows at 10 fps over the whole video; colab: the first 32 frames")
     parser.add_argument("--stride", type=float, default=FRAMES / FPS, help="seconds between window starts")
+    parser.add_argument("--frames", type=int, default=FRAMES, help=f"frames per window ({FRAMES})")
+    parser.add_argument("--fps", type=float, default=FPS, help=f"sampling rate of segments ({FPS:g})")
+    parser.add_argument("--size", type=int, default=SIZE, help=f"frame height and width ({SIZE})")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -40,17 +45,28 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--windows-per-request", type=int, default=4, help="video windows sent in one request")
     p.add_argument("--concurrency", type=int, default=4, help="requests in flight at once")
     verbs = p.add_subparsers(dest="command", required=True)
-    search = verbs.add_parser("search", help="rank videos for text queries")
+    search = verbs.add_parser("search", help="rank videos (files, or an index) for text queries")
     search.add_argument("queries", nargs="+", metavar="QUERY")
-    search.add_argument("--videos", nargs="+", required=True, metavar="FILE")
+    where = search.add_mutually_exclusive_group(required=True)
+    where.add_argument("--videos", nargs="+", metavar="FILE", help="video files to decode and rank now")
+    where.add_argument("--index", type=Path, metavar="DIR", help="an index built with `index`")
     search.add_argument("--top", type=int, default=5, help="matches per query")
     search.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    search.add_argument("--html", type=Path, metavar="FILE", help="also write a self-contained HTML report")
     search.add_argument("--float", action="store_true", help="send float32 frames (4x bigger) instead of uint8")
     _sampling_flags(search)
     frames = verbs.add_parser("frames", help="write the exact uint8 model input of a video as .npy")
     frames.add_argument("video")
     frames.add_argument("--out", type=Path, required=True, help="FILE.npy: [windows, T, H, W, 3] uint8")
     _sampling_flags(frames)
+    index = verbs.add_parser("index", help="embed video files (or folders) into a persistent index")
+    index.add_argument("paths", nargs="+", metavar="PATH")
+    index.add_argument("--index", type=Path, required=True, metavar="DIR")
+    index.add_argument("--flush-every", type=int, default=16, help="videos committed together")
+    _sampling_flags(index)
+    remove = verbs.add_parser("remove", help="remove videos (or everything under folders) from an index")
+    remove.add_argument("paths", nargs="+", metavar="PATH")
+    remove.add_argument("--index", type=Path, required=True, metavar="DIR")
     verbs.add_parser("status", help="the model's versions and their states")
     verbs.add_parser("metadata", help="the signatures the server exposes")
     return p
@@ -62,24 +78,18 @@ def _options(args: argparse.Namespace) -> Options:
                    concurrency=args.concurrency, float_input=getattr(args, "float", False))
 
 
-def write_npy(path: Path, array: np.ndarray) -> None:
-    """Write through a temporary file in the same folder, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def run(args: argparse.Namespace) -> int:
-    sampling = Sampling(mode=args.sampling, stride=args.stride) if hasattr(args, "sampling") else None
+    sampling = (Sampling(mode=args.sampling, frames=args.frames, fps=args.fps, size=args.size, stride=args.stride)
+                if hasattr(args, "sampling") else None)
+    if args.command == "remove":
+        with Index(args.index, args.model) as index:
+            targets = {str(Path(p).resolve()) for p in args.paths}
+            gone = [p for p in index.entries() if p in targets or any(p.startswith(t + "/") for t in targets)]
+            print(f"removed {index.remove(gone)} video(s) from {args.index}")
+        return 0
     if args.command == "frames":
         array, spans = load(args.video, sampling)
-        write_npy(args.out, array)
+        atomic_write(args.out, lambda f: np.save(f, array))
         print(f"wrote {args.out}: {array.shape} uint8, windows " + ", ".join(f"{s:.1f}-{e:.1f} s" for s, e in spans))
         return 0
     with Session(_options(args)) as session:
@@ -93,14 +103,31 @@ def run(args: argparse.Namespace) -> int:
             for name, sig in sorted(signatures.signature_def.items()):
                 print(f"  {name}: {_specs(sig.inputs)} -> {_specs(sig.outputs)}")
             return 0
-        session.ensure_ready()
-        result = search(session, args.queries, args.videos, sampling, args.top)
+        if args.command == "index":
+            session.ensure_ready()  # before creating anything
+            with Index(args.index, args.model, sampling, create=True) as index:
+                stats = index_videos(session, index, args.paths, args.flush_every, log=print)
+            print(stats.summary())
+            return _report_errors(stats.failed)
+        if args.index:
+            with Index(args.index, args.model) as index:
+                result = search_index(session, args.queries, index, args.top)
+        else:
+            session.ensure_ready()
+            result = search(session, args.queries, args.videos, sampling, args.top)
     print(json.dumps(as_json(result), indent=2) if args.json else as_table(result), end="\n" if args.json else "")
+    if args.html:
+        html_report.write(args.html, html_report.render(result))
+        print(f"wrote {args.html}", file=sys.stderr)
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    for video, why in result.errors:
+    return _report_errors(result.errors)
+
+
+def _report_errors(errors: list[tuple[str, str]]) -> int:
+    for video, why in errors:
         print(f"error: {video}: {why}", file=sys.stderr)
-    return 1 if result.errors else 0
+    return 1 if errors else 0
 
 
 def _specs(infos) -> str:
@@ -113,6 +140,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return run(args)
-    except (ServerError, VideoError, ValueError) as err:
+    except (ServerError, VideoError, IndexFolderError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from client.index import Index
 from client.rank import Match, Windows, rank
 from client.session import Session
 from client.video import Sampling, VideoError, load
@@ -54,12 +55,28 @@ def unknown_word_queries(queries: Sequence[str], embeddings: np.ndarray, empty: 
     return [q for q, e in zip(queries, embeddings) if np.array_equal(e, empty)]
 
 
+def rank_queries(session: Session, queries: Sequence[str], windows: Windows, top: int, result: Result) -> Result:
+    """Embed the queries, rank `windows` for each, and warn about queries with no known word."""
+    texts = session.embed_text([*queries, ""])
+    result.matches = rank(texts[:-1], windows, top)
+    result.warnings += [f"query {q!r} has no word the model knows: its ranking means nothing"
+                        for q in unknown_word_queries(queries, texts[:-1], texts[-1])]
+    return result
+
+
 def search(session: Session, queries: Sequence[str], paths: Sequence[str], sampling: Sampling,
            top: int = 5) -> Result:
-    texts = session.embed_text([*queries, ""])
+    """Rank video files (decoded and embedded now) for each query."""
     result = Result(list(queries), [])
     windows = embed_videos(session, paths, sampling, result.errors)
-    result.matches = rank(texts[:-1], windows, top)
-    result.warnings = [f"query {q!r} has no word the model knows: its ranking means nothing"
-                       for q in unknown_word_queries(queries, texts[:-1], texts[-1])]
-    return result
+    return rank_queries(session, queries, windows, top, result)
+
+
+def search_index(session: Session, queries: Sequence[str], index: Index, top: int = 5) -> Result:
+    """Rank the videos of an index for each query; warns if they were embedded by another model version."""
+    result = Result(list(queries), [])
+    served, used = session.ensure_ready(), index.model_versions()
+    if used - {served}:
+        result.warnings.append(f"the index holds embeddings of model version(s) {sorted(used)} but version {served} "
+                               f"is served: re-run `index` on the same files to refresh them")
+    return rank_queries(session, queries, index.windows(), top, result)

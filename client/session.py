@@ -56,6 +56,7 @@ class Session:
         else:
             self.channel = grpc.insecure_channel(options.address, channel_options)
         self._pool = ThreadPoolExecutor(max_workers=options.concurrency, thread_name_prefix="predict")
+        self.requests = 0  # RPCs sent (retries included): lets callers and tests see work that was skipped
         self._methods = {
             path: self.channel.unary_unary(path, request_serializer=lambda m: m.SerializeToString(),
                                            response_deserializer=cls.FromString)
@@ -91,6 +92,7 @@ class Session:
         """One RPC with the deadline, retrying UNAVAILABLE with exponential back-off."""
         wait = self.options.backoff
         for attempt in range(self.options.retries + 1):
+            self.requests += 1
             try:
                 return self._methods[path](request, timeout=self.options.timeout)
             except grpc.RpcError as err:

@@ -74,7 +74,7 @@ def pad(frames: list[np.ndarray], count: int) -> np.ndarray:
     return stacked[:count]
 
 
-class _Capture:
+class Capture:
     """cv2.VideoCapture with errors that name the file, and timestamps that are trusted only if sane."""
 
     def __init__(self, path: str | Path):
@@ -113,7 +113,7 @@ class _Capture:
 
 
 def colab_windows(path: str | Path, sampling: Sampling) -> Iterator[Window]:
-    cap = _Capture(path)
+    cap = Capture(path)
     try:
         frames: list[np.ndarray] = []
         while len(frames) < sampling.frames and cap.grab() is not None:
@@ -128,7 +128,7 @@ def colab_windows(path: str | Path, sampling: Sampling) -> Iterator[Window]:
 def segment_windows(path: str | Path, sampling: Sampling) -> Iterator[Window]:
     interval, length = 1.0 / sampling.fps, sampling.frames
     stride = max(1, round(sampling.stride * sampling.fps))
-    cap = _Capture(path)
+    cap = Capture(path)
     buffer: deque[np.ndarray] = deque(maxlen=length)
     sampled = 0  # frames sampled so far; sample k stands for time k * interval
     emitted_end = 0
