@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test demo standin export serve bench clean
+.PHONY: help setup test demo standin model export serve bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -22,8 +22,8 @@ $(STAMP): pyproject.toml
 test: setup ## run the whole suite in one pytest process
 	$(PY) -m pytest -q
 
-demo: setup ## the main job, offline: index sample clips and search them
-	@echo "make demo: not yet - it arrives with the thin client (search over an exported stand-in)."
+demo: model ## the main job, offline: serve the model, index sample clips, search them, write out/demo/report.html
+	$(PY) -m serving.demo --model-dir $(MODEL_DIR)
 
 STANDIN := models/hub/s3d-standin-tiny
 
@@ -38,12 +38,16 @@ SOURCE    ?= $(STANDIN)
 export: $(if $(filter $(STANDIN),$(SOURCE)),standin,setup) ## export SOURCE (default: the tiny stand-in) as the next version in MODEL_DIR
 	$(PY) -m export --source $(SOURCE) --model-dir $(MODEL_DIR)
 
-serve: ## serve MODEL_DIR: tensorflow_model_server, else Docker, else the embedded server (exports first if empty)
+model: setup ## make sure MODEL_DIR holds a version (exports the tiny stand-in if it is empty)
 	@ls -d $(MODEL_DIR)/[0-9]* >/dev/null 2>&1 || $(MAKE) --no-print-directory export
+
+serve: model ## serve MODEL_DIR: tensorflow_model_server, else Docker, else the embedded server
 	$(PY) -m serving --model-dir $(MODEL_DIR) $(SERVE_FLAGS)
 
-bench: setup ## speed figures, side by side as ratios (model forward pass by clip size, ...)
+bench: model ## speed figures measured in one run, side by side as ratios (model, client, served path)
 	$(PY) -m model.bench
+	$(PY) -m client.bench
+	$(PY) -m serving.bench --model-dir $(MODEL_DIR)
 
 clean: ## remove the virtualenv and generated models
-	rm -rf $(VENV) models build *.egg-info
+	rm -rf $(VENV) models out build *.egg-info

