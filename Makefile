@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test demo standin model export serve bench clean
+.PHONY: help setup test k8s-check image demo standin model export serve bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -19,8 +19,16 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[tf,dev]'
 	rm -f $(VENV)/.installed-* && touch $@
 
-test: setup ## run the whole suite in one pytest process
+test: setup k8s-check ## validate the Kubernetes manifests, then run the whole suite in one pytest process
 	$(PY) -m pytest -q
+
+k8s-check: setup ## render the Kubernetes manifests (gpu/cpu x image/init) and validate them offline, strictly
+	$(PY) -m serving.manifests check
+
+IMAGE_VARIANT ?= gpu
+image: model ## build the TF Serving image with MODEL_DIR baked in (needs a Docker engine)
+	docker build -f serving/Dockerfile -t s3d-milnce-serving:1$(if $(filter cpu,$(IMAGE_VARIANT)),-cpu) \
+	  $(if $(filter cpu,$(IMAGE_VARIANT)),--build-arg BASE_IMAGE=$$($(PY) -c 'from serving.config import TF_SERVING_IMAGE as i; print(i)')) .
 
 demo: model ## the main job, offline: serve the model, index sample clips, search them, write out/demo/report.html
 	$(PY) -m serving.demo --model-dir $(MODEL_DIR)

@@ -1,0 +1,137 @@
+"""Kubernetes manifests for TF Serving: rendered from `serving/k8s/*.yaml` and the config files beside them.
+
+`python -m serving.manifests render [--variant gpu|cpu] [--model-source image|init] [--image IMAGE]
+[--model-uri URI]` prints the objects; `check` renders every variant into build/k8s/ and validates each object
+strictly against the pinned Kubernetes version (offline schemas of `kubernetes-validate`).
+
+- The ConfigMap is made from serving/models.config, batching.config and monitoring.config: one source of truth
+  with `make serve`. Its checksum is a pod annotation, so a config change rolls the pods.
+- `--model-source image` (default): the image built by `make image` carries the model versions.
+  `--model-source init`: the pinned official image, and an init container that copies the model versions from
+  object storage (rclone: S3, GCS, Azure...) into a shared emptyDir.
+- `--variant cpu`: no GPU request, node selector, toleration or GPU memory flag; the CPU base image.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+from pathlib import Path
+
+import yaml
+
+from client.defaults import MODEL_NAME
+from serving.config import BATCHING_CONFIG, MODELS_CONFIG, MONITORING_CONFIG, TF_SERVING_IMAGE
+
+KUBERNETES_VERSION = "1.36.0"  # validated against; a recent release that managed GPU clusters run
+TEMPLATES = Path(__file__).resolve().parent / "k8s"
+CONFIG_MAP = "s3d-milnce-config"
+BAKED_IMAGE = "s3d-milnce-serving:1"
+INIT_IMAGE = "rclone/rclone:1.68.2"
+DEFAULT_MODEL_URI = f"remote:models/{MODEL_NAME}"
+GPU = "nvidia.com/gpu"
+
+
+def _config_map() -> dict:
+    data = {path.name: path.read_text() for path in (MODELS_CONFIG, BATCHING_CONFIG, MONITORING_CONFIG)}
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": CONFIG_MAP, "labels": {"app.kubernetes.io/name": "s3d-milnce"}}, "data": data}
+
+
+def _init_container(model_uri: str) -> dict:
+    return {
+        "name": "fetch-model",
+        "image": INIT_IMAGE,
+        "args": ["copy", "--fast-list", model_uri, f"/models/{MODEL_NAME}"],
+        # Remote and credentials as RCLONE_CONFIG_REMOTE_* variables (type, provider, keys...) from a Secret.
+        "envFrom": [{"secretRef": {"name": "s3d-model-store", "optional": True}}],
+        "env": [{"name": "RCLONE_CONFIG", "value": "/tmp/rclone.conf"}],
+        "resources": {"requests": {"cpu": "500m", "memory": "256Mi"}, "limits": {"cpu": "2", "memory": "1Gi"}},
+        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                            "privileged": False, "capabilities": {"drop": ["ALL"]}},
+        "volumeMounts": [{"name": "models", "mountPath": "/models"}, {"name": "tmp", "mountPath": "/tmp"}],
+    }
+
+
+def render(variant: str = "gpu", model_source: str = "image", image: str | None = None,
+           model_uri: str = DEFAULT_MODEL_URI) -> list[dict]:
+    """Every object, ready to apply (`kubectl apply -f -`)."""
+    if variant not in ("gpu", "cpu") or model_source not in ("image", "init"):
+        raise ValueError("variant is gpu or cpu; model_source is image or init")
+    docs = [_config_map()]
+    for path in sorted(TEMPLATES.glob("*.yaml")):
+        docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    pod = deployment["spec"]["template"]
+    server = pod["spec"]["containers"][0]
+    checksum = hashlib.sha256(yaml.safe_dump(docs[0]["data"], sort_keys=True).encode()).hexdigest()[:16]
+    pod["metadata"]["annotations"]["checksum/config"] = checksum
+    if model_source == "init":
+        server["image"] = TF_SERVING_IMAGE + ("-gpu" if variant == "gpu" else "")
+        server["volumeMounts"].append({"name": "models", "mountPath": "/models", "readOnly": True})
+        pod["spec"]["volumes"].append({"name": "models", "emptyDir": {}})
+        pod["spec"]["initContainers"] = [_init_container(model_uri)]
+    elif variant == "cpu":
+        server["image"] = f"{BAKED_IMAGE}-cpu"
+    if image:
+        server["image"] = image
+    if variant == "cpu":
+        for section in ("requests", "limits"):
+            server["resources"][section].pop(GPU)
+        del pod["spec"]["nodeSelector"], pod["spec"]["tolerations"]
+        server["args"] = [a for a in server["args"] if not a.startswith("--per_process_gpu_memory_fraction")]
+    return docs
+
+
+def to_yaml(docs: list[dict]) -> str:
+    return "---\n".join(yaml.safe_dump(d, sort_keys=False) for d in docs)
+
+
+def validate(docs: list[dict], version: str = KUBERNETES_VERSION) -> list[str]:
+    """Strict schema problems of each object (none means valid)."""
+    import kubernetes_validate
+
+    problems = []
+    for doc in docs:
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as err:
+            problems.append(f"{doc['kind']}/{doc['metadata']['name']}: {err.message} at {list(err.path)}")
+    return problems
+
+
+VARIANTS = [(v, s) for v in ("gpu", "cpu") for s in ("image", "init")]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m serving.manifests", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    verbs = parser.add_subparsers(dest="verb", required=True)
+    show = verbs.add_parser("render", help="print the manifests")
+    show.add_argument("--variant", choices=("gpu", "cpu"), default="gpu")
+    show.add_argument("--model-source", choices=("image", "init"), default="image")
+    show.add_argument("--image", help="server image (default: the baked image, or the official one with init)")
+    show.add_argument("--model-uri", default=DEFAULT_MODEL_URI, help="rclone source of the model versions (init)")
+    check = verbs.add_parser("check", help="render every variant and validate it offline")
+    check.add_argument("--out-dir", type=Path, default=Path("build") / "k8s")
+    args = parser.parse_args(argv)
+    if args.verb == "render":
+        print(to_yaml(render(args.variant, args.model_source, args.image, args.model_uri)), end="")
+        return 0
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    failed = False
+    for variant, source in VARIANTS:
+        docs = render(variant, source)
+        path = args.out_dir / f"{variant}-{source}.yaml"
+        path.write_text(to_yaml(docs))
+        problems = validate(docs)
+        failed |= bool(problems)
+        print(f"{path}: {len(docs)} objects, " + ("valid" if not problems else "INVALID") +
+              f" (Kubernetes {KUBERNETES_VERSION}, strict)")
+        for problem in problems:
+            print(f"  {problem}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""Kubernetes manifests and the container image definition (rendered and checked offline)."""
+from __future__ import annotations
+
+import re
+
+import pytest
+import yaml
+
+from client.defaults import GRPC_PORT, MODEL_NAME, REST_PORT
+from serving import manifests
+from serving.config import BATCHING_CONFIG, HERE, MODELS_CONFIG, MONITORING_CONFIG, TF_SERVING_IMAGE, \
+    parse_models, parse_monitoring
+
+
+def objects(variant="gpu", source="image") -> dict[str, dict]:
+    return {f"{d['kind']}/{d['metadata']['name']}": d for d in manifests.render(variant, source)}
+
+
+def pod_spec(docs) -> dict:
+    return docs["Deployment/s3d-milnce"]["spec"]["template"]["spec"]
+
+
+@pytest.mark.parametrize("variant,source", manifests.VARIANTS)
+def test_every_variant_is_valid_for_the_pinned_kubernetes(variant, source):
+    docs = manifests.render(variant, source)
+    assert manifests.validate(docs) == []
+    assert yaml.safe_load_all(manifests.to_yaml(docs)) is not None
+
+
+def test_the_validator_rejects_a_wrong_object():
+    docs = manifests.render()
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    deployment["spec"]["replica"] = 2  # a typo strict validation must catch
+    deployment["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] = "8500"
+    problems = manifests.validate(docs)
+    assert len(problems) == 1 and problems[0].startswith("Deployment/s3d-milnce:")
+
+
+@pytest.mark.parametrize("variant,source", manifests.VARIANTS)
+def test_deployment_runs_tf_serving_as_production_needs(variant, source):
+    docs = objects(variant, source)
+    spec = pod_spec(docs)
+    (server,) = spec["containers"]
+    image = server["image"]
+    assert re.fullmatch(r"[\w./-]+:[\w.-]+", image) and not image.endswith(":latest")
+    if source == "init":
+        assert image == TF_SERVING_IMAGE + ("-gpu" if variant == "gpu" else "")
+    assert "command" not in server
+    args = server["args"]
+    for flag in (f"--port={GRPC_PORT}", f"--rest_api_port={REST_PORT}", "--model_config_file=/config/models.config",
+                 "--enable_batching", "--batching_parameters_file=/config/batching.config",
+                 "--monitoring_config_file=/config/monitoring.config"):
+        assert flag in args
+    config_mount = next(m for m in server["volumeMounts"] if m["mountPath"] == "/config")
+    config_volume = next(v for v in spec["volumes"] if v["name"] == config_mount["name"])
+    config_map = docs[f"ConfigMap/{config_volume['configMap']['name']}"]
+    for flag in args:  # every config file a flag names is in the mounted ConfigMap
+        if flag.endswith(".config"):
+            assert flag.split("=/config/")[1] in config_map["data"]
+    resources = server["resources"]
+    assert {"cpu", "memory"} <= set(resources["requests"]) and {"cpu", "memory"} <= set(resources["limits"])
+    gpu = variant == "gpu"
+    assert (resources["limits"].get("nvidia.com/gpu") == "1") == gpu
+    assert any(a.startswith("--per_process_gpu_memory_fraction=") for a in args) == gpu
+    assert ("nvidia.com/gpu.present" in spec.get("nodeSelector", {})) == gpu
+    assert any(t["key"] == "nvidia.com/gpu" for t in spec.get("tolerations", [])) == gpu
+    startup = server["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 600  # load + warmup of full-size records
+    assert server["readinessProbe"]["httpGet"] == {"path": f"/v1/models/{MODEL_NAME}", "port": "http"}
+    assert server["livenessProbe"]["grpc"]["port"] == GRPC_PORT
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    for container in spec["containers"] + spec.get("initContainers", []):
+        sc = container["securityContext"]
+        assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+        assert sc["capabilities"]["drop"] == ["ALL"] and not sc.get("privileged")
+    if source == "init":
+        (init,) = spec["initContainers"]
+        assert init["image"] == manifests.INIT_IMAGE and init["args"][-1] == f"/models/{MODEL_NAME}"
+        assert {"name": "models", "mountPath": "/models", "readOnly": True} in server["volumeMounts"]
+
+
+def test_config_map_is_the_serving_folders_files_and_its_checksum_rolls_pods(monkeypatch, tmp_path):
+    docs = objects()
+    data = docs["ConfigMap/s3d-milnce-config"]["data"]
+    assert data == {p.name: p.read_text() for p in (MODELS_CONFIG, BATCHING_CONFIG, MONITORING_CONFIG)}
+    base_path = parse_models().model_config_list.config[0].base_path
+    assert base_path == f"/models/{MODEL_NAME}"
+    before = docs["Deployment/s3d-milnce"]["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+    changed = tmp_path / "models.config"
+    changed.write_text(MODELS_CONFIG.read_text().replace("num_versions: 1", "num_versions: 2"))
+    monkeypatch.setattr(manifests, "MODELS_CONFIG", changed)
+    after = objects()["Deployment/s3d-milnce"]["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+    assert after != before
+
+
+def test_services_probes_and_metrics_line_up():
+    docs = objects()
+    labels = docs["Deployment/s3d-milnce"]["spec"]["template"]["metadata"]["labels"]
+    service, headless = docs["Service/s3d-milnce"], docs["Service/s3d-milnce-grpc"]
+    assert {(p["name"], p["port"]) for p in service["spec"]["ports"]} == {("grpc", GRPC_PORT), ("http", REST_PORT)}
+    assert headless["spec"]["clusterIP"] == "None" and headless["spec"]["ports"][0]["port"] == GRPC_PORT
+    for svc in (service, headless):
+        assert svc["spec"]["selector"].items() <= labels.items()
+    annotations = docs["Deployment/s3d-milnce"]["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(REST_PORT)
+    assert annotations["prometheus.io/path"] == parse_monitoring().prometheus_config.path
+    hpa, pdb, policy = docs["HorizontalPodAutoscaler/s3d-milnce"], docs["PodDisruptionBudget/s3d-milnce"], \
+        docs["NetworkPolicy/s3d-milnce"]
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "s3d-milnce" and hpa["spec"]["minReplicas"] >= 2
+    assert pdb["spec"]["minAvailable"] == 1 and pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    client_rule = policy["spec"]["ingress"][0]
+    assert client_rule["from"][0]["podSelector"]["matchLabels"] == {"s3d-milnce-client": "true"}
+    assert {p["port"] for p in client_rule["ports"]} == {GRPC_PORT, REST_PORT}
+
+
+def test_dockerfile_pins_the_base_and_bakes_in_model_and_configs():
+    text = (HERE / "Dockerfile").read_text()
+    assert re.search(r"^ARG BASE_IMAGE=(\S+)$", text, re.M).group(1) == TF_SERVING_IMAGE + "-gpu"
+    assert re.search(r"^FROM \$\{BASE_IMAGE\}$", text, re.M)
+    assert "COPY serving/models.config serving/batching.config serving/monitoring.config /config/" in text
+    assert f"COPY models/{MODEL_NAME} /models/{MODEL_NAME}" in text
+    assert re.search(r"^USER 1000:1000$", text, re.M)
