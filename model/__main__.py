@@ -1,4 +1,5 @@
-"""`python -m model standin OUT [--size tiny|full] [--seed N] [--vocab asset|graph] [--variables ...]`."""
+"""`python -m model standin OUT [--size tiny|full] [--seed N] [--vocab asset|graph] [--variables ...]`, and
+`python -m model from-torch s3d_howto100m.pth s3d_dict.npy OUT` (the released weights, via the PyTorch port)."""
 from __future__ import annotations
 
 import argparse
@@ -7,8 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from model.config import SIZES
-from model.hub_format import VARIABLE_KINDS, VOCAB_LAYOUTS
+from model.config import SIZES, VARIABLE_KINDS, VOCAB_LAYOUTS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,21 +22,41 @@ def main(argv: list[str] | None = None) -> int:
                          help="vocabulary as an asset file or as a constant in the graph")
     standin.add_argument("--variables", choices=VARIABLE_KINDS, default="resource",
                          help="resource variables or legacy reference variables")
+    torch = verbs.add_parser("from-torch", help="write a hub-format module from the PyTorch port's weights")
+    torch.add_argument("checkpoint", type=Path, help="s3d_howto100m.pth")
+    torch.add_argument("vocabulary", type=Path, help="s3d_dict.npy")
+    torch.add_argument("out", type=Path, help="module folder to create (must not exist)")
     args = parser.parse_args(argv)
     if args.out.exists():
         print(f"error: {args.out} already exists; pass a new folder or remove it first", file=sys.stderr)
         return 2
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
-    from model.standin import write_standin  # imports TensorFlow: only once the arguments are good
-    import tensorflow as tf
+    import tensorflow as tf  # only once the arguments are good
+
+    from model.standin import write_standin
 
     tf.get_logger().setLevel("ERROR")  # TF1 API deprecation notices
 
     start = time.perf_counter()
-    path = write_standin(args.out, args.size, args.seed, args.vocab, args.variables)
+    if args.verb == "standin":
+        path = write_standin(args.out, args.size, args.seed, args.vocab, args.variables)
+        what = f"{args.size} stand-in module"
+    else:
+        path = write_ported(args.checkpoint, args.vocabulary, args.out)
+        what = "module from the PyTorch weights"
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-    print(f"wrote {args.size} stand-in module to {path} ({size / 1e6:.1f} MB, {time.perf_counter() - start:.1f} s)")
+    print(f"wrote {what} to {path} ({size / 1e6:.1f} MB, {time.perf_counter() - start:.1f} s)")
     return 0
+
+
+def write_ported(checkpoint: Path, vocabulary: Path, out: Path) -> Path:
+    from model.hub_format import write_module
+    from model.torch_weights import convert, read_state_dict, read_vocabulary
+
+    for path in (checkpoint, vocabulary):
+        if not path.is_file():
+            raise SystemExit(f"error: {path}: no such file")
+    return write_module(out, SIZES["full"], convert(read_state_dict(checkpoint)), read_vocabulary(vocabulary))
 
 
 if __name__ == "__main__":

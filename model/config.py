@@ -20,6 +20,11 @@ INCEPTION_BLOCKS: tuple[tuple[str, int, int, int, int, int, int], ...] = (
     ("mixed_5c", 384, 192, 384, 48, 128, 128),
 )
 
+# Layouts a TF1 hub module may have (reference §1): vocabulary as an asset file or a graph constant,
+# resource or legacy reference variables.
+VOCAB_LAYOUTS = ("asset", "graph")
+VARIABLE_KINDS = ("resource", "reference")
+
 # Max pools placed before these blocks: (kernel, strides) in (T, H, W).
 POOL_BEFORE: dict[str, tuple[tuple[int, int, int], tuple[int, int, int]]] = {
     "mixed_4b": ((3, 3, 3), (2, 2, 2)),

@@ -16,15 +16,13 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from model.config import Config
+from model.config import VARIABLE_KINDS, VOCAB_LAYOUTS, Config
 from model.network import Network, named_variables
 from model.text import vocabulary_table
 
 # tensorflow_hub's ModuleDef{format: FORMAT_V3}, serialised (field 1, varint 3).
 MODULE_DEF_V3 = b"\x08\x03"
 MODULE_MARKER = "tfhub_module.pb"
-VOCAB_LAYOUTS = ("asset", "graph")
-VARIABLE_KINDS = ("resource", "reference")
 
 
 def _variable_scope(kind: str) -> tf.compat.v1.variable_scope:

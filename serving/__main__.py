@@ -31,7 +31,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     source.add_argument("--model-config", type=Path, help="a models.config of your own (several models)")
     parser.add_argument("--host", default="0.0.0.0", help="address to bind (embedded server)")
     parser.add_argument("--port", type=int, default=GRPC_PORT, help=f"gRPC port ({GRPC_PORT})")
-    parser.add_argument("--rest-port", type=int, default=REST_PORT, help=f"REST and metrics port ({REST_PORT})")
+    parser.add_argument("--rest-port", type=int, default=REST_PORT, help=f"REST and metrics port ({REST_PORT}); 0: no REST")
     parser.add_argument("--batching", action=argparse.BooleanOptionalAction, default=True,
                         help="server-side batching with serving/batching.config (TF Serving only)")
     parser.add_argument("--gpu-memory-fraction", type=float,

@@ -1,0 +1,106 @@
+"""Loading the PyTorch port's weights, on synthetic state_dicts in the port's exact key and shape layout."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_hub as hub
+
+from model.__main__ import main
+from model.config import INCEPTION_BLOCKS, POOL_BEFORE, SIZES, Config
+from model.network import Network, named_variables
+from model.text import vocabulary_table
+from model.torch_weights import convert
+from model.weights import assign
+
+
+def port_state_dict(config: Config, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+    """The port's keys and channels-first shapes (s3dg.py's module tree), filled with random or zero values."""
+    ch, state = config.channels, {}
+
+    def tensor(shape):
+        return rng.normal(size=shape).astype(np.float32) if rng else np.zeros(shape, np.float32)
+
+    def bn(prefix, c):
+        for leaf in ("weight", "bias", "running_mean"):
+            state[f"{prefix}.{leaf}"] = tensor((c,))
+        state[f"{prefix}.running_var"] = np.abs(tensor((c,))) + 0.5
+        state[f"{prefix}.num_batches_tracked"] = np.zeros((), np.int64)
+
+    def unit(prefix, cin, cout, kernel, separable=False):
+        if separable:
+            state[f"{prefix}.conv1.weight"] = tensor((cout, cin, 1, kernel, kernel))
+            bn(f"{prefix}.bn1", cout)
+            state[f"{prefix}.conv2.weight"] = tensor((cout, cout, kernel, 1, 1))
+            bn(f"{prefix}.bn2", cout)
+        else:
+            state[f"{prefix}.conv1.weight"] = tensor((cout, cin, *kernel))
+            bn(f"{prefix}.bn1", cout)
+
+    def linear(prefix, cin, cout):
+        state[f"{prefix}.weight"], state[f"{prefix}.bias"] = tensor((cout, cin)), tensor((cout,))
+
+    unit("conv1", 24, ch(64), (2, 4, 4))
+    unit("conv_2b", ch(64), ch(64), (1, 1, 1))
+    unit("conv_2c", ch(64), ch(192), 3, separable=True)
+    linear("gating.fc", ch(192), ch(192))
+    cin = ch(192)
+    for name, b0, b1a, b1b, b2a, b2b, b3b in INCEPTION_BLOCKS:
+        b0, b1a, b1b, b2a, b2b, b3b = map(ch, (b0, b1a, b1b, b2a, b2b, b3b))
+        unit(f"{name}.conv_b0", cin, b0, (1, 1, 1))
+        unit(f"{name}.conv_b1_a", cin, b1a, (1, 1, 1))
+        unit(f"{name}.conv_b1_b", b1a, b1b, 3, separable=True)
+        unit(f"{name}.conv_b2_a", cin, b2a, (1, 1, 1))
+        unit(f"{name}.conv_b2_b", b2a, b2b, 3, separable=True)
+        unit(f"{name}.conv_b3_b", cin, b3b, (1, 1, 1))
+        for i, c in enumerate((b0, b1b, b2b, b3b)):
+            linear(f"{name}.gating_b{i}.fc", c, c)
+        cin = b0 + b1b + b2b + b3b
+    linear("fc", cin, config.embed_dim)
+    state["text_module.word_embd.weight"] = tensor((config.vocab_size, config.word_dim))
+    linear("text_module.fc1", config.word_dim, config.text_hidden)
+    linear("text_module.fc2", config.text_hidden, config.embed_dim)
+    return state
+
+
+def test_the_released_layout_maps_one_to_one_onto_the_full_network():
+    state = port_state_dict(SIZES["full"])
+    assert len(state) == 537  # the released checkpoint's tensor count
+    weights = convert(state)
+    variables = named_variables(Network(SIZES["full"], vocabulary_table(words=["a"])))
+    assert set(weights) == set(variables)
+    assert all(tuple(weights[k].shape) == tuple(v.shape) for k, v in variables.items())
+    assert not POOL_BEFORE.keys() - {name for name, *_ in INCEPTION_BLOCKS}
+
+
+def test_values_are_transposed_into_place():
+    state = port_state_dict(SIZES["tiny"], np.random.default_rng(0))
+    weights = convert(state)
+    np.testing.assert_array_equal(weights["video/conv1/weights"][1, 2, 3, 4, 5], state["conv1.conv1.weight"][5, 4, 1, 2, 3])
+    np.testing.assert_array_equal(weights["video/mixed_4c/b1b/temporal/weights"][:, 0, 0],
+                                  state["mixed_4c.conv_b1_b.conv2.weight"][:, :, :, 0, 0].transpose(2, 1, 0))
+    np.testing.assert_array_equal(weights["video/mixed_5c/b2/gating/kernel"], state["mixed_5c.gating_b2.fc.weight"].T)
+    np.testing.assert_array_equal(weights["video/mixed_3b/b2b/spatial/batch_norm/moving_variance"],
+                                  state["mixed_3b.conv_b2_b.bn1.running_var"])
+    np.testing.assert_array_equal(weights["text/fc1/kernel"], state["text_module.fc1.weight"].T)
+    net = Network(SIZES["tiny"], vocabulary_table(words=["a"]))
+    assign(net, weights)  # every variable set, nothing left over
+    assert np.isfinite(net.video(tf.random.uniform([1, 8, 64, 64, 3]))["video_embedding"].numpy()).all()
+
+
+def test_an_unknown_key_is_refused():
+    state = port_state_dict(SIZES["tiny"])
+    state["classifier.weight"] = np.zeros((2, 2), np.float32)
+    with pytest.raises(ValueError, match="unexpected key in the state_dict: classifier.weight"):
+        convert(state)
+
+
+def test_from_torch_writes_a_module_with_the_ported_vocabulary(tmp_path, monkeypatch):
+    torch = pytest.importorskip("torch")
+    state = port_state_dict(SIZES["full"], None)
+    torch.save({k: torch.from_numpy(v) for k, v in state.items()}, tmp_path / "s3d_howto100m.pth")
+    np.save(tmp_path / "s3d_dict.npy", np.array(["playing", "guitar"] + [f"w{i}" for i in range(66_247)]))
+    assert main(["from-torch", str(tmp_path / "s3d_howto100m.pth"), str(tmp_path / "s3d_dict.npy"),
+                 str(tmp_path / "module")]) == 0
+    text = hub.load(str(tmp_path / "module")).signatures["text"]
+    assert text(words=tf.constant(["Playing guitar"]))["text_embedding"].shape == (1, 512)
