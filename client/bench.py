@@ -19,13 +19,14 @@ import cv2
 import numpy as np
 
 from client import protos
+from client.defaults import FRAMES, MODEL_NAME, SIZE
 from client.rank import Windows, rank
 from client.samples import real_clips, synthetic_clips
 from client.tensors import to_proto
 from client.video import Sampling, load
 
 
-def colab_loader(path: str, max_frames: int = 32, size: int = 224) -> np.ndarray:
+def colab_loader(path: str, max_frames: int = FRAMES, size: int = SIZE) -> np.ndarray:
     """A loader written like the official colab's: read frames, crop the centre square, resize, BGR->RGB,
     repeat when short, divide by 255 (float64). The baseline our `colab` sampling must match."""
     cap = cv2.VideoCapture(path)
@@ -70,7 +71,7 @@ def requests() -> None:
 
     def build(array):
         request = protos.PredictRequest()
-        request.model_spec.name = "s3d_milnce"
+        request.model_spec.name = MODEL_NAME
         request.inputs["frames"].CopyFrom(to_proto(array))
         return request.SerializeToString()
 

@@ -83,9 +83,7 @@ def run(args: argparse.Namespace) -> int:
                 if hasattr(args, "sampling") else None)
     if args.command == "remove":
         with Index(args.index, args.model) as index:
-            targets = {str(Path(p).resolve()) for p in args.paths}
-            gone = [p for p in index.entries() if p in targets or any(p.startswith(t + "/") for t in targets)]
-            print(f"removed {index.remove(gone)} video(s) from {args.index}")
+            print(f"removed {index.remove(args.paths)} video(s) from {args.index}")
         return 0
     if args.command == "frames":
         array, spans = load(args.video, sampling)

@@ -32,9 +32,8 @@ def thumbnail(path: str, seconds: float) -> str | None:
     except Exception:  # noqa: BLE001 - a thumbnail is optional
         return None
     try:
-        cap.cap.set(cv2.CAP_PROP_POS_MSEC, seconds * 1000)
-        ok, frame = cap.cap.read()
-        if not ok:
+        frame = cap.frame_at(seconds)
+        if frame is None:
             return None
         ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(square(frame, THUMBNAIL), cv2.COLOR_RGB2BGR))
         return "data:image/jpeg;base64," + base64.b64encode(jpeg.tobytes()).decode() if ok else None

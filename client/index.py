@@ -143,9 +143,12 @@ class Index:
         with self.db:
             self.db.execute("UPDATE videos SET mtime = ? WHERE path = ?", (mtime, path))
 
-    def remove(self, paths: list[str]) -> int:
+    def remove(self, paths: list[str | Path]) -> int:
+        """Forget these files, and every indexed file under these folders; returns how many."""
+        targets = [str(Path(p).resolve()) for p in paths]
+        gone = [p for p in self.entries() if any(p == t or p.startswith(t.rstrip("/") + "/") for t in targets)]
         with self.db:
-            removed = sum(self.db.execute("DELETE FROM videos WHERE path = ?", (p,)).rowcount for p in paths)
+            removed = sum(self.db.execute("DELETE FROM videos WHERE path = ?", (p,)).rowcount for p in gone)
         self._sweep()
         return removed
 

@@ -108,6 +108,12 @@ class Capture:
             raise VideoError(f"{self.path}: frame {self.index} cannot be decoded (corrupt file?)")
         return frame
 
+    def frame_at(self, seconds: float) -> np.ndarray | None:
+        """The BGR frame shown at `seconds` (a seek: for thumbnails, not for sampling)."""
+        self.cap.set(cv2.CAP_PROP_POS_MSEC, seconds * 1000)
+        ok, frame = self.cap.read()
+        return frame if ok else None
+
     def close(self) -> None:
         self.cap.release()
 

@@ -12,7 +12,7 @@ import tensorflow as tf
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import saved_model_pb2
 
-from client.defaults import FPS, FRAMES, SIZE
+from client.defaults import FPS, FRAMES, MODEL_NAME, SIZE
 from export.servable import write_servable
 from export.source import ExportError, open_source
 from export.verify import TOLERANCE, parity, replay_warmup
@@ -46,7 +46,7 @@ def signature_specs(export: Path) -> dict[str, dict[str, dict[str, str]]]:
             for name, sig in sorted(saved.meta_graphs[0].signature_def.items())}
 
 
-def export_model(source: str, model_dir: Path, version: int | None = None, model_name: str = "s3d_milnce",
+def export_model(source: str, model_dir: Path, version: int | None = None, model_name: str = MODEL_NAME,
                  frames: int = FRAMES, size: int = SIZE) -> Result:
     """Export `source` as the next (or the given) version under `model_dir`; publishes only if verified."""
     start = time.perf_counter()

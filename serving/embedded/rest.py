@@ -17,6 +17,7 @@ from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
 from client.tensors import DTYPES, to_numpy, to_proto
 from serving.embedded.api import SIGNATURE_DEF, Api
 from serving.embedded.errors import ServingError, invalid
+from serving.embedded.servable import DEFAULT_KEY
 
 MODEL_PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
                         r"(?P<verb>:predict|/metadata)?$")
@@ -55,7 +56,7 @@ def predict_request(body: dict, spec: dict, signatures: dict) -> tuple[predict_p
     if spec.get("version"):
         request.model_spec.version.value = int(spec["version"])
     request.model_spec.signature_name = body.get("signature_name", "")
-    key = request.model_spec.signature_name or "serving_default"
+    key = request.model_spec.signature_name or DEFAULT_KEY
     if key not in signatures:
         raise ServingError(grpc.StatusCode.FAILED_PRECONDITION, f'Serving signature key "{key}" not found.')
     inputs = signatures[key].inputs

@@ -9,6 +9,7 @@ import grpc
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 from tensorflow_serving.config import model_server_config_pb2
 
+from client.defaults import GRPC_PORT, REST_PORT
 from serving.embedded.api import Api
 from serving.embedded.grpc_service import ModelService, PredictionService
 from serving.embedded.manager import Manager
@@ -23,8 +24,8 @@ log = logging.getLogger("serving")
 class Options:
     models: model_server_config_pb2.ModelServerConfig
     host: str = "0.0.0.0"
-    port: int = 8500
-    rest_port: int | None = 8501  # None: no REST server; 0: any free port
+    port: int = GRPC_PORT
+    rest_port: int | None = REST_PORT  # None: no REST server; 0: any free port
     metrics_path: str | None = None  # Prometheus page on the REST port, from the monitoring config
     poll_seconds: float = 1.0
     workers: int = 16
