@@ -28,6 +28,7 @@ def _seconds(fn, repeat: int) -> float:
 
 
 def main() -> None:
+    tf.get_logger().setLevel("ERROR")  # TF1 API deprecation notices from the module writer
     with tempfile.TemporaryDirectory() as tmp:
         print(f"{'module':8} {'write s':>8} {'size MB':>8}")
         paths = {}

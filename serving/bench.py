@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model-dir", type=Path, default=Path("models") / MODEL_NAME)
     parser.add_argument("--windows", type=int, default=24)
     args = parser.parse_args(argv)
+    tf.get_logger().setLevel("ERROR")  # TF1 API deprecation notices from the loader
     version = max(int(p.name) for p in args.model_dir.iterdir() if p.name.isdigit())
     frames = np.random.default_rng(0).integers(0, 256, (args.windows, FRAMES, SIZE, SIZE, 3), dtype=np.uint8)
     step = ClientOptions().windows_per_request
