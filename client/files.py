@@ -8,6 +8,11 @@ from pathlib import Path
 from typing import IO
 
 
+def folder_bytes(path: Path) -> int:
+    """Total size of the files under `path`."""
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

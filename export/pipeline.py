@@ -13,11 +13,12 @@ from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import saved_model_pb2
 
 from client.defaults import FPS, FRAMES, MODEL_NAME, SIZE
+from client.files import folder_bytes
 from export.servable import write_servable
 from export.source import ExportError, open_source
 from export.verify import TOLERANCE, parity, replay_warmup
 from export.versions import choose_version, publish, staging_dir
-from export.warmup import WARMUP_FILE, warmup_logs, write_warmup
+from export.warmup import WARMUP, warmup_logs, write_warmup
 
 MANIFEST = "manifest.json"
 
@@ -60,9 +61,9 @@ def export_model(source: str, model_dir: Path, version: int | None = None, model
         except (tf.errors.OpError, ValueError, KeyError) as err:
             raise ExportError(f"cannot re-save {src.path}: {type(err).__name__}: {str(err).splitlines()[0]}; "
                               f"the module may be corrupted") from None
-        write_warmup(export / "assets.extra" / WARMUP_FILE, warmup_logs(model_name, frames, size))
+        write_warmup(export / WARMUP, warmup_logs(model_name, frames, size))
         diffs = parity(src, export)
-        records = replay_warmup(export, export / "assets.extra" / WARMUP_FILE)
+        records = replay_warmup(export, export / WARMUP)
         specs = signature_specs(export)
         manifest = {
             "model_name": model_name, "version": version,
@@ -80,7 +81,7 @@ def export_model(source: str, model_dir: Path, version: int | None = None, model
             "parity_max_abs_diff": diffs, "parity_tolerance": TOLERANCE,
         }
         (export / "assets.extra" / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        megabytes = sum(f.stat().st_size for f in export.rglob("*") if f.is_file()) / 1e6
+        megabytes = folder_bytes(export) / 1e6
         path = publish(export, model_dir, version)
     finally:
         shutil.rmtree(staged, ignore_errors=True)

@@ -17,6 +17,7 @@ from client.defaults import (DEFAULT_SIGNATURE, INPUT_KEYS, TEXT_SIGNATURE, VIDE
                              VIDEO_UINT8_SIGNATURE)
 
 WARMUP_FILE = "tf_serving_warmup_requests"
+WARMUP = Path("assets.extra") / WARMUP_FILE  # inside a version folder
 
 
 def warmup_logs(model_name: str, frames: int, size: int) -> list[prediction_log_pb2.PredictionLog]:

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from client.files import folder_bytes
 from model.config import SIZES, VARIABLE_KINDS, VOCAB_LAYOUTS
 
 
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         path = write_ported(args.checkpoint, args.vocabulary, args.out)
         what = "module from the PyTorch weights"
-    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    size = folder_bytes(path)
     print(f"wrote {what} to {path} ({size / 1e6:.1f} MB, {time.perf_counter() - start:.1f} s)")
     return 0
 

@@ -12,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_hub as hub
 
+from client.files import folder_bytes
 from model.standin import write_standin
 
 CLIPS = ((8, 64, 64), (16, 224, 224), (32, 224, 224))
@@ -35,7 +36,7 @@ def main() -> None:
         for size in ("tiny", "full"):
             start = time.perf_counter()
             paths[size] = write_standin(Path(tmp) / size, size)
-            mb = sum(f.stat().st_size for f in paths[size].rglob("*") if f.is_file()) / 1e6
+            mb = folder_bytes(paths[size]) / 1e6
             print(f"{size:8} {time.perf_counter() - start:8.1f} {mb:8.1f}")
         print(f"\n{'module':8} {'clip TxHxW':>12} {'forward ms':>11} {'x 8x64x64':>10}   (batch 1, CPU)")
         for size, path in paths.items():

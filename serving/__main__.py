@@ -43,18 +43,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def run_embedded(args: argparse.Namespace, config_text: str) -> int:
+def run_embedded(args: argparse.Namespace, plan: launcher.Plan) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from google.protobuf import text_format
-    from tensorflow_serving.config import model_server_config_pb2
-
     from serving.embedded.server import EmbeddedServer, Options
 
     logging.getLogger("tensorflow").setLevel(logging.ERROR)  # TF1 API deprecation notices
 
     monitoring = parse_monitoring().prometheus_config
-    options = Options(models=text_format.Parse(config_text, model_server_config_pb2.ModelServerConfig()),
+    options = Options(models=launcher.model_server_config(plan),
                       host=args.host, port=args.port, rest_port=args.rest_port or None,
                       metrics_path=monitoring.path if monitoring.enable else None, poll_seconds=args.poll_seconds)
     stop = threading.Event()
@@ -79,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = launcher.Plan(args.model_name, args.model_dir, args.model_config, args.port, args.rest_port,
                          args.batching, args.gpu_memory_fraction)
     if args.embedded or not (shutil.which("tensorflow_model_server") or launcher.docker_engine()):
-        return run_embedded(args, launcher.models_config(plan))
+        return run_embedded(args, plan)
     with tempfile.TemporaryDirectory() as tmp:
         config_file = Path(tmp) / "models.config"
         if shutil.which("tensorflow_model_server"):

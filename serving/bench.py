@@ -11,8 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
-from google.protobuf import text_format
-from tensorflow_serving.config import model_server_config_pb2
 
 from client.defaults import FRAMES, MODEL_NAME, SIZE, VIDEO_UINT8_SIGNATURE
 from client.session import Options as ClientOptions
@@ -38,8 +36,7 @@ def main(argv: list[str] | None = None) -> None:
             signature(frames=tf.constant(frames[i: i + step]))
 
     plan = launcher.Plan(MODEL_NAME, args.model_dir, None, 0, 0, False, None)
-    config = text_format.Parse(launcher.models_config(plan), model_server_config_pb2.ModelServerConfig())
-    server = EmbeddedServer(Options(models=config, host="127.0.0.1", port=0, rest_port=None)).start()
+    server = EmbeddedServer(Options(models=launcher.model_server_config(plan), host="127.0.0.1", port=0, rest_port=None)).start()
     try:
         with Session(ClientOptions(address=f"127.0.0.1:{server.port}")) as session:
             rows = []

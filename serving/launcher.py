@@ -40,6 +40,13 @@ def models_config(plan: Plan, base_path: str | None = None) -> str:
     return text_format.MessageToString(config)
 
 
+def model_server_config(plan: Plan):
+    """`models_config(plan)` as a tensorflow.serving.ModelServerConfig (imports TF Serving's protos)."""
+    from tensorflow_serving.config import model_server_config_pb2
+
+    return text_format.Parse(models_config(plan), model_server_config_pb2.ModelServerConfig())
+
+
 def docker_engine() -> bool:
     """True when a Docker client is on PATH and an engine answers it."""
     if not shutil.which("docker"):

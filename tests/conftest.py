@@ -37,16 +37,12 @@ def model_dir(standin, tmp_path_factory) -> Path:
 
 def start_server(model_dir: Path, **options):
     """An embedded server on loopback, on free ports, polling fast."""
-    from google.protobuf import text_format
-    from tensorflow_serving.config import model_server_config_pb2
-
     from client.defaults import MODEL_NAME
     from serving import launcher
     from serving.embedded.server import EmbeddedServer, Options
 
     plan = launcher.Plan(MODEL_NAME, model_dir, None, 0, 0, False, None)
-    config = text_format.Parse(launcher.models_config(plan), model_server_config_pb2.ModelServerConfig())
-    return EmbeddedServer(Options(models=config, host="127.0.0.1", port=0, rest_port=0,
+    return EmbeddedServer(Options(models=launcher.model_server_config(plan), host="127.0.0.1", port=0, rest_port=0,
                                   metrics_path="/monitoring/prometheus/metrics", poll_seconds=0.1,
                                   **options)).start()
 

@@ -21,7 +21,6 @@ from google.protobuf import text_format
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
                                      predict_pb2, prediction_service_pb2_grpc)
-from tensorflow_serving.config import model_server_config_pb2
 
 from client.defaults import MODEL_NAME
 from tests.conftest import start_server
@@ -107,7 +106,7 @@ def test_launch_commands_use_the_config_files_and_the_pinned_image(tmp_path):
     assert f"{(tmp_path / 'm').resolve()}:/models/{MODEL_NAME}:ro" in docker
     assert "--model_config_file=/config/local-models.config" in docker
     assert TF_SERVING_IMAGE in launcher.docker_command(plan, config, gpu=False)
-    local = text_format.Parse(launcher.models_config(plan), model_server_config_pb2.ModelServerConfig())
+    local = launcher.model_server_config(plan)
     assert local.model_config_list.config[0].base_path == str((tmp_path / "m").resolve())
 
 

@@ -5,6 +5,7 @@ filter, dtypes) and messages, so clients see the same errors from this server as
 """
 from __future__ import annotations
 
+import itertools
 import threading
 from pathlib import Path
 
@@ -12,13 +13,13 @@ import grpc
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2
-from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+from tensorflow_serving.apis import predict_pb2
 
 from client.tensors import dtype_name, to_numpy, to_proto
+from export.warmup import WARMUP, read_warmup
 from serving.embedded.errors import ServingError, from_tf, invalid
 
 DEFAULT_KEY = tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY
-WARMUP = Path("assets.extra") / "tf_serving_warmup_requests"
 MAX_WARMUP_RECORDS = 1000
 
 
@@ -46,10 +47,7 @@ class Servable:
         if not path.is_file():
             return 0
         count = 0
-        for record in tf.compat.v1.io.tf_record_iterator(str(path)):
-            if count == MAX_WARMUP_RECORDS:
-                break
-            log = prediction_log_pb2.PredictionLog.FromString(record)
+        for log in itertools.islice(read_warmup(path), MAX_WARMUP_RECORDS):
             if log.HasField("predict_log"):
                 self.predict(log.predict_log.request)
             count += 1
