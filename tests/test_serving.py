@@ -275,6 +275,15 @@ def publish_broken_version(model_dir, number):
     staged.rename(model_dir / str(number))
 
 
+def poll_status(client: Client, done, seconds: float) -> dict:
+    """GetModelStatus until done(statuses by version) holds or the deadline passes; returns the last statuses."""
+    deadline = time.monotonic() + seconds
+    while True:
+        statuses = {s.version: s for s in client.status().model_version_status}
+        if done(statuses) or time.monotonic() > deadline:
+            return statuses
+
+
 def test_a_new_version_swaps_in_under_traffic_and_a_broken_one_does_not_take_over(standin, tmp_path):
     model_dir = tmp_path / MODEL_NAME
     export_model(str(standin()), model_dir, frames=2, size=32)
@@ -282,38 +291,39 @@ def test_a_new_version_swaps_in_under_traffic_and_a_broken_one_does_not_take_ove
     client = Client(server.port)
     words = np.array([b"a dog on the beach"], object)
     seen, failures, status_log = [], [], []
-    swapped = threading.Event()
+    first_reply, swapped = threading.Event(), threading.Event()
+    deadline = time.monotonic() + 600  # generous: only a hung swap reaches it, however slow the machine
 
-    def traffic():
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and len(seen) < 5000:
+    def traffic():  # runs until the swap is observed, at whatever rate the machine allows
+        while not swapped.is_set() and time.monotonic() < deadline:
             try:
                 seen.append(client.predict("text", {"words": words}).model_spec.version.value)
             except grpc.RpcError as err:
                 failures.append(err.details())
+            first_reply.set()
             states = {s.version: s.state for s in client.status().model_version_status}
             status_log.append(states)
             if states.get(1) == State.END and states.get(2) == State.AVAILABLE:
                 swapped.set()
-                return
 
     sender = threading.Thread(target=traffic)
     sender.start()
-    export_model(str(standin(seed=1)), model_dir, frames=2, size=32)  # publishes version 2 while traffic runs
-    sender.join()
     try:
-        assert swapped.is_set() and failures == []
+        assert first_reply.wait(timeout=120), "no reply from version 1"
+        export_model(str(standin(seed=1)), model_dir, frames=2, size=32)  # publishes version 2 under traffic
+        sender.join()
+        assert swapped.is_set(), f"no swap observed; last states {status_log[-3:]}"
+        assert failures == []
         assert seen == sorted(seen) and seen[0] == 1 and seen[-1] == 2
         publish_broken_version(model_dir, 3)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            statuses = {s.version: s for s in client.status().model_version_status}
-            if 3 in statuses and statuses[3].state == State.END:
-                break
+        statuses = poll_status(client, lambda s: 3 in s and s[3].state == State.END, 120)
+        assert 3 in statuses and statuses[3].state == State.END, "version 3 never reached END"
         assert statuses[3].status.error_code != 0 and statuses[3].status.error_message
         assert statuses[2].state == State.AVAILABLE  # the previous version goes on serving
         assert client.predict("text", {"words": words}).model_spec.version.value == 2
     finally:
+        swapped.set()  # stops the traffic if an assertion above failed first
+        sender.join()
         server.stop(grace=5)
 
 
