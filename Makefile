@@ -6,10 +6,10 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test k8s-check image demo standin model export serve bench clean
+.PHONY: help setup test k8s-check image demo demo-model corpus standin model export serve bench clean
 
 help: ## list the targets
-	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 
 setup: $(STAMP) ## create .venv with everything pinned (quick when already done)
 
@@ -30,8 +30,25 @@ image: model ## build the TF Serving image with MODEL_DIR baked in (needs a Dock
 	docker build -f serving/Dockerfile -t s3d-milnce-serving:1$(if $(filter cpu,$(IMAGE_VARIANT)),-cpu) \
 	  $(if $(filter cpu,$(IMAGE_VARIANT)),--build-arg BASE_IMAGE=$$($(PY) -c 'from serving.config import TF_SERVING_IMAGE as i; print(i)')) .
 
-demo: model ## the main job, offline: serve the model, index sample clips, search them, write out/demo/report.html
-	$(PY) -m serving.demo --model-dir $(MODEL_DIR)
+DEMO_MODULE    := model/demo/s3d-demo-tiny
+DEMO_MODEL_DIR := out/demo/models/s3d_milnce
+CORPUS         := out/corpus
+DEMO_STEPS     ?= 5000
+
+demo: setup ## the main job, offline: serve the trained demo model, search held-out clips and a story video, write out/demo/report.html
+	@ls -d $(DEMO_MODEL_DIR)/[0-9]* >/dev/null 2>&1 || $(PY) -m export --source $(DEMO_MODULE) --model-dir $(DEMO_MODEL_DIR)
+	$(PY) -m serving.demo --model-dir $(DEMO_MODEL_DIR)
+
+corpus: $(CORPUS)/corpus.json ## generate the narrated demo world (out/corpus: train/, heldout/, story/)
+
+$(CORPUS)/corpus.json: | setup
+	$(PY) -m model corpus $(CORPUS)
+
+demo-model: corpus ## retrain the committed demo model with MIL-NCE (tiny net, DEMO_STEPS steps; ~20 min on 2 cores; resumable)
+	$(PY) -m model train --data $(CORPUS)/train --heldout $(CORPUS)/heldout/queries.csv --out out/demo-model \
+	  --size tiny --steps $(DEMO_STEPS) --candidates 2 --checkpoint-every 500
+	rm -rf $(DEMO_MODULE).new && cp -r out/demo-model $(DEMO_MODULE).new
+	rm -rf $(DEMO_MODULE) && mv $(DEMO_MODULE).new $(DEMO_MODULE) && rm -rf out/demo-model
 
 STANDIN := models/hub/s3d-standin-tiny
 

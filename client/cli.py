@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from client.defaults import FPS, FRAMES, GRPC_PORT, MODEL_NAME, SIZE
-from client import html_report
+from client import eval_report, html_report
+from client.evalset import EvalSetError, load_evalset
+from client.evaluate import PROTOCOLS, evaluate
 from client.files import atomic_write
 from client.index import Index, IndexFolderError
 from client.indexing import index_videos
@@ -21,16 +23,18 @@ from client.report import as_json, as_table
 from client.search import search, search_index
 from client.session import Options, ServerError, Session
 from client.tensors import dtype_name
-from client.video import Sampling, VideoError, load
+from client.video import Sampling, VideoError, load, model_sampling
 
 
 def _sampling_flags(parser: argparse.ArgumentParser) -> None:
+    """Window settings default to what the served model was trained with (its `preprocessing` signature),
+    else the released model's (32 frames at 10 fps, 224x224)."""
     parser.add_argument("--sampling", choices=("segments", "colab"), default="segments",
-                        help="segments: 3.2 s windows at 10 fps over the whole video; colab: the first 32 frames")
-    parser.add_argument("--stride", type=float, default=FRAMES / FPS, help="seconds between window starts")
-    parser.add_argument("--frames", type=int, default=FRAMES, help=f"frames per window ({FRAMES})")
-    parser.add_argument("--fps", type=float, default=FPS, help=f"sampling rate of segments ({FPS:g})")
-    parser.add_argument("--size", type=int, default=SIZE, help=f"frame height and width ({SIZE})")
+                        help="segments: windows at --fps over the whole video; colab: the first --frames frames")
+    parser.add_argument("--stride", type=float, help="seconds between window starts (default: one window)")
+    parser.add_argument("--frames", type=int, help=f"frames per window (default: the model's, else {FRAMES})")
+    parser.add_argument("--fps", type=float, help=f"sampling rate of segments (default: the model's, else {FPS:g})")
+    parser.add_argument("--size", type=int, help=f"frame height and width (default: the model's, else {SIZE})")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -67,6 +71,19 @@ def parser() -> argparse.ArgumentParser:
     remove = verbs.add_parser("remove", help="remove videos (or everything under folders) from an index")
     remove.add_argument("paths", nargs="+", metavar="PATH")
     remove.add_argument("--index", type=Path, required=True, metavar="DIR")
+    evaluate = verbs.add_parser("eval", help="retrieval quality on a labelled set: R@K, median rank, moments")
+    evaluate.add_argument("--csv", type=Path, required=True,
+                          help="video_id,sentence (MSR-VTT style) or video_id,start,end,text (YouCook2 style)")
+    evaluate.add_argument("--videos", type=Path, required=True, metavar="ROOT",
+                          help="folder holding the videos (file stem = video_id)")
+    evaluate.add_argument("--protocol", choices=PROTOCOLS, default="max",
+                          help="max: best window; mean: --windows windows averaged; colab: the first frames")
+    evaluate.add_argument("--windows", type=int, default=10, help="windows averaged by --protocol mean (10)")
+    evaluate.add_argument("--index", type=Path, metavar="DIR",
+                          help="reuse (and add to) this index's embeddings: a re-run sends only text requests")
+    evaluate.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    evaluate.add_argument("--html", type=Path, metavar="FILE", help="also write an HTML report")
+    _sampling_flags(evaluate)
     verbs.add_parser("status", help="the model's versions and their states")
     verbs.add_parser("metadata", help="the signatures the server exposes")
     return p
@@ -78,19 +95,28 @@ def _options(args: argparse.Namespace) -> Options:
                    concurrency=args.concurrency, float_input=getattr(args, "float", False))
 
 
+def resolve_sampling(args: argparse.Namespace, served: dict[str, float] | None) -> Sampling:
+    return model_sampling(served, args.sampling, args.frames, args.fps, args.size, args.stride)
+
+
 def run(args: argparse.Namespace) -> int:
-    sampling = (Sampling(mode=args.sampling, frames=args.frames, fps=args.fps, size=args.size, stride=args.stride)
-                if hasattr(args, "sampling") else None)
     if args.command == "remove":
         with Index(args.index, args.model) as index:
             print(f"removed {index.remove(args.paths)} video(s) from {args.index}")
         return 0
-    if args.command == "frames":
-        array, spans = load(args.video, sampling)
-        atomic_write(args.out, lambda f: np.save(f, array))
-        print(f"wrote {args.out}: {array.shape} uint8, windows " + ", ".join(f"{s:.1f}-{e:.1f} s" for s, e in spans))
-        return 0
     with Session(_options(args)) as session:
+        if args.command == "frames":
+            try:
+                served = session.preprocessing()
+            except ServerError:
+                served = None
+                print("note: no model server answered; using the default sampling", file=sys.stderr)
+            array, spans = load(args.video, resolve_sampling(args, served))
+            atomic_write(args.out, lambda f: np.save(f, array))
+            print(f"wrote {args.out}: {array.shape} uint8, windows "
+                  + ", ".join(f"{s:.1f}-{e:.1f} s" for s, e in spans))
+            return 0
+        sampling = resolve_sampling(args, session.preprocessing()) if hasattr(args, "sampling") else None
         if args.command == "status":
             for version, state, code, message in session.status():
                 print(f"version {version}: {state}" + (f" (error {code}: {message})" if code else ""))
@@ -101,6 +127,8 @@ def run(args: argparse.Namespace) -> int:
             for name, sig in sorted(signatures.signature_def.items()):
                 print(f"  {name}: {_specs(sig.inputs)} -> {_specs(sig.outputs)}")
             return 0
+        if args.command == "eval":
+            return run_eval(args, session, sampling)
         if args.command == "index":
             session.ensure_ready()  # before creating anything
             with Index(args.index, args.model, sampling, create=True) as index:
@@ -122,6 +150,26 @@ def run(args: argparse.Namespace) -> int:
     return _report_errors(result.errors)
 
 
+def run_eval(args: argparse.Namespace, session: Session, sampling: Sampling) -> int:
+    if args.windows < 1:
+        raise ValueError("--windows must be at least 1")
+    evalset = load_evalset(args.csv, args.videos)
+    session.ensure_ready()
+    errors: list[tuple[str, str]] = []
+    if args.index:
+        with Index(args.index, args.model, sampling if not (args.index / "index.sqlite").is_file() else None,
+                   create=True) as index:
+            result = evaluate(session, evalset, args.protocol, args.windows, index=index, errors=errors)
+    else:
+        result = evaluate(session, evalset, args.protocol, args.windows, sampling, errors=errors)
+    result.excluded += [Path(v).stem for v, _ in errors]
+    print(json.dumps(result.as_json(), indent=2) if args.json else eval_report.as_table(result), end="\n" if args.json else "")
+    if args.html:
+        html_report.write(args.html, eval_report.render(result))
+        print(f"wrote {args.html}", file=sys.stderr)
+    return _report_errors(errors)
+
+
 def _report_errors(errors: list[tuple[str, str]]) -> int:
     for video, why in errors:
         print(f"error: {video}: {why}", file=sys.stderr)
@@ -138,6 +186,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return run(args)
-    except (ServerError, VideoError, IndexFolderError, ValueError) as err:
+    except (ServerError, VideoError, IndexFolderError, EvalSetError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -16,8 +16,13 @@ VIDEO_SIGNATURE = "video"  # images: float32 [B,T,H,W,3] in [0,1]
 VIDEO_UINT8_SIGNATURE = "video_uint8"  # frames: uint8 [B,T,H,W,3] in 0..255, 4x smaller requests
 TEXT_SIGNATURE = "text"  # words: string [B]
 DEFAULT_SIGNATURE = TEXT_SIGNATURE  # what `serving_default` answers: plain sentences, easy over REST
+# keys: string [N] names of settings ("frames", "fps", "size") -> values: float32 [N], the sampling the model
+# was trained with (-1 for an unknown name). The preprocessing config travels with the model this way.
+PREPROCESSING_SIGNATURE = "preprocessing"
+PREPROCESSING_OUTPUT = "values"
 # Each signature's one input key.
-INPUT_KEYS = {VIDEO_SIGNATURE: "images", VIDEO_UINT8_SIGNATURE: "frames", TEXT_SIGNATURE: "words"}
+INPUT_KEYS = {VIDEO_SIGNATURE: "images", VIDEO_UINT8_SIGNATURE: "frames", TEXT_SIGNATURE: "words",
+              PREPROCESSING_SIGNATURE: "keys"}
 VIDEO_OUTPUTS = ("video_embedding", "mixed_5c")
 TEXT_OUTPUT = "text_embedding"
 

@@ -33,14 +33,19 @@ class Windows:
                    np.concatenate([np.asarray(s, dtype=np.float64).reshape(-1, 2) for _, _, s in parts]))
 
 
+def best_per_video(scores: np.ndarray, owner: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Window scores [Q, N] grouped by `owner` -> each video's best score [Q, V], and each video's first row."""
+    starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
+    return np.maximum.reduceat(scores, starts, axis=1), starts
+
+
 def rank(queries: np.ndarray, windows: Windows, top: int) -> list[list[Match]]:
     """For each query embedding [Q, D], the `top` videos by their best window's score, best first."""
     if not windows.videos:
         return [[] for _ in range(len(queries))]
     scores = queries.astype(np.float32) @ windows.embeddings.T  # [Q, N]
-    starts = np.flatnonzero(np.r_[True, windows.owner[1:] != windows.owner[:-1]])
+    best, starts = best_per_video(scores, windows.owner)  # [Q, videos]
     ends = np.r_[starts[1:], len(windows.owner)]
-    best = np.maximum.reduceat(scores, starts, axis=1)  # [Q, videos]
     top = min(top, best.shape[1])
     results = []
     for q in range(len(queries)):

@@ -17,8 +17,8 @@ import grpc
 import numpy as np
 
 from client import protos
-from client.defaults import (GRPC_PORT, INPUT_KEYS, MODEL_NAME, TEXT_OUTPUT, TEXT_SIGNATURE, VIDEO_SIGNATURE,
-                             VIDEO_UINT8_SIGNATURE)
+from client.defaults import (GRPC_PORT, INPUT_KEYS, MODEL_NAME, PREPROCESSING_OUTPUT, PREPROCESSING_SIGNATURE,
+                             TEXT_OUTPUT, TEXT_SIGNATURE, VIDEO_SIGNATURE, VIDEO_UINT8_SIGNATURE)
 from client.tensors import to_numpy, to_proto
 
 MAX_MESSAGE_BYTES = 2**31 - 1
@@ -26,6 +26,10 @@ MAX_MESSAGE_BYTES = 2**31 - 1
 
 class ServerError(Exception):
     """The server cannot be used (unreachable, not ready, model missing...); one line saying what to check."""
+
+    def __init__(self, message: str, code: grpc.StatusCode | None = None):
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass
@@ -78,15 +82,17 @@ class Session:
     def _explain(self, err: grpc.RpcError) -> ServerError:
         address, model, code = self.options.address, self.options.model, err.code()
         if code == grpc.StatusCode.UNAVAILABLE:
-            return ServerError(f"cannot reach the model server at {address} ({err.details()}); check that it is "
-                               f"running (make serve) and the --server address")
-        if code == grpc.StatusCode.NOT_FOUND:
-            return ServerError(f"model '{model}' is not available at {address} ({err.details()}); check --model "
-                               f"and that a version is exported and loaded (status)")
-        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            return ServerError(f"{address} did not answer within {self.options.timeout:g} s; raise --timeout or "
-                               f"send fewer windows per request")
-        return ServerError(f"{address} refused the request: {code.name}: {err.details()}")
+            message = (f"cannot reach the model server at {address} ({err.details()}); check that it is "
+                       f"running (make serve) and the --server address")
+        elif code == grpc.StatusCode.NOT_FOUND:
+            message = (f"model '{model}' is not available at {address} ({err.details()}); check --model "
+                       f"and that a version is exported and loaded (status)")
+        elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            message = (f"{address} did not answer within {self.options.timeout:g} s; raise --timeout or "
+                       f"send fewer windows per request")
+        else:
+            message = f"{address} refused the request: {code.name}: {err.details()}"
+        return ServerError(message, code)
 
     def call(self, path: str, request):
         """One RPC with the deadline, retrying UNAVAILABLE with exponential back-off."""
@@ -136,6 +142,20 @@ class Session:
         chunks = [frames[i: i + step] for i in range(0, len(frames), step)]
         results = self._pool.map(lambda c: self.predict(signature, convert(c), ("video_embedding",)), chunks)
         return np.concatenate([r["video_embedding"] for r in results])
+
+    def preprocessing(self) -> dict[str, float] | None:
+        """The clip sampling the served model was trained with ({"frames", "fps", "size"}), read from its
+        `preprocessing` signature; None when it has none (the hub module served as is, older exports)."""
+        names = ("frames", "fps", "size")
+        try:
+            values = self.predict(PREPROCESSING_SIGNATURE, np.array([n.encode() for n in names], dtype=object),
+                                  (PREPROCESSING_OUTPUT,))[PREPROCESSING_OUTPUT]
+        except ServerError as err:
+            if err.code == grpc.StatusCode.FAILED_PRECONDITION:  # 'Serving signature key ... not found.'
+                return None
+            raise
+        found = {n: float(v) for n, v in zip(names, values) if v > 0}
+        return found if len(found) == len(names) else None
 
     def status(self) -> list[tuple[int, str, int, str]]:
         """(version, state, error code, error message) of every version the server knows."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import os
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +48,15 @@ class Sampling:
             raise ValueError("frames and size must be even, frames >= 2 and size >= 32 (the network's limits)")
         if self.fps <= 0 or self.stride <= 0:
             raise ValueError("fps and stride must be positive")
+
+
+def model_sampling(served: Mapping[str, float] | None, mode: str = "segments", frames: int | None = None,
+                   fps: float | None = None, size: int | None = None, stride: float | None = None) -> Sampling:
+    """Values given explicitly win; then the served model's own sampling (`Session.preprocessing`, the
+    preprocessing config that travels with the model); then the released model's defaults."""
+    base = served or {"frames": FRAMES, "fps": FPS, "size": SIZE}
+    frames, fps, size = frames or int(base["frames"]), fps or float(base["fps"]), size or int(base["size"])
+    return Sampling(mode=mode, frames=frames, fps=fps, size=size, stride=stride or frames / fps)
 
 
 @dataclass
@@ -131,13 +140,12 @@ def colab_windows(path: str | Path, sampling: Sampling) -> Iterator[Window]:
     yield Window(0.0, len(frames) / cap.fps, pad(frames, sampling.frames))
 
 
-def segment_windows(path: str | Path, sampling: Sampling) -> Iterator[Window]:
-    interval, length = 1.0 / sampling.fps, sampling.frames
-    stride = max(1, round(sampling.stride * sampling.fps))
+def sampled_frames(path: str | Path, fps: float, size: int) -> Iterator[np.ndarray]:
+    """Frame k of the result is the one on screen at k / fps seconds (by the file's timestamps), as RGB
+    size x size. Only frames that land on a sampling instant are converted; the others are skipped."""
+    interval = 1.0 / fps
     cap = Capture(path)
-    buffer: deque[np.ndarray] = deque(maxlen=length)
     sampled = 0  # frames sampled so far; sample k stands for time k * interval
-    emitted_end = 0
     try:
         while (t := cap.grab()) is not None:
             # This frame is on screen from t until the next one: it is every sample k with k*interval in there.
@@ -147,17 +155,28 @@ def segment_windows(path: str | Path, sampling: Sampling) -> Iterator[Window]:
                 count += 1
             if not count:
                 continue
-            frame = square(cap.retrieve(), sampling.size)
+            frame = square(cap.retrieve(), size)
             for _ in range(count):
-                buffer.append(frame)
-                sampled += 1
-                if sampled >= length and (sampled - length) % stride == 0:
-                    emitted_end = sampled
-                    yield Window((sampled - length) * interval, sampled * interval, np.stack(buffer))
+                yield frame
+            sampled += count
     finally:
         cap.close()
     if sampled == 0:
         raise VideoError(f"{path}: no frames could be decoded")
+
+
+def segment_windows(path: str | Path, sampling: Sampling) -> Iterator[Window]:
+    interval, length = 1.0 / sampling.fps, sampling.frames
+    stride = max(1, round(sampling.stride * sampling.fps))
+    buffer: deque[np.ndarray] = deque(maxlen=length)
+    sampled = 0
+    emitted_end = 0
+    for frame in sampled_frames(path, sampling.fps, sampling.size):
+        buffer.append(frame)
+        sampled += 1
+        if sampled >= length and (sampled - length) % stride == 0:
+            emitted_end = sampled
+            yield Window((sampled - length) * interval, sampled * interval, np.stack(buffer))
     if sampled < length:
         yield Window(0.0, sampled * interval, pad(list(buffer), length))
     elif emitted_end < sampled:  # the tail the stride skipped: one more window, aligned to the end

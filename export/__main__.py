@@ -20,8 +20,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model-name", default=MODEL_NAME, help=f"served model name (default {MODEL_NAME})")
     parser.add_argument("--model-dir", type=Path, help="base path holding the versions (default models/NAME)")
     parser.add_argument("--version", type=int, help="version number (default: the next one)")
-    parser.add_argument("--warmup-frames", type=int, default=FRAMES, help=f"frames per warmup clip ({FRAMES})")
-    parser.add_argument("--warmup-size", type=int, default=SIZE, help=f"warmup clip height and width ({SIZE})")
+    parser.add_argument("--warmup-frames", type=int,
+                        help=f"frames per warmup clip (default: what the module was trained with, else {FRAMES})")
+    parser.add_argument("--warmup-size", type=int,
+                        help=f"warmup clip height and width (default: the module's training size, else {SIZE})")
     args = parser.parse_args(argv)
     args.model_dir = args.model_dir or Path("models") / args.model_name
     return args
@@ -48,8 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         inputs = ", ".join(f"{k} {v}" for k, v in spec["inputs"].items())
         print(f"  {name:16} {inputs:34} {', '.join(f'{k} {v}' for k, v in spec['outputs'].items())}")
     print("  parity, max abs diff vs source: " + ", ".join(f"{k} {v:.1e}" for k, v in result.parity.items()))
-    print(f"  warmup: {result.warmup_records} records replayed "
-          f"(clips 1x{args.warmup_frames}x{args.warmup_size}x{args.warmup_size})")
+    print(f"  preprocessing reported to clients: {result.preprocessing}")
+    print(f"  warmup: {result.warmup_records} records replayed")
     return 0
 
 

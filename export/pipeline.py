@@ -16,7 +16,7 @@ from client.defaults import FPS, FRAMES, MODEL_NAME, SIZE
 from client.files import folder_bytes
 from export.servable import write_servable
 from export.source import ExportError, open_source
-from export.verify import TOLERANCE, parity, replay_warmup
+from export.verify import TOLERANCE, check_preprocessing, parity, replay_warmup
 from export.versions import choose_version, publish, staging_dir
 from export.warmup import WARMUP, warmup_logs, write_warmup
 
@@ -30,6 +30,7 @@ class Result:
     signatures: dict[str, dict[str, dict[str, str]]]
     parity: dict[str, float]
     warmup_records: int
+    preprocessing: dict[str, float]
     megabytes: float
     seconds: float
 
@@ -47,23 +48,36 @@ def signature_specs(export: Path) -> dict[str, dict[str, dict[str, str]]]:
             for name, sig in sorted(saved.meta_graphs[0].signature_def.items())}
 
 
+def trained_sampling(module: Path) -> dict[str, float]:
+    """The clip sampling a module was trained with (its `manifest.json`, written by `python -m model train`),
+    else the released model's: 32 frames at 10 fps, 224x224."""
+    manifest = module / "manifest.json"
+    found = json.loads(manifest.read_text()).get("sampling", {}) if manifest.is_file() else {}
+    return {"frames": found.get("frames", FRAMES), "fps": found.get("fps", FPS), "size": found.get("size", SIZE)}
+
+
 def export_model(source: str, model_dir: Path, version: int | None = None, model_name: str = MODEL_NAME,
-                 frames: int = FRAMES, size: int = SIZE) -> Result:
-    """Export `source` as the next (or the given) version under `model_dir`; publishes only if verified."""
+                 frames: int | None = None, size: int | None = None) -> Result:
+    """Export `source` as the next (or the given) version under `model_dir`; publishes only if verified.
+
+    The warmup clips are `frames` x `size` x `size`, by default the sampling the module was trained with."""
     start = time.perf_counter()
     src = open_source(source)
+    sampling = trained_sampling(src.path)
+    frames, size = frames or int(sampling["frames"]), size or int(sampling["size"])
     version = choose_version(model_dir, version)
     staged = staging_dir(model_dir)
     try:
         export = staged / "model"
         try:
-            write_servable(src, export)
+            write_servable(src, export, sampling)
         except (tf.errors.OpError, ValueError, KeyError) as err:
             raise ExportError(f"cannot re-save {src.path}: {type(err).__name__}: {str(err).splitlines()[0]}; "
                               f"the module may be corrupted") from None
         write_warmup(export / WARMUP, warmup_logs(model_name, frames, size))
         diffs = parity(src, export)
         records = replay_warmup(export, export / WARMUP)
+        check_preprocessing(export, sampling)
         specs = signature_specs(export)
         manifest = {
             "model_name": model_name, "version": version,
@@ -76,8 +90,9 @@ def export_model(source: str, model_dir: Path, version: int | None = None, model
                 "video_uint8": "RGB uint8 [B,T,H,W,3] in 0..255, divided by 255 in the graph",
                 "text": "raw sentences; tokenised in the graph (lower-case, first 16 known words)",
                 "score": "raw dot product text_embedding . video_embedding (not a probability)"},
-            "preprocessing": {"frames": frames, "fps": FPS, "size": size, "crop": "centre square",
-                              "channels": "RGB"},
+            "preprocessing": {**sampling, "crop": "centre square", "channels": "RGB",
+                              "signature": "preprocessing: keys [N] -> values [N]"},
+            "warmup_clip": [1, frames, size, size, 3],
             "parity_max_abs_diff": diffs, "parity_tolerance": TOLERANCE,
         }
         (export / "assets.extra" / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -85,4 +100,4 @@ def export_model(source: str, model_dir: Path, version: int | None = None, model
         path = publish(export, model_dir, version)
     finally:
         shutil.rmtree(staged, ignore_errors=True)
-    return Result(path, version, specs, diffs, records, megabytes, time.perf_counter() - start)
+    return Result(path, version, specs, diffs, records, sampling, megabytes, time.perf_counter() - start)

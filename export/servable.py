@@ -17,8 +17,8 @@ import tensorflow as tf
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow.python.saved_model import loader_impl
 
-from client.defaults import (DEFAULT_SIGNATURE, INPUT_KEYS, TEXT_OUTPUT, TEXT_SIGNATURE, VIDEO_OUTPUTS,
-                             VIDEO_SIGNATURE, VIDEO_UINT8_SIGNATURE)
+from client.defaults import (DEFAULT_SIGNATURE, INPUT_KEYS, PREPROCESSING_OUTPUT, PREPROCESSING_SIGNATURE,
+                             TEXT_OUTPUT, TEXT_SIGNATURE, VIDEO_OUTPUTS, VIDEO_SIGNATURE, VIDEO_UINT8_SIGNATURE)
 from export.source import Source
 
 SCOPE = "module"
@@ -34,8 +34,17 @@ def _scoped(name: str) -> str:
     return f"{SCOPE}/{name}"
 
 
-def write_servable(source: Source, out: Path) -> None:
-    """Write the serving SavedModel for `source` into the new folder `out`."""
+def _preprocessing(settings: dict[str, float]) -> tuple[tf.Tensor, tf.Tensor]:
+    """keys [N] (setting names) -> values [N] (float; -1 for an unknown name), from an in-graph table."""
+    keys = tf.compat.v1.placeholder(tf.string, [None], name="preprocessing_keys")
+    table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+        tf.constant(list(settings)), tf.constant(list(settings.values()), tf.float32)), default_value=-1.0)
+    return keys, tf.identity(table.lookup(keys), name="preprocessing_values")
+
+
+def write_servable(source: Source, out: Path, preprocessing: dict[str, float]) -> None:
+    """Write the serving SavedModel for `source` into the new folder `out`; `preprocessing` (frames, fps,
+    size) is what the `preprocessing` signature reports to clients."""
     video_sig = source.meta_graph.signature_def[VIDEO_SIGNATURE]
     text_sig = source.meta_graph.signature_def[TEXT_SIGNATURE]
     with tf.Graph().as_default() as graph:
@@ -62,6 +71,7 @@ def write_servable(source: Source, out: Path) -> None:
         source_init = loader_impl.get_init_op(source.meta_graph, import_scope=SCOPE)
         for path in assets:
             tf.compat.v1.add_to_collection(tf.compat.v1.GraphKeys.ASSET_FILEPATHS, path)
+        settings_keys, settings_values = _preprocessing(preprocessing)
         init = tf.group([op for op in (source_init, tf.compat.v1.tables_initializer()) if op is not None],
                         name="init_all_tables")
 
@@ -80,6 +90,8 @@ def write_servable(source: Source, out: Path) -> None:
             VIDEO_SIGNATURE: signature({INPUT_KEYS[VIDEO_SIGNATURE]: images}, video_out),
             VIDEO_UINT8_SIGNATURE: signature({INPUT_KEYS[VIDEO_UINT8_SIGNATURE]: frames}, video_out),
             TEXT_SIGNATURE: signature({INPUT_KEYS[TEXT_SIGNATURE]: words}, text_out),
+            PREPROCESSING_SIGNATURE: signature({INPUT_KEYS[PREPROCESSING_SIGNATURE]: settings_keys},
+                                               {PREPROCESSING_OUTPUT: settings_values}),
         }
         signatures[tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY] = signatures[DEFAULT_SIGNATURE]
         with tf.compat.v1.Session(graph=graph) as sess:

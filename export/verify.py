@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from client.defaults import (DEFAULT_SIGNATURE, INPUT_KEYS, TEXT_SIGNATURE, VIDEO_SIGNATURE,
-                             VIDEO_UINT8_SIGNATURE)
+from client.defaults import (DEFAULT_SIGNATURE, INPUT_KEYS, PREPROCESSING_OUTPUT, PREPROCESSING_SIGNATURE,
+                             TEXT_SIGNATURE, VIDEO_SIGNATURE, VIDEO_UINT8_SIGNATURE)
 from export.source import ExportError, Source
 from export.warmup import read_warmup
 
@@ -71,3 +71,13 @@ def replay_warmup(export: Path, warmup: Path) -> int:
             raise ExportError(f"warmup record {count} ({name}) gives non-finite outputs")
         count += 1
     return count
+
+
+def check_preprocessing(export: Path, expected: dict[str, float]) -> None:
+    """The `preprocessing` signature reports exactly the sampling it was given."""
+    signature = tf.saved_model.load(str(export), tags=[tf.saved_model.SERVING]).signatures[PREPROCESSING_SIGNATURE]
+    names = list(expected)
+    got = call({PREPROCESSING_SIGNATURE: signature}, PREPROCESSING_SIGNATURE, tf.constant(names))
+    values = got[PREPROCESSING_OUTPUT].numpy().tolist()
+    if values != [np.float32(expected[n]) for n in names]:
+        raise ExportError(f"the preprocessing signature reports {dict(zip(names, values))}, not {expected}")

@@ -1,8 +1,15 @@
-"""`python -m model standin OUT [--size tiny|full] [--seed N] [--vocab asset|graph] [--variables ...]`, and
-`python -m model from-torch s3d_howto100m.pth s3d_dict.npy OUT` (the released weights, via the PyTorch port)."""
+"""The network's verbs:
+
+  python -m model standin OUT [--size tiny|full] [--seed N] [--vocab asset|graph] [--variables ...]
+  python -m model from-torch s3d_howto100m.pth s3d_dict.npy OUT     (the released weights, via the PyTorch port)
+  python -m model corpus OUT [--videos N] [--seed S]                  (a narrated demo world)
+  python -m model train --data DIR --out MODULE_DIR [--size tiny|full] [--steps N] ...   (MIL-NCE training)
+"""
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import sys
 import time
@@ -27,7 +34,16 @@ def main(argv: list[str] | None = None) -> int:
     torch.add_argument("checkpoint", type=Path, help="s3d_howto100m.pth")
     torch.add_argument("vocabulary", type=Path, help="s3d_dict.npy")
     torch.add_argument("out", type=Path, help="module folder to create (must not exist)")
+    corpus = verbs.add_parser("corpus", help="generate a narrated demo world (videos + subtitles + held-out split)")
+    corpus.add_argument("out", type=Path, help="folder to create (must not exist)")
+    corpus.add_argument("--videos", type=int, default=160, help="training videos (160)")
+    corpus.add_argument("--seed", type=int, default=0)
+    add_train_parser(verbs)
     args = parser.parse_args(argv)
+    if args.verb == "corpus":
+        return write_demo_corpus(args.out, args.videos, args.seed)
+    if args.verb == "train":
+        return run_training(args)
     if args.out.exists():
         print(f"error: {args.out} already exists; pass a new folder or remove it first", file=sys.stderr)
         return 2
@@ -47,6 +63,89 @@ def main(argv: list[str] | None = None) -> int:
         what = "module from the PyTorch weights"
     size = folder_bytes(path)
     print(f"wrote {what} to {path} ({size / 1e6:.1f} MB, {time.perf_counter() - start:.1f} s)")
+    return 0
+
+
+def add_train_parser(verbs) -> None:
+    train = verbs.add_parser("train", help="train (or fine-tune) with MIL-NCE on narrated videos",
+                             description="Train S3D MIL-NCE on narrated videos and write a hub-format module.")
+    train.add_argument("--data", type=Path, required=True,
+                       help="a folder of videos with same-stem .srt/.vtt, a folder with captions/*.csv, "
+                            "or a CSV video,start,end,text")
+    train.add_argument("--out", type=Path, required=True, help="module folder to create (must not exist)")
+    train.add_argument("--size", choices=sorted(SIZES), default="tiny")
+    train.add_argument("--steps", type=int, default=3000)
+    train.add_argument("--batch", type=int, default=16, help="clips per step; the others' narrations are negatives")
+    train.add_argument("--frames", type=int, help="frames per clip (tiny 16, full 32)")
+    train.add_argument("--image-size", type=int, help="clip height and width (tiny 64, full 224)")
+    train.add_argument("--fps", type=float, help="sampling rate of clips (10)")
+    train.add_argument("--candidates", type=int, default=3,
+                       help="K: a clip's bag of positives is its narration and the K-1 nearest in time")
+    train.add_argument("--lr", type=float, default=1e-3, help="peak Adam learning rate (warm-up, cosine decay)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--init", help="fine-tune from this module (its vocabulary and word vectors are kept)")
+    train.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints")
+    train.add_argument("--heldout", type=Path, help="video_id,sentence CSV (videos beside it) for held-out figures")
+
+
+def run_training(args) -> int:
+    from model.clips import DEFAULT_SAMPLING, ClipSampling
+
+    if min(args.steps, args.batch, args.candidates, args.checkpoint_every) < 1 or args.lr <= 0:
+        print("error: --steps, --batch, --candidates and --checkpoint-every must be >= 1 and --lr > 0",
+              file=sys.stderr)
+        return 2
+    if args.batch < 2:
+        print("error: --batch must be at least 2: the other clips of a batch are the negatives", file=sys.stderr)
+        return 2
+    if args.heldout and not args.heldout.is_file():
+        print(f"error: --heldout {args.heldout}: no such file", file=sys.stderr)
+        return 2
+    base = DEFAULT_SAMPLING[args.size]
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    tf.get_logger().setLevel("ERROR")
+    from model.hub_format import ModuleError, read_module
+    from model.narration import DataError
+    from model.train import Settings, train
+
+    try:
+        if args.init:  # a fine-tune keeps the sampling its module was trained with, unless told otherwise
+            base = ClipSampling(**read_module(Path(args.init)).manifest.get("sampling", dataclasses.asdict(base)))
+        sampling = ClipSampling(args.frames or base.frames, args.fps or base.fps, args.image_size or base.size)
+        if sampling.frames % 2 or sampling.size % 2 or sampling.size < 32 or sampling.fps <= 0:
+            raise DataError("--frames and --image-size must be even, --image-size >= 32 and --fps > 0")
+        settings = Settings(str(args.data.resolve()), args.size, args.steps, args.batch, sampling, args.candidates,
+                            args.lr, args.seed, str(Path(args.init).resolve()) if args.init else None,
+                            str(args.heldout.resolve()) if args.heldout else None)
+        start = time.perf_counter()
+        out = train(settings, args.out, args.checkpoint_every)
+    except (DataError, ModuleError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    manifest = json.loads((out / "manifest.json").read_text())
+    print(f"wrote {out} ({folder_bytes(out) / 1e6:.1f} MB, {time.perf_counter() - start:.0f} s): "
+          f"loss {manifest['first_loss']:.3f} -> {manifest['final_loss']:.3f}")
+    if held := manifest["heldout"]:
+        print(f"held-out text->video R@1 {held['R@1']:.2f}, R@5 {held['R@5']:.2f}, median rank {held['MdR']:g} "
+              f"(chance {held['chance_R@1']:.3f}) over {held['queries']} queries")
+    return 0
+
+
+def write_demo_corpus(out: Path, videos: int, seed: int) -> int:
+    from model.corpus import write_corpus
+
+    if out.exists():
+        print(f"error: {out} already exists; pass a new folder or remove it first", file=sys.stderr)
+        return 2
+    if videos < 2:
+        print("error: --videos must be at least 2", file=sys.stderr)
+        return 2
+    summary = write_corpus(out, videos=videos, seed=seed)
+    print(f"wrote {out}: {videos} narrated videos in train/, {summary['heldout']} held-out clips with "
+          f"queries in heldout/, a {summary['story_seconds']:.0f} s story video with {summary['story_events']} "
+          f"events in story/")
     return 0
 
 

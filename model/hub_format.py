@@ -7,6 +7,8 @@ written by `hub.Module`, there is no init op: loaders run the TABLE_INITIALIZERS
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import shutil
 import tempfile
@@ -16,13 +18,15 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from model.config import VARIABLE_KINDS, VOCAB_LAYOUTS, Config
+from model.config import SIZES, VARIABLE_KINDS, VOCAB_LAYOUTS, Config
 from model.network import Network, named_variables
 from model.text import vocabulary_table
 
 # tensorflow_hub's ModuleDef{format: FORMAT_V3}, serialised (field 1, varint 3).
 MODULE_DEF_V3 = b"\x08\x03"
 MODULE_MARKER = "tfhub_module.pb"
+MANIFEST = "manifest.json"  # what a trained module was trained on and with (sampling, data, figures)
+VOCAB_ASSET = "s3d_dict.txt"
 
 
 def _variable_scope(kind: str) -> tf.compat.v1.variable_scope:
@@ -44,8 +48,12 @@ def _signatures(net: Network, training: bool) -> dict[str, tf.compat.v1.saved_mo
 
 
 def write_module(out: str | os.PathLike, config: Config, weights: Mapping[str, np.ndarray],
-                 vocabulary: Sequence[str], vocab_layout: str = "asset", variables: str = "resource") -> Path:
-    """Write the module to `out` (which must not exist) through a temporary sibling, renamed at the end."""
+                 vocabulary: Sequence[str], vocab_layout: str = "asset", variables: str = "resource",
+                 manifest: dict | None = None) -> Path:
+    """Write the module to `out` (which must not exist) through a temporary sibling, renamed at the end.
+
+    `manifest`, when given, is written as `manifest.json` beside `tfhub_module.pb` (hub loaders ignore it).
+    """
     if vocab_layout not in VOCAB_LAYOUTS or variables not in VARIABLE_KINDS:
         raise ValueError(f"vocab_layout must be one of {VOCAB_LAYOUTS}, variables one of {VARIABLE_KINDS}")
     out = Path(out)
@@ -54,7 +62,7 @@ def write_module(out: str | os.PathLike, config: Config, weights: Mapping[str, n
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        vocab_file = work / "vocab" / "s3d_dict.txt"
+        vocab_file = work / "vocab" / VOCAB_ASSET
         vocab_file.parent.mkdir()
         vocab_file.write_text("".join(f"{w}\t{i}\n" for i, w in enumerate(vocabulary, start=1)))
         builder = tf.compat.v1.saved_model.Builder(str(work / "module"))
@@ -74,6 +82,8 @@ def write_module(out: str | os.PathLike, config: Config, weights: Mapping[str, n
                         builder.add_meta_graph(tags, signature_def_map=signatures, assets_collection=assets)
         builder.save()
         (work / "module" / MODULE_MARKER).write_bytes(MODULE_DEF_V3)
+        if manifest is not None:
+            (work / "module" / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         (work / "module").rename(out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -87,3 +97,55 @@ def _load(sess: tf.compat.v1.Session, net: Network, weights: Mapping[str, np.nda
         raise ValueError(f"weights do not match the network: {sorted(set(variables) ^ set(weights))[:5]}")
     sess.run([var.initializer for var in variables.values()],
              {var.initial_value: weights[name] for name, var in variables.items()})
+
+
+class ModuleError(Exception):
+    """A module that cannot be read as this network's; one line saying why."""
+
+
+@dataclasses.dataclass
+class Module:
+    config: Config
+    weights: dict[str, np.ndarray]
+    vocabulary: list[str]
+    manifest: dict
+
+
+def _graph_vocabulary(path: Path) -> list[str]:
+    """The keys of the vocabulary table when it is a constant in the graph (ids 1..n in order)."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved = saved_model_pb2.SavedModel.FromString((path / "saved_model.pb").read_bytes())
+    nodes = {n.name: n for n in saved.meta_graphs[0].graph_def.node}
+    for node in nodes.values():
+        if node.op in ("InitializeTableV2", "InitializeTable"):
+            keys = nodes.get(node.input[1].split(":")[0].lstrip("^"))
+            if keys is not None and keys.op == "Const":
+                return [w.decode() for w in tf.make_ndarray(keys.attr["value"].tensor).tolist()]
+    raise ModuleError(f"{path}: no vocabulary found (neither assets/{VOCAB_ASSET} nor a table constant)")
+
+
+def read_module(path: Path) -> Module:
+    """Weights, size and vocabulary of a module written by this writer (stand-in, from-torch or trained)."""
+    if not (path / MODULE_MARKER).is_file() or not (path / "variables" / "variables.index").is_file():
+        raise ModuleError(f"{path}: not a hub-format module folder (needs {MODULE_MARKER} and variables/)")
+    reader = tf.train.load_checkpoint(str(path / "variables" / "variables"))
+    weights = {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
+    asset = path / "assets" / VOCAB_ASSET
+    if asset.is_file():
+        pairs = [line.split("\t") for line in asset.read_text(encoding="utf-8").splitlines() if line]
+        vocabulary = [w for w, _ in sorted(pairs, key=lambda p: int(p[1]))]
+    else:
+        vocabulary = _graph_vocabulary(path)
+    conv1 = weights.get("video/conv1/weights")
+    embedding = weights.get("text/word_embedding")
+    if conv1 is None or embedding is None:
+        raise ModuleError(f"{path}: its variables are not this network's (no video/conv1/weights or "
+                          f"text/word_embedding); fine-tune from a stand-in, a from-torch or a trained module")
+    size = next((name for name, c in SIZES.items() if c.channels(64) == conv1.shape[-1]), None)
+    if size is None:
+        raise ModuleError(f"{path}: conv1 has {conv1.shape[-1]} channels, which matches no known size")
+    config = dataclasses.replace(SIZES[size], vocab_size=embedding.shape[0], word_dim=embedding.shape[1])
+    manifest_file = path / MANIFEST
+    manifest = json.loads(manifest_file.read_text()) if manifest_file.is_file() else {}
+    return Module(config, weights, vocabulary, manifest)

@@ -5,6 +5,10 @@ stand-in needs one of the same size whose first words make demo queries meaningf
 """
 from __future__ import annotations
 
+import re
+from collections import Counter
+from collections.abc import Iterable
+
 COMMON_WORDS = """
 a about above across after again against all along an and animal animals any are arm around at away baby
 back ball bank bar be beach bed behind bicycle big bike bird black blue board boat body book bottle bowl box
@@ -28,3 +32,14 @@ def standin_vocabulary(size: int) -> list[str]:
     words = COMMON_WORDS[: size - 1]
     words += [f"word{i:05d}" for i in range(len(words), size - 1)]
     return words
+
+
+def words(text: str) -> list[str]:
+    """The tokeniser's words of a sentence (lower-case runs of letters, digits, '_' and "'"), as the graph has them."""
+    return re.findall(r"[\w']+", text.lower())
+
+
+def build_vocabulary(sentences: Iterable[str], limit: int | None = None) -> list[str]:
+    """Words of `sentences`, most frequent first (ties alphabetical), at most `limit` of them."""
+    counts = Counter(w for s in sentences for w in words(s))
+    return [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))][:limit]

@@ -54,6 +54,15 @@ def server(model_dir):
     srv.stop(grace=5)
 
 
+@pytest.fixture()
+def session(server):
+    """A client session on the shared embedded server."""
+    from client.session import Options, Session
+
+    with Session(Options(address=f"127.0.0.1:{server.port}", windows_per_request=2)) as s:
+        yield s
+
+
 def write_clip(path: Path, frames: int, fps: float, size: tuple[int, int] = (96, 72), fourcc: str = "FFV1",
                seed: int | None = None) -> Path:
     """A clip whose frame i is uniformly grey level i (or seeded noise): sampling can be checked exactly."""

@@ -25,7 +25,8 @@ from model.vocab import standin_vocabulary
 from model.weights import standin_weights
 
 LAYOUTS = [("asset", "resource"), ("asset", "reference"), ("graph", "resource"), ("graph", "reference")]
-SERVED = {"video", "video_uint8", "text", "serving_default"}
+SERVED = {"video", "video_uint8", "text", "serving_default"}  # each has a warmup record
+SIGNATURES = SERVED | {"preprocessing"}
 
 
 @pytest.fixture(scope="module")
@@ -80,11 +81,11 @@ def test_signatures_keys_dtypes_and_shapes(exported):
     graph = serving_graph(exported.path)
     assert list(graph.meta_info_def.tags) == ["serve"]
     sigs = graph.signature_def
-    assert set(sigs) == SERVED
+    assert set(sigs) == SIGNATURES
     assert {s.method_name for s in sigs.values()} == {"tensorflow/serving/predict"}
     dtype = {name: sig.inputs[INPUT_KEYS.get(name, "words")].dtype for name, sig in sigs.items()}
-    assert dtype == {"video": types_pb2.DT_FLOAT, "video_uint8": types_pb2.DT_UINT8,
-                     "text": types_pb2.DT_STRING, "serving_default": types_pb2.DT_STRING}
+    assert dtype == {"video": types_pb2.DT_FLOAT, "video_uint8": types_pb2.DT_UINT8, "text": types_pb2.DT_STRING,
+                     "serving_default": types_pb2.DT_STRING, "preprocessing": types_pb2.DT_STRING}
     for name in ("video", "video_uint8"):
         assert [d.size for d in sigs[name].inputs[INPUT_KEYS[name]].tensor_shape.dim] == [-1, -1, -1, -1, 3]
         assert set(sigs[name].outputs) == {"video_embedding", "mixed_5c"}
@@ -116,8 +117,10 @@ def test_manifest_records_source_and_contract(exported, standin):
     assert manifest["source"]["handle"] == str(standin())
     assert manifest["source"]["kind"] == "hub-tf1"
     assert manifest["tensorflow"] == tf.__version__
-    assert manifest["preprocessing"]["fps"] == FPS and manifest["preprocessing"]["size"] == 64
-    assert set(manifest["signatures"]) == SERVED
+    # a module without a training manifest is taken to want the released model's sampling
+    assert (manifest["preprocessing"]["fps"], manifest["preprocessing"]["size"]) == (FPS, SIZE)
+    assert manifest["warmup_clip"] == [1, 8, 64, 64, 3]
+    assert set(manifest["signatures"]) == SIGNATURES
     assert max(manifest["parity_max_abs_diff"].values()) <= manifest["parity_tolerance"]
 
 

@@ -14,7 +14,7 @@ from client.index import Index, IndexFolderError
 from client.indexing import index_videos
 from client.rank import Match
 from client.search import Result, search_index
-from client.session import Options, Session
+
 from client.video import Sampling, load
 from tests.conftest import write_clip
 
@@ -28,12 +28,6 @@ def library(tmp_path):
     for i, frames in enumerate((40, 90, 20, 130, 60, 75)):
         write_clip(folder / f"clip{i}.avi", frames, 20, (80, 64), "MJPG", seed=i)
     return folder
-
-
-@pytest.fixture()
-def session(server):
-    with Session(Options(address=f"127.0.0.1:{server.port}", windows_per_request=2)) as s:
-        yield s
 
 
 def check_consistent(folder, library) -> dict:

@@ -22,7 +22,7 @@ from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
                                      predict_pb2, prediction_service_pb2_grpc)
 
-from client.defaults import MODEL_NAME
+from client.defaults import FPS, FRAMES, MODEL_NAME, SIZE
 from tests.conftest import start_server
 from export.pipeline import export_model
 from serving import launcher
@@ -154,7 +154,9 @@ def test_metadata_and_status(client, server):
     response = client.predict_stub.GetModelMetadata(request, timeout=10)
     signatures = get_model_metadata_pb2.SignatureDefMap()
     response.metadata["signature_def"].Unpack(signatures)
-    assert set(signatures.signature_def) == {"video", "video_uint8", "text", "serving_default"}
+    assert set(signatures.signature_def) == {"video", "video_uint8", "text", "serving_default", "preprocessing"}
+    settings = client.predict("preprocessing", {"keys": np.array([b"frames", b"fps", b"size", b"nope"], object)})
+    assert value(settings, "values").tolist() == [FRAMES, FPS, SIZE, -1]  # no training manifest: the defaults
     assert response.model_spec.version.value == 1
     (status,) = client.status().model_version_status
     assert (status.version, status.state, status.status.error_code) == (1, State.AVAILABLE, 0)

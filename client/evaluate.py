@@ -1,0 +1,231 @@
+"""The `eval` verb: retrieval quality on a labelled set, the way the field reports it (reference §5).
+
+reader (`client.evalset`) -> clip windows by protocol -> embeddings (any TF Serving) -> the full query x clip
+score matrix -> text->video and video->text R@1/5/10, median and mean rank; for segment sets, moment metrics
+(each query searched inside its whole video, the best window's span against the annotated one).
+
+Protocols, named in the output:
+- `max`: every window of the clip (stride = one window, the last aligned to the clip's end); a clip scores as
+  its best window, which is what `search` does;
+- `mean`: `windows` windows spread uniformly over the clip, their embeddings averaged (the MIL-NCE evaluation);
+- `colab`: one window, the first frames (the official colab: the first 32 frames of the file at its own rate;
+  for a segment, the first `frames` samples from its start).
+Decoding streams: each video is read once per pass, and only the windows asked for are kept.
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict, deque
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from client.evalset import Clip, EvalSet
+from client.index import Index
+from client.indexing import index_videos
+from client.metrics import iou, moment_summary, ranks, summary
+from client.rank import Windows, best_per_video
+from client.session import Session
+from client.video import Capture, Sampling, VideoError, colab_windows, pad, sampled_frames, segment_windows
+
+PROTOCOLS = ("max", "mean", "colab")
+
+
+@dataclass
+class Evaluation:
+    queries: int
+    videos: int
+    excluded: list[str]
+    protocol: dict
+    text_to_video: dict[str, float]
+    video_to_text: dict[str, float]
+    moments: dict[str, float] | None
+    text_ranks: np.ndarray  # per query, for the report
+    scores: np.ndarray  # [queries, clips]
+    sentences: list[str]
+    clips: list[Clip]
+    truth: list[int]
+
+    def as_json(self) -> dict:
+        return {"queries": self.queries, "videos": self.videos, "excluded": self.excluded, "protocol": self.protocol,
+                "text_to_video": self.text_to_video, "video_to_text": self.video_to_text, "moments": self.moments}
+
+
+def duration(path: str, fps: float) -> float:
+    """Seconds of video: the container's frame count when it states one, else a counting pass."""
+    cap = Capture(path)
+    try:
+        count = cap.cap.get(7)  # cv2.CAP_PROP_FRAME_COUNT
+        if math.isfinite(count) and count > 0:
+            return count / cap.fps
+        while cap.grab() is not None:
+            pass
+        return (cap.index + 1) / cap.fps
+    finally:
+        cap.close()
+
+
+def windows_at(path: str, starts: list[int], sampling: Sampling) -> list[np.ndarray]:
+    """Windows of `sampling.frames` samples beginning at these sample indices, in the order asked, streamed
+    through a rolling buffer; a start past the end gives the last full window (a short video is padded)."""
+    length = sampling.frames
+    wanted = sorted(set(max(0, s) for s in starts))
+    found: dict[int, np.ndarray] = {}
+    buffer: deque[np.ndarray] = deque(maxlen=length)
+    seen = 0
+    for frame in sampled_frames(path, sampling.fps, sampling.size):
+        buffer.append(frame)
+        seen += 1
+        while wanted and wanted[0] == seen - length:
+            found[wanted.pop(0)] = np.stack(buffer)
+        if not wanted:
+            break
+    tail = np.stack(buffer) if seen >= length else pad(list(buffer), length)
+    return [found.get(max(0, s), tail) for s in starts]
+
+
+def clip_starts(clip: Clip, protocol: str, sampling: Sampling, count: int, seconds: float) -> list[int]:
+    """Sample indices where the protocol's windows of `clip` begin (the clip spans 0..seconds if whole)."""
+    start = clip.start or 0.0
+    end = clip.end if clip.end is not None else seconds
+    first, last = round(start * sampling.fps), max(round(start * sampling.fps), round(end * sampling.fps) - sampling.frames)
+    if protocol == "colab":
+        return [first]
+    if protocol == "mean":
+        return [round(x) for x in np.linspace(first, last, count)]
+    return sorted(set(range(first, last, sampling.frames)) | {last})
+
+
+def embed_clips(session: Session, evalset: EvalSet, protocol: str, sampling: Sampling, count: int,
+                errors: list[tuple[str, str]]) -> list[np.ndarray | None]:
+    """Per clip, its window embeddings [W, D] (mean: one averaged row); None for a clip that failed."""
+    by_video: dict[str, list[int]] = defaultdict(list)
+    for i, clip in enumerate(evalset.clips):
+        by_video[clip.video].append(i)
+    out: list[np.ndarray | None] = [None] * len(evalset.clips)
+    for video, members in by_video.items():
+        try:
+            if protocol == "colab" and not evalset.segments:
+                frames = [w.frames for w in colab_windows(video, replace(sampling, mode="colab"))]
+                groups = [(members[0], frames)]
+            else:
+                seconds = 0.0 if evalset.segments else duration(video, sampling.fps)
+                starts = {i: clip_starts(evalset.clips[i], protocol, sampling, count, seconds) for i in members}
+                frames = windows_at(video, [s for i in members for s in starts[i]], sampling)
+                groups, at = [], 0
+                for i in members:
+                    groups.append((i, frames[at: at + len(starts[i])]))
+                    at += len(starts[i])
+        except VideoError as err:
+            errors.append((video, str(err).removeprefix(f"{video}: ")))
+            continue
+        for i, windows in groups:
+            embeddings = session.embed_windows(np.stack(windows))
+            out[i] = embeddings.mean(axis=0, keepdims=True) if protocol == "mean" else embeddings
+    return out
+
+
+def from_index(index: Index, evalset: EvalSet) -> tuple[list[np.ndarray | None], Windows]:
+    """Per clip, the index's windows inside it (centre within the span; the nearest one if none is)."""
+    windows = index.windows()
+    position = {v: i for i, v in enumerate(windows.videos)}
+    out: list[np.ndarray | None] = []
+    for clip in evalset.clips:
+        rows = np.flatnonzero(windows.owner == position[clip.video]) if clip.video in position else []
+        if len(rows) == 0:
+            out.append(None)
+            continue
+        if clip.start is not None:
+            centres = windows.spans[rows].mean(axis=1)
+            inside = rows[(centres >= clip.start) & (centres <= clip.end)]
+            rows = inside if len(inside) else rows[[np.argmin(np.abs(centres - (clip.start + clip.end) / 2))]]
+        out.append(np.asarray(windows.embeddings[rows]))
+    return out, windows
+
+
+def video_windows(session: Session, videos: list[str], sampling: Sampling) -> Windows:
+    """Every window of whole videos (for moment search), streamed video by video."""
+    parts = []
+    for video in videos:
+        try:
+            found = list(segment_windows(video, sampling))
+        except VideoError:
+            continue
+        parts.append((video, session.embed_windows(np.stack([w.frames for w in found])),
+                      [(w.start, w.end) for w in found]))
+    return Windows.join(parts)
+
+
+def moments(text: np.ndarray, evalset: EvalSet, windows: Windows) -> dict[str, float]:
+    """Each segment's sentence searched inside its whole video: IoU of the best window with the annotation."""
+    position = {v: i for i, v in enumerate(windows.videos)}
+    overlaps = []
+    for sentence, t in zip(text, evalset.truth):
+        clip = evalset.clips[t]
+        rows = np.flatnonzero(windows.owner == position[clip.video]) if clip.video in position else []
+        if len(rows) == 0:
+            overlaps.append(0.0)
+            continue
+        best = rows[int(np.argmax(windows.embeddings[rows] @ sentence))]
+        overlaps.append(float(iou(windows.spans[best][None], np.array([[clip.start, clip.end]]))[0]))
+    return moment_summary(np.array(overlaps))
+
+
+def evaluate(session: Session, evalset: EvalSet, protocol: str = "max", count: int = 10,
+             sampling: Sampling | None = None, index: Index | None = None,
+             errors: list[tuple[str, str]] | None = None) -> Evaluation:
+    """Score every sentence against every clip and summarise, the way the field reports retrieval."""
+    errors = [] if errors is None else errors
+    whole: Windows | None = None
+    if index is not None:
+        if protocol != "max":
+            raise ValueError("--index holds every window of each video: use it with --protocol max")
+        stats = index_videos(session, index, sorted({c.video for c in evalset.clips}))
+        errors += stats.failed
+        sampling = index.sampling
+        per_clip, whole = from_index(index, evalset)
+    else:
+        per_clip = embed_clips(session, evalset, protocol, sampling, count, errors)
+    failed = {i for i, e in enumerate(per_clip) if e is None}
+    keep = [i for i in range(len(evalset.clips)) if i not in failed]
+    if not keep:
+        raise ValueError("no clip could be embedded: " + "; ".join(f"{v}: {why}" for v, why in errors[:3]))
+    renumber = {old: new for new, old in enumerate(keep)}
+    queries = [(s, renumber[t]) for s, t in zip(evalset.sentences, evalset.truth) if t in renumber]
+    text = session.embed_text([s for s, _ in queries])
+    stacked = np.concatenate([per_clip[i] for i in keep])
+    owner = np.concatenate([np.full(len(per_clip[i]), n) for n, i in enumerate(keep)])
+    scores, _ = best_per_video(text @ stacked.T, owner)  # [queries, clips]
+    truth = np.array([t for _, t in queries])
+    mask = np.zeros(scores.shape, bool)
+    mask[np.arange(len(truth)), truth] = True
+    text_ranks = ranks(scores, truth)
+    moment_figures = None
+    if evalset.segments:
+        kept = replace(evalset, clips=[evalset.clips[i] for i in keep], truth=list(truth),
+                       sentences=[s for s, _ in queries])
+        if whole is None:
+            whole = video_windows(session, sorted({c.video for c in kept.clips}), sampling)
+        moment_figures = moments(text, kept, whole)
+    return Evaluation(
+        queries=len(queries), videos=len(keep), excluded=list(evalset.excluded),
+        protocol={"name": protocol, "windows": count if protocol == "mean" else None, "frames": sampling.frames,
+                  "fps": sampling.fps, "size": sampling.size},
+        text_to_video=summary(text_ranks), video_to_text=summary(ranks(scores.T, mask.T)),
+        moments=moment_figures, text_ranks=text_ranks, scores=scores, sentences=[s for s, _ in queries],
+        clips=[evalset.clips[i] for i in keep], truth=list(truth))
+
+
+def worst(evaluation: Evaluation, count: int = 5) -> Iterator[tuple[str, int, list[tuple[Clip, float]]]]:
+    """The queries ranked worst: (sentence, rank of its clip, top 3 clips with scores)."""
+    for q in np.argsort(-evaluation.text_ranks, kind="stable")[:count]:
+        top = np.argsort(-evaluation.scores[q], kind="stable")[:3]
+        yield (evaluation.sentences[q], int(evaluation.text_ranks[q]),
+               [(evaluation.clips[c], float(evaluation.scores[q, c])) for c in top])
+
+
+def clip_name(clip: Clip) -> str:
+    name = Path(clip.video).name
+    return name if clip.start is None else f"{name} {clip.start:g}-{clip.end:g} s"

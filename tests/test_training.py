@@ -1,0 +1,174 @@
+"""MIL-NCE training: it learns, BatchNorm statistics move and serve inference, a stopped run resumes exactly,
+and what it writes is a module the rest of the pipeline takes unchanged (hub.load, export, serve, search)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_hub as hub
+
+from client.defaults import MODEL_NAME
+from client.session import Options, Session
+from client.video import Sampling
+from client.search import search
+from export.pipeline import export_model
+from model.__main__ import main as model_main
+from model.clips import ClipSampling, FrameCache, Sampler
+from model.corpus import write_corpus
+from model.hub_format import read_module
+from model.layers import BatchNorm
+from model.narration import DataError, read_dataset
+from model.network import Network
+from model.text import vocabulary_table
+from model.train import CHECKPOINT, Settings, Trainer, initial_module, train
+from model.vocab import words
+from model.weights import assign
+from tests.conftest import start_server, write_clip
+
+SAMPLING = ClipSampling(frames=8, fps=10, size=32)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("world") / "corpus"
+    write_corpus(root, videos=6, heldout=4, story_events=2, seed=5)
+    return root
+
+
+def settings(world: Path, steps: int, **changes) -> Settings:
+    base = dict(data=str(world / "train"), size="tiny", steps=steps, batch=4, sampling=SAMPLING, candidates=2,
+                lr=1e-3, seed=7, init=None, heldout=str(world / "heldout" / "queries.csv"))
+    return Settings(**{**base, **changes})
+
+
+@pytest.fixture(scope="module")
+def trainer(world, tmp_path_factory) -> tuple[Trainer, Sampler]:
+    s = settings(world, 100)
+    data = read_dataset(Path(s.data))
+    module, _ = initial_module(s, [line.text for v in data.videos for line in v.lines])
+    net = Network(module.config, vocabulary_table(words=module.vocabulary))
+    assign(net, module.weights)
+    cache = FrameCache(tmp_path_factory.mktemp("frames"), SAMPLING)
+    return Trainer(net, s, freeze_words=False), Sampler(data.videos, cache.frames, SAMPLING, 2, 7)
+
+
+def test_steps_lower_the_loss_on_a_fixed_batch(trainer):
+    tr, sampler = trainer
+    batch = sampler.batch(0, 4)
+    assert batch.clips.shape == (4, 8, 32, 32, 3) and len(batch.texts) == 8
+    losses = [tr.step(batch.clips, batch.texts, 1e-3) for _ in range(8)]
+    assert losses[-1] < losses[0] - 0.1, losses
+
+
+def test_batchnorm_statistics_move_in_training_and_serve_inference(trainer):
+    tr, sampler = trainer
+    norms = [m for m in tr.net.video.submodules if isinstance(m, BatchNorm)]
+    before = [bn.moving_mean.numpy().copy() for bn in norms]
+    batch = sampler.batch(1, 4)
+    tr.step(batch.clips, batch.texts, 1e-4)
+    moved = [not np.allclose(b, bn.moving_mean.numpy()) for b, bn in zip(before, norms)]
+    assert all(moved)  # every BatchNorm layer updated its moving mean
+    clips = tf.constant(batch.clips, tf.float32) / 255.0
+    inference = tr.net.video(clips, training=False)["video_embedding"].numpy()
+    norms[0].moving_mean.assign(norms[0].moving_mean + 1.0)  # inference reads the moving statistics...
+    shifted = tr.net.video(clips, training=False)["video_embedding"].numpy()
+    assert not np.allclose(inference, shifted)
+    norms[0].moving_mean.assign(norms[0].moving_mean - 1.0)
+    training_mode = tr.net.video(clips, training=True)["video_embedding"].numpy()
+    assert not np.allclose(inference, training_mode)  # ...which differ from the batch's
+
+
+@pytest.fixture(scope="module")
+def trained(world, tmp_path_factory) -> tuple[Path, Path]:
+    """A 6-step run done in one go, and the same run stopped after 4 steps and resumed."""
+    root = tmp_path_factory.mktemp("runs")
+    whole = train(settings(world, 6), root / "whole", checkpoint_every=3, progress=False, log=lambda _: None)
+    assert train(settings(world, 6), root / "resumed", checkpoint_every=3, progress=False, log=lambda _: None,
+                 stop_after=4) is None
+    assert not (root / "resumed").exists() and (root / "resumed.train" / CHECKPOINT).is_file()
+    resumed = train(settings(world, 6), root / "resumed", checkpoint_every=3, progress=False, log=lambda _: None)
+    return whole, resumed
+
+
+def test_a_stopped_run_resumes_to_the_same_weights(trained):
+    whole, resumed = (read_module(p) for p in trained)
+    assert whole.weights.keys() == resumed.weights.keys()
+    for name, value in whole.weights.items():
+        np.testing.assert_allclose(resumed.weights[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+    logs = [(p.parent / f"{p.name}.train" / "log.csv").read_text().splitlines() for p in trained]
+    assert len(logs[0]) == len(logs[1]) == 7  # header + one row per step, none twice
+
+
+def test_the_module_carries_its_manifest_and_vocabulary(trained, world):
+    module = read_module(trained[0])
+    manifest = module.manifest
+    assert manifest["sampling"] == {"frames": 8, "fps": 10, "size": 32}
+    assert manifest["settings"]["steps"] == 6 and manifest["settings"]["seed"] == 7
+    assert manifest["data"]["videos"] == 6 and manifest["heldout"]["queries"] == 4
+    assert 0 <= manifest["heldout"]["R@1"] <= 1 and manifest["heldout"]["chance_R@1"] == 0.25
+    narrated = {w for v in read_dataset(world / "train").videos for line in v.lines for w in words(line.text)}
+    assert {"red", "ball", "beach"} <= set(module.vocabulary) == narrated
+
+
+def test_a_trained_module_loads_exports_serves_and_tells_the_client_its_sampling(trained, world, tmp_path):
+    hub_module = hub.load(str(trained[0]))
+    local = hub_module.signatures["text"](tf.constant(["a red ball"]))["text_embedding"].numpy()
+    model_dir = tmp_path / MODEL_NAME
+    result = export_model(str(trained[0]), model_dir)
+    assert max(result.parity.values()) <= 1e-5 and result.preprocessing == {"frames": 8, "fps": 10, "size": 32}
+    server = start_server(model_dir)
+    try:
+        with Session(Options(address=f"127.0.0.1:{server.port}")) as session:
+            assert session.preprocessing() == {"frames": 8.0, "fps": 10.0, "size": 32.0}
+            np.testing.assert_allclose(session.embed_text(["a red ball"]), local, atol=1e-5)
+            videos = sorted(str(p) for p in (world / "heldout").glob("*.webm"))
+            found = search(session, ["a red ball"], videos, Sampling(frames=8, fps=10, size=32, stride=0.8), top=4)
+            assert not found.errors and len(found.matches[0]) == 4
+    finally:
+        server.stop(grace=5)
+
+
+def test_fine_tuning_keeps_the_init_modules_vocabulary(trained, world, tmp_path):
+    s = settings(world, 1, init=str(trained[0]))
+    module, frozen = initial_module(s, ["entirely new words here"])
+    assert frozen and module.vocabulary == read_module(trained[0]).vocabulary
+
+
+def test_bad_training_input_is_one_line_and_writes_no_module(world, tmp_path, capsys):
+    out = tmp_path / "m"
+    assert model_main(["train", "--data", str(tmp_path / "nope"), "--out", str(out)]) == 2
+    assert "no such folder or file" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    write_clip(empty / "silent.avi", 10, 10, (64, 48), "MJPG")
+    assert model_main(["train", "--data", str(empty), "--out", str(out)]) == 2
+    assert "no narrated videos found" in capsys.readouterr().err
+    assert model_main(["train", "--data", str(empty), "--out", str(out), "--batch", "1"]) == 2
+    assert "--batch must be at least 2" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_corrupt_video_is_skipped_named_and_counted(world, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("v000", "v001"):
+        for suffix in (".webm", ".srt"):
+            (data / f"{name}{suffix}").write_bytes((world / "train" / f"{name}{suffix}").read_bytes())
+    (data / "broken.webm").write_bytes(b"\x1a\x45\xdf\xa3 not really a video")
+    (data / "broken.srt").write_bytes((world / "train" / "v000.srt").read_bytes())
+    said: list[str] = []
+    out = train(settings(world, 1, data=str(data), heldout=None), tmp_path / "m", progress=False, log=said.append)
+    assert any(line.startswith(f"skipped {data / 'broken.webm'}") for line in said)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["data"]["videos"] == 2 and manifest["data"]["skipped"] == [str(data / "broken.webm")]
+
+
+def test_a_changed_run_is_not_resumed_silently(world, tmp_path):
+    work = tmp_path / "m.train"
+    work.mkdir()
+    (work / "run.json").write_text(json.dumps(settings(world, 6).as_json()))
+    with pytest.raises(DataError, match="holds a run with other settings"):
+        train(settings(world, 6, lr=5e-4), tmp_path / "m", progress=False, log=lambda _: None)
