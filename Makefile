@@ -33,7 +33,7 @@ image: model ## build the TF Serving image with MODEL_DIR baked in (needs a Dock
 DEMO_MODULE    := model/demo/s3d-demo-tiny
 DEMO_MODEL_DIR := out/demo/models/s3d_milnce
 CORPUS         := out/corpus
-DEMO_STEPS     ?= 5000
+DEMO_STEPS     ?= 6000
 
 demo: setup ## the main job, offline: serve the trained demo model, search held-out clips and a story video, write out/demo/report.html
 	@ls -d $(DEMO_MODEL_DIR)/[0-9]* >/dev/null 2>&1 || $(PY) -m export --source $(DEMO_MODULE) --model-dir $(DEMO_MODEL_DIR)

@@ -18,12 +18,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from client import protos
+from client.transport import protos
 from client.defaults import FRAMES, MODEL_NAME, SIZE
-from client.rank import Windows, rank
-from client.samples import real_clips, synthetic_clips
-from client.tensors import to_proto
-from client.video import Sampling, load
+from client.library.rank import Windows, rank
+from client.decode.samples import real_clips, synthetic_clips
+from client.transport.tensors import to_proto
+from client.decode.video import Sampling, load
 
 
 def colab_loader(path: str, max_frames: int = FRAMES, size: int = SIZE) -> np.ndarray:

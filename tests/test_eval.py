@@ -9,11 +9,11 @@ import pytest
 
 from client.cli import main as client_main
 from client.defaults import MODEL_NAME
-from client.evalset import Clip, EvalSet, EvalSetError, load_evalset
-from client.evaluate import clip_starts, embed_clips, evaluate, windows_at
-from client.index import Index
-from client.metrics import iou, ranks, summary
-from client.video import Sampling
+from client.library.evalset import Clip, EvalSet, EvalSetError, load_evalset
+from client.library.evaluate import clip_starts, embed_clips, evaluate, windows_at
+from client.library.index import Index
+from client.library.metrics import iou, ranks, summary
+from client.decode.video import Sampling
 from tests.conftest import write_clip
 
 RAMP = Sampling(frames=4, fps=10, size=32)

@@ -9,13 +9,13 @@ import sys
 import numpy as np
 import pytest
 
-from client import html_report
-from client.index import Index, IndexFolderError
-from client.indexing import index_videos
-from client.rank import Match
-from client.search import Result, search_index
+from client.outputs import html_report
+from client.library.index import Index, IndexFolderError
+from client.library.indexing import index_videos
+from client.library.rank import Match
+from client.library.search import Result, search_index
 
-from client.video import Sampling, load
+from client.decode.video import Sampling, load
 from tests.conftest import write_clip
 
 SAMPLING = Sampling(size=64)

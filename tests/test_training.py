@@ -11,9 +11,9 @@ import tensorflow as tf
 import tensorflow_hub as hub
 
 from client.defaults import MODEL_NAME
-from client.session import Options, Session
-from client.video import Sampling
-from client.search import search
+from client.transport.session import Options, Session
+from client.decode.video import Sampling
+from client.library.search import search
 from export.pipeline import export_model
 from model.__main__ import main as model_main
 from model.clips import ClipSampling, FrameCache, Sampler

@@ -14,7 +14,7 @@ from google.protobuf import json_format
 from tensorflow.core.framework import tensor_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, predict_pb2
 
-from client.tensors import DTYPES, to_numpy, to_proto
+from client.transport.tensors import DTYPES, to_numpy, to_proto
 from serving.embedded.api import SIGNATURE_DEF, Api
 from serving.embedded.errors import ServingError, invalid
 from serving.embedded.servable import DEFAULT_KEY

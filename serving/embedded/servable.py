@@ -15,7 +15,7 @@ import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2
 from tensorflow_serving.apis import predict_pb2
 
-from client.tensors import dtype_name, to_numpy, to_proto
+from client.transport.tensors import dtype_name, to_numpy, to_proto
 from export.warmup import WARMUP, read_warmup
 from serving.embedded.errors import ServingError, from_tf, invalid
 

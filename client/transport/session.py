@@ -16,10 +16,10 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from client import protos
+from client.transport import protos
 from client.defaults import (GRPC_PORT, INPUT_KEYS, MODEL_NAME, PREPROCESSING_OUTPUT, PREPROCESSING_SIGNATURE,
                              TEXT_OUTPUT, TEXT_SIGNATURE, VIDEO_SIGNATURE, VIDEO_UINT8_SIGNATURE)
-from client.tensors import to_numpy, to_proto
+from client.transport.tensors import to_numpy, to_proto
 
 MAX_MESSAGE_BYTES = 2**31 - 1
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from client import protos
+from client.transport import protos
 
 # DataType number -> (numpy dtype, typed field, TensorFlow's short name)
 DTYPES = {

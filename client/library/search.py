@@ -8,10 +8,10 @@ from typing import TypeVar
 
 import numpy as np
 
-from client.index import Index
-from client.rank import Match, Windows, rank
-from client.session import Session
-from client.video import Sampling, VideoError, load
+from client.library.index import Index
+from client.library.rank import Match, Windows, rank
+from client.transport.session import Session
+from client.decode.video import Sampling, VideoError, load
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -1,6 +1,6 @@
 """The `eval` verb: retrieval quality on a labelled set, the way the field reports it (reference §5).
 
-reader (`client.evalset`) -> clip windows by protocol -> embeddings (any TF Serving) -> the full query x clip
+reader (`client.library.evalset`) -> clip windows by protocol -> embeddings (any TF Serving) -> the full query x clip
 score matrix -> text->video and video->text R@1/5/10, median and mean rank; for segment sets, moment metrics
 (each query searched inside its whole video, the best window's span against the annotated one).
 
@@ -22,13 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
-from client.evalset import Clip, EvalSet
-from client.index import Index
-from client.indexing import index_videos
-from client.metrics import iou, moment_summary, ranks, summary
-from client.rank import Windows, best_per_video
-from client.session import Session
-from client.video import Capture, Sampling, VideoError, colab_windows, pad, sampled_frames, segment_windows
+from client.library.evalset import Clip, EvalSet
+from client.library.index import Index
+from client.library.indexing import index_videos
+from client.library.metrics import iou, moment_summary, ranks, summary
+from client.library.rank import Windows, best_per_video
+from client.transport.session import Session
+from client.decode.video import Capture, Sampling, VideoError, colab_windows, pad, sampled_frames, segment_windows
 
 PROTOCOLS = ("max", "mean", "colab")
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from client.index import Entry, Index, file_sha256
-from client.search import prefetch
-from client.session import Session
-from client.video import VideoError, load
+from client.library.index import Entry, Index, file_sha256
+from client.library.search import prefetch
+from client.transport.session import Session
+from client.decode.video import VideoError, load
 
 VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".gif", ".mpg", ".mpeg", ".wmv", ".flv", ".ogv"}
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import cv2
 
 from client.files import atomic_write
-from client.search import Result
-from client.video import Capture, square
+from client.library.search import Result
+from client.decode.video import Capture, square
 
 THUMBNAIL = 160
 PLAYABLE = {".mp4", ".m4v", ".webm", ".ogv", ".mov"}

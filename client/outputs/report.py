@@ -1,7 +1,7 @@
 """Writers for search results: an aligned text table and the JSON document."""
 from __future__ import annotations
 
-from client.search import Result
+from client.library.search import Result
 
 
 def as_json(result: Result) -> dict:

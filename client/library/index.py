@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from client.files import atomic_write
-from client.rank import Windows
-from client.video import Sampling
+from client.library.rank import Windows
+from client.decode.video import Sampling
 
 FORMAT = "s3d-index/1"
 DB = "index.sqlite"

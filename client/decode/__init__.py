@@ -1,0 +1,1 @@
+"""Stage 1, decode: video files -> the model's input windows (OpenCV), and sample clips."""

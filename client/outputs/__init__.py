@@ -1,0 +1,1 @@
+"""Stage 4, outputs: what people read: tables, JSON and self-contained HTML pages."""

@@ -1,0 +1,1 @@
+"""Stage 2, transport: TF Serving's gRPC API spoken with our own messages, deadlines and retries."""
