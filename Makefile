@@ -33,7 +33,9 @@ image: model ## build the TF Serving image with MODEL_DIR baked in (needs a Dock
 DEMO_MODULE    := model/demo/s3d-demo-tiny
 DEMO_MODEL_DIR := out/demo/models/s3d_milnce
 CORPUS         := out/corpus
-DEMO_STEPS     ?= 6000
+DEMO_STEPS     ?= 8000
+DEMO_TRAIN      = $(PY) -m model train --data $(CORPUS)/train --heldout $(CORPUS)/heldout/queries.csv \
+                    --size tiny --steps $(DEMO_STEPS) --candidates 2 --checkpoint-every 500
 
 demo: setup ## the main job, offline: serve the trained demo model, search held-out clips and a story video, write out/demo/report.html
 	@ls -d $(DEMO_MODEL_DIR)/[0-9]* >/dev/null 2>&1 || $(PY) -m export --source $(DEMO_MODULE) --model-dir $(DEMO_MODEL_DIR)
@@ -44,10 +46,12 @@ corpus: $(CORPUS)/corpus.json ## generate the narrated demo world (out/corpus: t
 $(CORPUS)/corpus.json: | setup
 	$(PY) -m model corpus $(CORPUS)
 
-demo-model: corpus ## retrain the committed demo model with MIL-NCE (tiny net, DEMO_STEPS steps; ~20 min on 2 cores; resumable)
-	$(PY) -m model train --data $(CORPUS)/train --heldout $(CORPUS)/heldout/queries.csv --out out/demo-model \
-	  --size tiny --steps $(DEMO_STEPS) --candidates 2 --checkpoint-every 500
-	rm -rf $(DEMO_MODULE).new && cp -r out/demo-model $(DEMO_MODULE).new
+out/demo-stage1/manifest.json: $(CORPUS)/corpus.json
+	$(DEMO_TRAIN) --out out/demo-stage1 --lr 1e-3
+
+demo-model: out/demo-stage1/manifest.json ## retrain the committed demo model: MIL-NCE from scratch, then fine-tuned from it (--init); ~45 min on 2 cores, resumable
+	$(DEMO_TRAIN) --out out/demo-model --lr 5e-4 --init out/demo-stage1
+	rm -rf $(DEMO_MODULE).new && mkdir -p $(dir $(DEMO_MODULE)) && cp -r out/demo-model $(DEMO_MODULE).new
 	rm -rf $(DEMO_MODULE) && mv $(DEMO_MODULE).new $(DEMO_MODULE) && rm -rf out/demo-model
 
 STANDIN := models/hub/s3d-standin-tiny

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from client.files import folder_bytes
 from model.config import SIZES, VARIABLE_KINDS, VOCAB_LAYOUTS
+from model.corpus import TRAIN_VIDEOS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.add_argument("out", type=Path, help="module folder to create (must not exist)")
     corpus = verbs.add_parser("corpus", help="generate a narrated demo world (videos + subtitles + held-out split)")
     corpus.add_argument("out", type=Path, help="folder to create (must not exist)")
-    corpus.add_argument("--videos", type=int, default=160, help="training videos (160)")
+    corpus.add_argument("--videos", type=int, default=TRAIN_VIDEOS, help=f"training videos ({TRAIN_VIDEOS})")
     corpus.add_argument("--seed", type=int, default=0)
     add_train_parser(verbs)
     args = parser.parse_args(argv)

@@ -17,10 +17,9 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-
-from contextlib import contextmanager
 
 import cv2
 import numpy as np
@@ -30,6 +29,7 @@ SIDE = 128  # pixels; the model samples them down to its own size
 EVENT_SECONDS = 4.0
 GAP_SECONDS = 1.0
 MAX_SHIFT = 2.0  # narration lines start up to this many seconds before or after their event
+TRAIN_VIDEOS = 400  # enough variety that the tiny network learns the attributes rather than the videos
 
 COLOURS = {"red": (40, 40, 220), "blue": (220, 70, 30), "yellow": (0, 215, 250), "purple": (180, 40, 150)}  # BGR
 OBJECTS = ("ball", "box", "triangle")
@@ -184,7 +184,7 @@ def narration(spans: list[tuple[float, float, Event]], duration: float, rng: np.
     return lines
 
 
-def write_corpus(out: Path, videos: int = 160, events_per_video: int = 4, heldout: int = 32,
+def write_corpus(out: Path, videos: int = TRAIN_VIDEOS, events_per_video: int = 4, heldout: int = 32,
                  story_events: int = 10, seed: int = 0) -> dict:
     """Write the corpus to `out` (which must not exist) through a temporary sibling; returns its summary.
 

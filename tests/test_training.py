@@ -59,8 +59,8 @@ def test_steps_lower_the_loss_on_a_fixed_batch(trainer):
     tr, sampler = trainer
     batch = sampler.batch(0, 4)
     assert batch.clips.shape == (4, 8, 32, 32, 3) and len(batch.texts) == 8
-    losses = [tr.step(batch.clips, batch.texts, 1e-3) for _ in range(8)]
-    assert losses[-1] < losses[0] - 0.1, losses
+    losses = [tr.step(batch.clips, batch.texts, 1e-4) for _ in range(16)]  # Adam's first steps at 1e-3 overshoot
+    assert np.mean(losses[-3:]) < losses[0] - 0.15, losses
 
 
 def test_batchnorm_statistics_move_in_training_and_serve_inference(trainer):
