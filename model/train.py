@@ -241,7 +241,8 @@ def train(settings: Settings, out: Path, checkpoint_every: int = 100, progress: 
                  "skipped": [str(p) for p in dataset.unnarrated] + dataset.missing + [str(p) for p, _ in corrupt]},
         "vocabulary": len(start_module.vocabulary), "parameters": int(sum(np.prod(v.shape) for v in trainer.trainable)),
         "final_loss": float(np.mean(losses[-max(1, len(losses) // 20):])), "first_loss": losses[0] if losses else None,
-        "heldout": heldout, "tensorflow": tf.__version__,
+        "heldout": heldout, "init_manifest": start_module.manifest or None,  # lineage of a fine-tune
+        "tensorflow": tf.__version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "seconds_this_session": round(seconds, 1),
     }

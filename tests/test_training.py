@@ -107,6 +107,7 @@ def test_the_module_carries_its_manifest_and_vocabulary(trained, world):
     manifest = module.manifest
     assert manifest["sampling"] == {"frames": 8, "fps": 10, "size": 32}
     assert manifest["settings"]["steps"] == 6 and manifest["settings"]["seed"] == 7
+    assert manifest["init_manifest"] is None  # trained from scratch; a fine-tune carries its --init's manifest
     assert manifest["data"]["videos"] == 6 and manifest["heldout"]["queries"] == 4
     assert 0 <= manifest["heldout"]["R@1"] <= 1 and manifest["heldout"]["chance_R@1"] == 0.25
     narrated = {w for v in read_dataset(world / "train").videos for line in v.lines for w in words(line.text)}
