@@ -107,13 +107,13 @@ def run_training(args) -> int:
     import tensorflow as tf
 
     tf.get_logger().setLevel("ERROR")
-    from model.hub_format import ModuleError, read_module
+    from model.hub_format import ModuleError, read_manifest
     from model.narration import DataError
     from model.train import Settings, train
 
     try:
         if args.init:  # a fine-tune keeps the sampling its module was trained with, unless told otherwise
-            base = ClipSampling(**read_module(Path(args.init)).manifest.get("sampling", dataclasses.asdict(base)))
+            base = ClipSampling(**read_manifest(Path(args.init)).get("sampling", dataclasses.asdict(base)))
         sampling = ClipSampling(args.frames or base.frames, args.fps or base.fps, args.image_size or base.size)
         if sampling.frames % 2 or sampling.size % 2 or sampling.size < 32 or sampling.fps <= 0:
             raise DataError("--frames and --image-size must be even, --image-size >= 32 and --fps > 0")

@@ -146,6 +146,10 @@ def read_module(path: Path) -> Module:
     if size is None:
         raise ModuleError(f"{path}: conv1 has {conv1.shape[-1]} channels, which matches no known size")
     config = dataclasses.replace(SIZES[size], vocab_size=embedding.shape[0], word_dim=embedding.shape[1])
-    manifest_file = path / MANIFEST
-    manifest = json.loads(manifest_file.read_text()) if manifest_file.is_file() else {}
-    return Module(config, weights, vocabulary, manifest)
+    return Module(config, weights, vocabulary, read_manifest(path))
+
+
+def read_manifest(path: Path) -> dict:
+    """A module's `manifest.json` (what it was trained on and with); {} for modules without one."""
+    manifest = path / MANIFEST
+    return json.loads(manifest.read_text()) if manifest.is_file() else {}

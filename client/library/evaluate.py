@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from client.library.evalset import Clip, EvalSet
@@ -57,7 +58,7 @@ def duration(path: str, fps: float) -> float:
     """Seconds of video: the container's frame count when it states one, else a counting pass."""
     cap = Capture(path)
     try:
-        count = cap.cap.get(7)  # cv2.CAP_PROP_FRAME_COUNT
+        count = cap.cap.get(cv2.CAP_PROP_FRAME_COUNT)
         if math.isfinite(count) and count > 0:
             return count / cap.fps
         while cap.grab() is not None:
@@ -107,8 +108,10 @@ def embed_clips(session: Session, evalset: EvalSet, protocol: str, sampling: Sam
     out: list[np.ndarray | None] = [None] * len(evalset.clips)
     for video, members in by_video.items():
         try:
-            if protocol == "colab" and not evalset.segments:
-                frames = [w.frames for w in colab_windows(video, replace(sampling, mode="colab"))]
+            if not evalset.segments and protocol != "mean":  # a whole video: the same windows `search` takes
+                reader = colab_windows if protocol == "colab" else segment_windows
+                frames = [w.frames for w in reader(video, replace(sampling, mode="colab" if protocol == "colab"
+                                                                   else "segments"))]
                 groups = [(members[0], frames)]
             else:
                 seconds = 0.0 if evalset.segments else duration(video, sampling.fps)
