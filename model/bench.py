@@ -1,6 +1,8 @@
-"""Model figures, measured in one run: stand-in write time and size, and forward-pass cost by clip size.
+"""Model figures, measured in one run: stand-in write time and size, forward-pass cost by clip size, and a
+MIL-NCE training step against an inference pass on the same batch.
 
-`python -m model.bench` (or `make bench`). Prints a table; ratios are against the 8x64x64 test clip.
+`python -m model.bench` (or `make bench`). Prints tables; ratios are against the 8x64x64 test clip and against
+inference.
 """
 from __future__ import annotations
 
@@ -13,7 +15,12 @@ import tensorflow as tf
 import tensorflow_hub as hub
 
 from client.files import folder_bytes
+from model.clips import DEFAULT_SAMPLING
+from model.network import Network
 from model.standin import write_standin
+from model.text import vocabulary_table
+from model.train import Settings, Trainer, initial_module
+from model.weights import assign
 
 CLIPS = ((8, 64, 64), (16, 224, 224), (32, 224, 224))
 
@@ -47,6 +54,31 @@ def main() -> None:
                 ms = 1000 * _seconds(lambda: video(clip), repeat=5 if t * h < 1000 else 3)
                 base = base or ms
                 print(f"{size:8} {f'{t}x{h}x{w}':>12} {ms:11.1f} {ms / base:10.1f}")
+    training_step()
+
+
+def training_step(batch: int = 16, candidates: int = 2) -> None:
+    """The tiny network's MIL-NCE step on the demo's clip shape, beside inference on the same clips."""
+    sampling = DEFAULT_SAMPLING["tiny"]
+    settings = Settings("-", "tiny", 100, batch, sampling, candidates, 1e-3, 0, None)
+    sentences = ["a red ball moving left in a field", "a blue box falling down at night"]
+    module, _ = initial_module(settings, sentences)
+    net = Network(module.config, vocabulary_table(words=module.vocabulary))
+    assign(net, module.weights)
+    trainer = Trainer(net, settings, freeze_words=False)
+    clips = np.random.default_rng(0).integers(0, 256, (batch, sampling.frames, sampling.size, sampling.size, 3),
+                                              dtype=np.uint8)
+    texts = [sentences[i % 2] for i in range(batch * candidates)]
+    start = time.perf_counter()
+    trainer.step(clips, texts, 1e-4)
+    trace = time.perf_counter() - start
+    step = _seconds(lambda: trainer.step(clips, texts, 1e-4), repeat=10)
+    images = tf.constant(clips, tf.float32) / 255.0
+    infer = tf.function(lambda x: net.video(x)["video_embedding"])
+    forward = _seconds(lambda: infer(images), repeat=10)
+    print(f"\ntraining step, tiny, batch {batch} of {sampling.frames}x{sampling.size}x{sampling.size}, K={candidates}: "
+          f"first call (tracing) {trace:.1f} s, then {1000 * step:.0f} ms/step = {batch / step:.0f} clips/s; "
+          f"inference on the same batch {1000 * forward:.0f} ms (step = {step / forward:.1f}x inference)")
 
 
 if __name__ == "__main__":
