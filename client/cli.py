@@ -117,7 +117,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"wrote {args.out}: {array.shape} uint8, windows "
                   + ", ".join(f"{s:.1f}-{e:.1f} s" for s, e in spans))
             return 0
-        sampling = resolve_sampling(args, session.preprocessing()) if hasattr(args, "sampling") else None
+        uses_index_sampling = args.command == "search" and args.index  # the index keeps its own
+        sampling = (resolve_sampling(args, session.preprocessing())
+                    if hasattr(args, "sampling") and not uses_index_sampling else None)
         if args.command == "status":
             for version, state, code, message in session.status():
                 print(f"version {version}: {state}" + (f" (error {code}: {message})" if code else ""))

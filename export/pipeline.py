@@ -15,6 +15,7 @@ from tensorflow.core.protobuf import saved_model_pb2
 from client.defaults import FPS, FRAMES, MODEL_NAME, SIZE
 from client.files import folder_bytes
 from export.servable import write_servable
+from model.hub_format import read_manifest
 from export.source import ExportError, open_source
 from export.verify import TOLERANCE, check_preprocessing, parity, replay_warmup
 from export.versions import choose_version, publish, staging_dir
@@ -51,8 +52,7 @@ def signature_specs(export: Path) -> dict[str, dict[str, dict[str, str]]]:
 def trained_sampling(module: Path) -> dict[str, float]:
     """The clip sampling a module was trained with (its `manifest.json`, written by `python -m model train`),
     else the released model's: 32 frames at 10 fps, 224x224."""
-    manifest = module / "manifest.json"
-    found = json.loads(manifest.read_text()).get("sampling", {}) if manifest.is_file() else {}
+    found = read_manifest(module).get("sampling", {})
     return {"frames": found.get("frames", FRAMES), "fps": found.get("fps", FPS), "size": found.get("size", SIZE)}
 
 

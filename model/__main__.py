@@ -90,6 +90,7 @@ def add_train_parser(verbs) -> None:
 
 
 def run_training(args) -> int:
+    from client.decode.video import Sampling
     from model.clips import DEFAULT_SAMPLING, ClipSampling
 
     if min(args.steps, args.batch, args.candidates, args.checkpoint_every) < 1 or args.lr <= 0:
@@ -115,8 +116,10 @@ def run_training(args) -> int:
         if args.init:  # a fine-tune keeps the sampling its module was trained with, unless told otherwise
             base = ClipSampling(**read_manifest(Path(args.init)).get("sampling", dataclasses.asdict(base)))
         sampling = ClipSampling(args.frames or base.frames, args.fps or base.fps, args.image_size or base.size)
-        if sampling.frames % 2 or sampling.size % 2 or sampling.size < 32 or sampling.fps <= 0:
-            raise DataError("--frames and --image-size must be even, --image-size >= 32 and --fps > 0")
+        try:  # the client's limits for a window are the network's
+            Sampling(frames=sampling.frames, fps=sampling.fps, size=sampling.size)
+        except ValueError as err:
+            raise DataError(f"--frames/--fps/--image-size: {err}") from None
         settings = Settings(str(args.data.resolve()), args.size, args.steps, args.batch, sampling, args.candidates,
                             args.lr, args.seed, str(Path(args.init).resolve()) if args.init else None,
                             str(args.heldout.resolve()) if args.heldout else None)

@@ -26,7 +26,11 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
+from client.decode.video import Sampling, load
 from client.files import atomic_write
+from client.library.evalset import read_sentences
+from client.library.metrics import ranks, summary
+from client.library.rank import best_per_video
 from model.clips import ClipSampling, FrameCache, Sampler, usable
 from model.config import SIZES
 from model.hub_format import Module, read_module, write_module
@@ -253,11 +257,6 @@ def train(settings: Settings, out: Path, checkpoint_every: int = 100, progress: 
 def heldout_figures(net: Network, queries_csv: Path, sampling: ClipSampling) -> dict:
     """Text->video R@1/5/10 and median rank on a `video_id,sentence` CSV, videos beside it, each video scoring
     as its best window (the way `search` ranks), computed in-process with inference BatchNorm."""
-    from client.library.evalset import read_sentences
-    from client.library.metrics import ranks, summary
-    from client.library.rank import best_per_video
-    from client.decode.video import Sampling, load
-
     pairs, missing = read_sentences(queries_csv, queries_csv.parent)
     videos = sorted({v for v, _ in pairs})
     window = Sampling(frames=sampling.frames, fps=sampling.fps, size=sampling.size,

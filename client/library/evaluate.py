@@ -28,6 +28,7 @@ from client.library.index import Index
 from client.library.indexing import index_videos
 from client.library.metrics import iou, moment_summary, ranks, summary
 from client.library.rank import Windows, best_per_video
+from client.library.search import embed_videos
 from client.transport.session import Session
 from client.decode.video import Capture, Sampling, VideoError, colab_windows, pad, sampled_frames, segment_windows
 
@@ -133,10 +134,9 @@ def embed_clips(session: Session, evalset: EvalSet, protocol: str, sampling: Sam
 def from_index(index: Index, evalset: EvalSet) -> tuple[list[np.ndarray | None], Windows]:
     """Per clip, the index's windows inside it (centre within the span; the nearest one if none is)."""
     windows = index.windows()
-    position = {v: i for i, v in enumerate(windows.videos)}
     out: list[np.ndarray | None] = []
     for clip in evalset.clips:
-        rows = np.flatnonzero(windows.owner == position[clip.video]) if clip.video in position else []
+        rows = windows.rows(clip.video)
         if len(rows) == 0:
             out.append(None)
             continue
@@ -148,26 +148,12 @@ def from_index(index: Index, evalset: EvalSet) -> tuple[list[np.ndarray | None],
     return out, windows
 
 
-def video_windows(session: Session, videos: list[str], sampling: Sampling) -> Windows:
-    """Every window of whole videos (for moment search), streamed video by video."""
-    parts = []
-    for video in videos:
-        try:
-            found = list(segment_windows(video, sampling))
-        except VideoError:
-            continue
-        parts.append((video, session.embed_windows(np.stack([w.frames for w in found])),
-                      [(w.start, w.end) for w in found]))
-    return Windows.join(parts)
-
-
 def moments(text: np.ndarray, evalset: EvalSet, windows: Windows) -> dict[str, float]:
     """Each segment's sentence searched inside its whole video: IoU of the best window with the annotation."""
-    position = {v: i for i, v in enumerate(windows.videos)}
     overlaps = []
     for sentence, t in zip(text, evalset.truth):
         clip = evalset.clips[t]
-        rows = np.flatnonzero(windows.owner == position[clip.video]) if clip.video in position else []
+        rows = windows.rows(clip.video)
         if len(rows) == 0:
             overlaps.append(0.0)
             continue
@@ -210,7 +196,7 @@ def evaluate(session: Session, evalset: EvalSet, protocol: str = "max", count: i
         kept = replace(evalset, clips=[evalset.clips[i] for i in keep], truth=list(truth),
                        sentences=[s for s, _ in queries])
         if whole is None:
-            whole = video_windows(session, sorted({c.video for c in kept.clips}), sampling)
+            whole = embed_videos(session, sorted({c.video for c in kept.clips}), sampling, errors)
         moment_figures = moments(text, kept, whole)
     return Evaluation(
         queries=len(queries), videos=len(keep), excluded=list(evalset.excluded),

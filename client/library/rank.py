@@ -23,6 +23,12 @@ class Windows:
     owner: np.ndarray  # [N] index into `videos`
     spans: np.ndarray  # [N, 2] start, end seconds
 
+    def rows(self, video: str) -> np.ndarray:
+        """Row numbers of `video`'s windows (empty if it has none)."""
+        if video not in self.videos:
+            return np.zeros(0, np.int64)
+        return np.flatnonzero(self.owner == self.videos.index(video))
+
     @classmethod
     def join(cls, parts: list[tuple[str, np.ndarray, list[tuple[float, float]]]]) -> Windows:
         """From (video, embeddings [W, D], spans) per video."""
