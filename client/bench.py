@@ -4,9 +4,13 @@
 - requests: build + encode time and bytes of uint8 against float32 frames;
 - import: `import client.cli` against `import tensorflow_serving.apis` (fresh processes);
 - search: ranking latency over 10k, 100k and 1M synthetic window embeddings.
+
+`python -m client.bench video-memory ADDRESS VIDEO FRAMES SIZE {whole,streamed}` is one side of the served
+bench's indexing-memory figures: it embeds one video in this fresh process and prints its peak RSS (JSON).
 """
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -19,11 +23,14 @@ import cv2
 import numpy as np
 
 from client.transport import protos
-from client.defaults import FRAMES, MODEL_NAME, SIZE
+from client.defaults import FPS, FRAMES, MODEL_NAME, SIZE
 from client.library.rank import Windows, rank
 from client.decode.samples import real_clips, synthetic_clips
 from client.transport.tensors import to_proto
 from client.decode.video import Sampling, load
+from client.library.stream import embed_stream
+from client.memory import release_big_blocks
+from client.transport.session import Options, Session
 
 
 def colab_loader(path: str, max_frames: int = FRAMES, size: int = SIZE) -> np.ndarray:
@@ -72,7 +79,7 @@ def requests() -> None:
     def build(array):
         request = protos.PredictRequest()
         request.model_spec.name = MODEL_NAME
-        request.inputs["frames"].CopyFrom(to_proto(array))
+        to_proto(array, into=request.inputs["frames"])
         return request.SerializeToString()
 
     as_float = frames.astype(np.float32) / np.float32(255)
@@ -117,7 +124,36 @@ def search_latency() -> None:
         del windows
 
 
+def whole_video(session: Session, path: str, sampling: Sampling) -> int:
+    """How `index` embedded a video before streaming: every window in memory at once, then the requests."""
+    frames, _ = load(path, sampling)
+    return len(session.embed_windows(frames))
+
+
+def streamed(session: Session, path: str, sampling: Sampling) -> int:
+    """How `index` embeds a video now (`client.library.stream`)."""
+    [(_, done)] = embed_stream(session, [path], str, sampling)
+    return len(done.embeddings)
+
+
+def video_memory(address: str, path: str, frames: int, size: int, how: str) -> None:
+    release_big_blocks()  # as the CLI does, for both ways
+    sampling = Sampling(frames=frames, size=size, stride=frames / FPS)
+    with Session(Options(address=address, timeout=600)) as session:
+        start = time.perf_counter()
+        windows = (whole_video if how == "whole" else streamed)(session, path, sampling)
+        seconds = time.perf_counter() - start
+    # VmHWM starts afresh at exec; ru_maxrss would carry the forking parent's peak over (Linux)
+    peak_kb = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
+                   if line.startswith("VmHWM:"))
+    peak_mb = peak_kb / 1024
+    print(json.dumps({"windows": windows, "seconds": seconds, "peak_mb": peak_mb}))
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["video-memory"]:
+        address, path, frames, size, how = sys.argv[2:]
+        return video_memory(address, path, int(frames), int(size), how)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         preprocessing([str(p) for p in synthetic_clips(folder) + real_clips(folder)])

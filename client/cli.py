@@ -18,13 +18,17 @@ from client.outputs import html_report
 from client.library.evalset import EvalSetError, load_evalset
 from client.library.evaluate import PROTOCOLS, evaluate
 from client.files import atomic_write
-from client.library.index import Index, IndexFolderError
+from client.memory import release_big_blocks
+from client.library.index import Index, IndexFolderError, IndexWriteError
 from client.library.indexing import index_videos
 from client.outputs.report import as_json, as_table
 from client.library.search import search, search_index
 from client.transport.session import Options, ServerError, Session
 from client.transport.tensors import dtype_name
 from client.decode.video import Sampling, VideoError, load, model_sampling
+
+INDEX_WAIT = 300.0  # seconds an index run rides out an unavailable server (a restart, a rolling update)
+SHORT_WAIT = 10.0  # the other verbs answer a person: fail soon
 
 
 def _sampling_flags(parser: argparse.ArgumentParser) -> None:
@@ -44,7 +48,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--server", default=f"localhost:{GRPC_PORT}", help="gRPC address HOST:PORT")
     p.add_argument("--model", default=MODEL_NAME, help="served model name")
     p.add_argument("--timeout", type=float, default=60.0, help="deadline of each call, seconds")
-    p.add_argument("--retries", type=int, default=4, help="retries when the server is UNAVAILABLE")
+    p.add_argument("--wait", type=float, metavar="SECONDS",
+                   help=f"how long to keep retrying while the server is unavailable (restarting, rolling); "
+                        f"default {INDEX_WAIT:g} for index, {SHORT_WAIT:g} otherwise")
     p.add_argument("--tls", action="store_true", help="TLS with the system's root certificates")
     p.add_argument("--tls-ca", type=Path, help="TLS with these PEM root certificates")
     p.add_argument("--windows-per-request", type=int, default=4, help="video windows sent in one request")
@@ -91,7 +97,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _options(args: argparse.Namespace) -> Options:
-    return Options(address=args.server, model=args.model, timeout=args.timeout, retries=args.retries,
+    wait = args.wait if args.wait is not None else INDEX_WAIT if args.command == "index" else SHORT_WAIT
+    return Options(address=args.server, model=args.model, timeout=args.timeout, wait=wait,
+                   log=lambda line: print(f"note: {line}", file=sys.stderr),
                    tls=args.tls, tls_ca=args.tls_ca, windows_per_request=args.windows_per_request,
                    concurrency=args.concurrency, float_input=getattr(args, "float", False))
 
@@ -137,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
             with Index(args.index, args.model, sampling, create=True) as index:
                 stats = index_videos(session, index, args.paths, args.flush_every, log=print)
             print(stats.summary())
-            return _report_errors(stats.failed)
+            return _report_errors(stats.failed, "skipped")
         if args.index:
             with Index(args.index, args.model) as index:
                 result = search_index(session, args.queries, index, args.top)
@@ -173,9 +181,9 @@ def run_eval(args: argparse.Namespace, session: Session, sampling: Sampling) -> 
     return _report_errors(errors)
 
 
-def _report_errors(errors: list[tuple[str, str]]) -> int:
+def _report_errors(errors: list[tuple[str, str]], label: str = "error") -> int:
     for video, why in errors:
-        print(f"error: {video}: {why}", file=sys.stderr)
+        print(f"{label}: {video}: {why}", file=sys.stderr)
     return 1 if errors else 0
 
 
@@ -187,8 +195,9 @@ def _specs(infos) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    release_big_blocks()
     try:
         return run(args)
-    except (ServerError, VideoError, IndexFolderError, EvalSetError, ValueError) as err:
+    except (ServerError, VideoError, IndexFolderError, IndexWriteError, EvalSetError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,17 +1,27 @@
-"""Served-path figures measured in one run (`make bench`): indexing throughput through the embedded server
-over loopback gRPC against the same model called in-process, on the same windows.
+"""Served-path figures measured in one run (`make bench`):
+- indexing throughput through the embedded server over loopback gRPC against the same model called in-process,
+  on the same windows;
+- indexing memory: one client process per video and way (every window held, as before streaming, against
+  streamed), its peak RSS and windows/s, for a 2-hour video, a 20-minute one at the released model's windows
+  (the case that took 3.6 GB before) and a 1080p one.
 
-`python -m serving.bench [--model-dir models/s3d_milnce]` (the newest version is used).
+`python -m serving.bench [--model-dir models/s3d_milnce] [--long-minutes 120] [--mid-minutes 20] [--hd-seconds 60]`
+(the newest version is used).
 """
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
+from client.decode.samples import sweeping_video
 from client.defaults import FRAMES, MODEL_NAME, SIZE, VIDEO_UINT8_SIGNATURE
 from client.transport.session import Options as ClientOptions
 from client.transport.session import Session
@@ -23,6 +33,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m serving.bench", description=__doc__)
     parser.add_argument("--model-dir", type=Path, default=Path("models") / MODEL_NAME)
     parser.add_argument("--windows", type=int, default=24)
+    parser.add_argument("--long-minutes", type=float, default=120.0, help="length of the long video (96x64)")
+    parser.add_argument("--mid-minutes", type=float, default=20.0,
+                        help=f"length of the 96x64 video embedded at {FRAMES}x{SIZE}x{SIZE}")
+    parser.add_argument("--hd-seconds", type=float, default=60.0, help="length of the 1080p video")
     args = parser.parse_args(argv)
     tf.get_logger().setLevel("ERROR")  # TF1 API deprecation notices from the loader
     version = max(int(p.name) for p in args.model_dir.iterdir() if p.name.isdigit())
@@ -45,12 +59,33 @@ def main(argv: list[str] | None = None) -> None:
                 start = time.perf_counter()
                 run()
                 rows.append((name, args.windows / (time.perf_counter() - start)))
+        print(f"\n{'indexing ' + str(FRAMES) + 'x' + str(SIZE) + 'x' + str(SIZE) + ', version ' + str(version):34} "
+              f"{'windows/s':>12} {'x in-process':>13}")
+        for name, rate in rows:
+            print(f"  {name:32} {rate:12.1f} {rate / rows[0][1]:13.2f}")
+        indexing_memory(f"127.0.0.1:{server.port}", args.long_minutes, args.mid_minutes, args.hd_seconds)
     finally:
         server.stop(grace=5)
-    print(f"\n{'indexing ' + str(FRAMES) + 'x' + str(SIZE) + 'x' + str(SIZE) + ', version ' + str(version):34} "
-          f"{'windows/s':>12} {'x in-process':>13}")
-    for name, rate in rows:
-        print(f"  {name:32} {rate:12.1f} {rate / rows[0][1]:13.2f}")
+
+
+def indexing_memory(address: str, long_minutes: float, mid_minutes: float, hd_seconds: float) -> None:
+    """Client peak RSS and windows/s embedding one video, whole (before streaming) against streamed."""
+    print(f"\n{'indexing one video, client':34} {'windows':>8} {'peak MB':>8} {'streamed':>9} {'ratio':>6} "
+          f"{'win/s':>7} {'streamed':>9} {'ratio':>6}")
+    with tempfile.TemporaryDirectory() as tmp:
+        cases = [(f"{long_minutes:g} min 96x64, 16x64x64 windows",
+                  sweeping_video(Path(tmp) / "long.avi", long_minutes * 60, 10, 96, 64), 16, 64),
+                 (f"{mid_minutes:g} min 96x64, {FRAMES}x{SIZE}x{SIZE} windows",
+                  sweeping_video(Path(tmp) / "mid.avi", mid_minutes * 60, 10, 96, 64), FRAMES, SIZE),
+                 (f"{hd_seconds:g} s 1920x1080, {FRAMES}x{SIZE}x{SIZE}",
+                  sweeping_video(Path(tmp) / "hd.avi", hd_seconds, 10, 1920, 1080), FRAMES, SIZE)]
+        for name, path, frames, size in cases:
+            whole, ours = (json.loads(subprocess.run(
+                [sys.executable, "-m", "client.bench", "video-memory", address, str(path), str(frames), str(size),
+                 how], check=True, capture_output=True, text=True).stdout) for how in ("whole", "streamed"))
+            rate, our_rate = whole["windows"] / whole["seconds"], ours["windows"] / ours["seconds"]
+            print(f"  {name:32} {ours['windows']:8} {whole['peak_mb']:8.0f} {ours['peak_mb']:9.0f} "
+                  f"{ours['peak_mb'] / whole['peak_mb']:6.2f} {rate:7.1f} {our_rate:9.1f} {our_rate / rate:6.2f}")
 
 
 if __name__ == "__main__":

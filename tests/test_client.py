@@ -248,38 +248,60 @@ def test_cli_frames_status_metadata_and_an_unreachable_server(server, clips, tmp
     assert "video_uint8: frames uint8[-1,-1,-1,-1,3] -> mixed_5c" in capsys.readouterr().out
     assert main(["--server", address, "--model", "nope", "status"]) == 2
     assert "model 'nope' is not available at " + address in capsys.readouterr().err
-    assert main(["--server", "127.0.0.1:1", "--retries", "0", "status"]) == 2
+    assert main(["--server", "127.0.0.1:1", "--wait", "0", "status"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: cannot reach the model server at 127.0.0.1:1") and len(err.splitlines()) == 1
 
 
-def test_unavailable_is_retried_with_backoff(monkeypatch):
-    class Unavailable(grpc.RpcError):
-        def code(self):
-            return grpc.StatusCode.UNAVAILABLE
+class Unavailable(grpc.RpcError):
+    def code(self):
+        return grpc.StatusCode.UNAVAILABLE
 
-        def details(self):
-            return "restarting"
+    def details(self):
+        return "restarting"
 
-    calls, waits = [], []
-    monkeypatch.setattr("client.transport.session.time.sleep", waits.append)
-    with Session(Options(address="127.0.0.1:1", retries=3, backoff=0.1)) as session:
+
+@pytest.fixture()
+def clock(monkeypatch) -> list[float]:
+    """A fake clock for the session: `time.sleep` advances it instead of waiting; the list records the pauses."""
+    now, pauses = [0.0], []
+
+    def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        now[0] += seconds
+
+    monkeypatch.setattr("client.transport.session.time.sleep", sleep)
+    monkeypatch.setattr("client.transport.session.time.monotonic", lambda: now[0])
+    return pauses
+
+
+def test_unavailable_is_retried_with_jittered_backoff_and_said_once(clock):
+    calls, said = [], []
+    with Session(Options(address="127.0.0.1:1", wait=30, backoff=0.1, log=said.append)) as session:
         def flaky(request, timeout):
             calls.append(timeout)
-            if len(calls) < 3:
+            if len(calls) < 4:
                 raise Unavailable()
             return protos.GetModelStatusResponse()
 
         session._methods[protos.GET_MODEL_STATUS] = flaky
         assert session.status() == []
-        assert waits == [0.1, 0.2] and calls == [60.0, 60.0, 60.0]
-        calls.clear()
+    assert calls == [60.0] * 4 and session.requests == 4
+    # each pause lies in [half, whole] of a doubling back-off: jittered, never zero
+    for pause, base in zip(clock, (0.1, 0.2, 0.4)):
+        assert base / 2 <= pause <= base
+    assert len(said) == 2 and said[0].startswith("waiting up to 30 s for the model server at 127.0.0.1:1")
+    assert "answers again" in said[1]
 
+
+def test_patience_ends_after_the_wait_budget_with_one_line(clock):
+    said = []
+    with Session(Options(address="127.0.0.1:1", wait=120, log=said.append)) as session:
         def down(request, timeout):
-            calls.append(timeout)
             raise Unavailable()
 
         session._methods[protos.GET_MODEL_STATUS] = down
-        with pytest.raises(ServerError, match="cannot reach"):
+        with pytest.raises(ServerError, match="after waiting 120 s .*raise --wait"):
             session.status()
-        assert len(calls) == 4
+    assert 120 <= sum(clock) <= 120 + 1e-6 and max(clock) <= 8.0  # the budget, in capped pauses
+    assert len(said) == 1

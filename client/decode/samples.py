@@ -45,3 +45,14 @@ def real_clips(folder: Path) -> list[Path]:
             if not copies[-1].exists():
                 shutil.copyfile(data / name, copies[-1])
     return copies
+
+
+def sweeping_video(path: Path, seconds: float, fps: float, width: int, height: int) -> Path:
+    """A video of any length or resolution, cheap to write (MJPG of a sweeping gradient): for memory figures."""
+    gradient = np.linspace(0, 255, width, dtype=np.float32).astype(np.uint8)
+    base = np.ascontiguousarray(np.broadcast_to(gradient[None, :, None], (height, width, 3)))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (width, height))
+    for i in range(int(seconds * fps)):
+        writer.write(np.roll(base, 7 * i, axis=1))
+    writer.release()
+    return path

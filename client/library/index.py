@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 import uuid
 from dataclasses import asdict, dataclass
@@ -41,6 +42,10 @@ CREATE INDEX IF NOT EXISTS videos_sha256 ON videos (sha256);
 
 class IndexFolderError(Exception):
     """The index folder cannot be used as asked; the message says what to do."""
+
+
+class IndexWriteError(Exception):
+    """Writing to the index failed (disk full, I/O error); the index is as it was before that commit."""
 
 
 @dataclass(frozen=True)
@@ -123,29 +128,44 @@ class Index:
 
     def commit(self, entries: list[Entry], embeddings: list[np.ndarray], spans: list[np.ndarray],
                reused: list[Entry] = ()) -> None:
-        """Record new videos (their windows written as one shard) and `reused` ones (rows already stored)."""
+        """Record new videos (their windows written as one shard) and `reused` ones (rows already stored),
+        all or nothing: on a write error the shard is deleted, the transaction rolled back, IndexWriteError."""
         rows: list[Entry] = list(reused)
-        if entries:
-            shard = uuid.uuid4().hex
-            vectors = np.concatenate(embeddings).astype(np.float32)
-            atomic_write(self.folder / "shards" / f"{shard}.embeddings.npy", lambda f: np.save(f, vectors))
-            times = np.concatenate(spans).astype(np.float64)
-            atomic_write(self.folder / "shards" / f"{shard}.spans.npy", lambda f: np.save(f, times))
-            first = np.cumsum([0] + [len(e) for e in embeddings])
-            rows += [Entry(**{**asdict(e), "shard": shard, "first_row": int(first[i]), "row_count": len(embeddings[i])})
-                     for i, e in enumerate(entries)]
-        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        with self.db:
-            self.db.executemany("INSERT OR REPLACE INTO videos VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                                [(*asdict(e).values(), now) for e in rows])
+        shard = uuid.uuid4().hex
+        files = [self.folder / "shards" / f"{shard}.{part}.npy" for part in ("embeddings", "spans")]
+        try:
+            if entries:
+                vectors = np.concatenate(embeddings).astype(np.float32)
+                atomic_write(files[0], lambda f: np.save(f, vectors))
+                times = np.concatenate(spans).astype(np.float64)
+                atomic_write(files[1], lambda f: np.save(f, times))
+                first = np.cumsum([0] + [len(e) for e in embeddings])
+                rows += [Entry(**{**asdict(e), "shard": shard, "first_row": int(first[i]),
+                                  "row_count": len(embeddings[i])}) for i, e in enumerate(entries)]
+            now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            with self.db:
+                self.db.executemany("INSERT OR REPLACE INTO videos VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                    [(*asdict(e).values(), now) for e in rows])
+        except (OSError, sqlite3.Error) as err:
+            for file in files:
+                file.unlink(missing_ok=True)
+            raise self._write_error(err, len(rows)) from None
+
+    def _write_error(self, err: Exception, videos: int) -> IndexWriteError:
+        return IndexWriteError(f"cannot write to the index at {self.folder} ({err}); it keeps what was committed "
+                               f"before, {videos} video(s) were not added: fix the cause (free disk space?) and "
+                               f"run the same command again")
 
     def touch(self, path: str, mtime: float) -> None:
-        with self.db:
-            self.db.execute("UPDATE videos SET mtime = ? WHERE path = ?", (mtime, path))
+        try:
+            with self.db:
+                self.db.execute("UPDATE videos SET mtime = ? WHERE path = ?", (mtime, path))
+        except sqlite3.Error as err:
+            raise self._write_error(err, 0) from None
 
     def remove(self, paths: list[str | Path]) -> int:
         """Forget these files, and every indexed file under these folders; returns how many."""
-        targets = [str(Path(p).resolve()) for p in paths]
+        targets = [os.path.abspath(p) for p in paths]  # as `index` records them (links not resolved)
         gone = [p for p in self.entries() if any(p == t or p.startswith(t.rstrip("/") + "/") for t in targets)]
         with self.db:
             removed = sum(self.db.execute("DELETE FROM videos WHERE path = ?", (p,)).rowcount for p in gone)

@@ -1,26 +1,30 @@
 """The `index` verb: add video files (or folders of them) to an index, embedding only what changed.
 
-A file whose size and mtime match its entry is skipped; otherwise its content hash decides: same content
-(also found under another path) reuses the stored windows, so re-indexing unchanged files costs no requests.
-Decoding runs in threads ahead of the requests; every `flush_every` embedded videos are committed together.
+Reader -> mapper -> writer:
+- `plan` walks the paths (`walk`) and sorts each file into unchanged (size and mtime match its entry, or its
+  content hash does), reused (same content already indexed under another path: no requests), to embed, or
+  skipped with the reason (unreadable, not a video, vanished). A new file is probed as a video before it is
+  hashed, so a huge non-video file named like one costs no full read.
+- `embed_stream` streams each video's windows to the server with bounded memory and keeps its embeddings.
+- every `flush_every` embedded videos are committed together; a video is committed whole or not at all, and
+  one whose size or mtime changed while it was embedded is skipped (run again to index its new content).
 """
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from client.decode.video import Capture, VideoError
 from client.library.index import Entry, Index, file_sha256
-from client.library.search import prefetch
+from client.library.stream import embed_stream
+from client.library.walk import walk
 from client.transport.session import Session
-from client.decode.video import VideoError, load
-
-VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".gif", ".mpg", ".mpeg", ".wmv", ".flv", ".ogv"}
 
 
 @dataclass
@@ -31,42 +35,55 @@ class Stats:
     reused: int = 0  # same content already indexed under another path
     windows: int = 0
     requests: int = 0
-    failed: list[tuple[str, str]] = field(default_factory=list)
+    versions: set[int] = field(default_factory=set)  # model versions that embedded this run's videos
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (path, why it was skipped)
 
     def summary(self) -> str:
         return (f"added {self.added}, replaced {self.replaced}, unchanged {self.unchanged}, reused {self.reused}, "
-                f"failed {len(self.failed)}; {self.windows} windows embedded in {self.requests} requests")
+                f"skipped {len(self.failed)}; {self.windows} windows embedded in {self.requests} requests")
 
 
-def expand(paths: Iterable[str | Path]) -> list[str]:
-    """Absolute file paths: files as given, folders searched recursively for video files."""
-    found = []
-    for path in map(Path, paths):
-        if path.is_dir():
-            found += sorted(str(p.resolve()) for p in path.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES)
-        else:
-            found.append(str(path.resolve()))
-    return list(dict.fromkeys(found))
+@dataclass(frozen=True)
+class Todo:
+    path: str
+    sha256: str
+    stat: os.stat_result
+    replacing: bool
 
 
-def index_videos(session: Session, index: Index, paths: Iterable[str | Path], flush_every: int = 16,
-                 progress: bool | None = None, log=None) -> Stats:
-    version = session.ensure_ready()
-    requests_before = session.requests
-    stats, known = Stats(), index.entries()
-    todo: list[tuple[str, str, os.stat_result, bool]] = []
-    reused: list[Entry] = []
-    for path in expand(paths):
+def _why(err: OSError) -> str:
+    if isinstance(err, FileNotFoundError):
+        return "vanished before it could be read"
+    return f"cannot be read ({err.strerror})"
+
+
+def probe(path: str) -> None:
+    """Raise OSError if the file cannot be read, VideoError if it does not open as a video."""
+    with open(path, "rb") as f:
+        f.read(1)
+    Capture(path).close()
+
+
+def plan(index: Index, paths: Iterable[str | Path], version: int, stats: Stats) -> tuple[list[Todo], list[Entry]]:
+    """The files to embed and the entries to reuse; counts unchanged files and names skipped ones in `stats`."""
+    found = walk(paths)
+    stats.failed += found.skipped
+    known, todo, reused = index.entries(), [], []
+    for path in found.files:
         try:
             st = os.stat(path)
+            old = known.get(path)
+            if old and old.model_version == version and (old.size, old.mtime) == (st.st_size, st.st_mtime):
+                stats.unchanged += 1
+                continue
+            probe(path)
+            sha = file_sha256(path)
         except OSError as err:
-            stats.failed.append((path, err.strerror or "cannot be read"))
+            stats.failed.append((path, _why(err)))
             continue
-        old = known.get(path)
-        if old and old.model_version == version and (old.size, old.mtime) == (st.st_size, st.st_mtime):
-            stats.unchanged += 1
+        except VideoError as err:
+            stats.failed.append((path, str(err).removeprefix(f"{path}: ")))
             continue
-        sha = file_sha256(path)
         if old and old.model_version == version and old.sha256 == sha:
             index.touch(path, st.st_mtime)
             stats.unchanged += 1
@@ -75,7 +92,29 @@ def index_videos(session: Session, index: Index, paths: Iterable[str | Path], fl
                                 same.first_row, same.row_count))
             stats.reused += 1
         else:
-            todo.append((path, sha, st, old is not None))
+            todo.append(Todo(path, sha, st, old is not None))
+    return todo, reused
+
+
+def changed_since(todo: Todo) -> str | None:
+    """Why the file is no longer the one that was read, or None if it still is."""
+    try:
+        now = os.stat(todo.path)
+    except OSError:
+        return "vanished while it was being indexed"
+    if (now.st_size, now.st_mtime) != (todo.stat.st_size, todo.stat.st_mtime):
+        return "changed while it was being indexed; run index again to add its new content"
+    return None
+
+
+def index_videos(session: Session, index: Index, paths: Iterable[str | Path], flush_every: int = 16,
+                 progress: bool | None = None, log: Callable[[str], None] | None = None) -> Stats:
+    """Add `paths` to `index`. Raises IndexWriteError (nothing of the failed group committed) on a write fault,
+    ServerError when the server stays away longer than the session's `wait`."""
+    version = session.ensure_ready()
+    requests_before = session.requests
+    stats = Stats()
+    todo, reused = plan(index, paths, version, stats)
     if reused:
         index.commit([], [], [], reused)
     pending: list[tuple[Entry, np.ndarray, np.ndarray]] = []
@@ -89,20 +128,24 @@ def index_videos(session: Session, index: Index, paths: Iterable[str | Path], fl
 
     bar = tqdm(total=len(todo), unit="video", desc="indexing", file=sys.stderr,
                disable=not (sys.stderr.isatty() if progress is None else progress))
-    for (path, sha, st, replacing), future in prefetch(lambda t: load(t[0], index.sampling), todo):
-        try:
-            frames, spans = future.result()
-        except VideoError as err:
-            stats.failed.append((path, str(err).removeprefix(f"{path}: ")))
-            bar.update()
-            continue
-        embeddings = session.embed_windows(frames)
-        entry = Entry(path, sha, st.st_size, st.st_mtime, version, float(spans[-1][1]), "", 0, 0)
-        pending.append((entry, embeddings, np.asarray(spans)))
-        stats.windows += len(frames)
-        stats.replaced += replacing
-        stats.added += not replacing
+    for item, done in embed_stream(session, todo, lambda t: t.path, index.sampling):
         bar.update()
+        if isinstance(done, VideoError):
+            stats.failed.append((item.path, str(done).removeprefix(f"{item.path}: ")))
+            continue
+        if why := changed_since(item):
+            stats.failed.append((item.path, why))
+            continue
+        if log and done.version != version and done.version not in stats.versions:
+            log(f"model version {done.version} now answers (the run began on {version}); each video records the "
+                f"version that embedded it: run index again to bring the earlier ones to it")
+        stats.versions.add(done.version)
+        entry = Entry(item.path, item.sha256, item.stat.st_size, item.stat.st_mtime, done.version,
+                      float(done.spans[-1][1]), "", 0, 0)
+        pending.append((entry, done.embeddings, done.spans))
+        stats.windows += len(done.embeddings)
+        stats.replaced += item.replacing
+        stats.added += not item.replacing
         if len(pending) >= flush_every:
             flush()
     flush()

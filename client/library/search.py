@@ -1,20 +1,16 @@
 """The `search` verb: videos -> windows (reader) -> embeddings (mapper) -> ranked matches (writer is report)."""
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 import numpy as np
 
+from client.decode.video import Sampling
 from client.library.index import Index
 from client.library.rank import Match, Windows, rank
+from client.library.stream import embed_stream
 from client.transport.session import Session
-from client.decode.video import Sampling, VideoError, load
-
-T = TypeVar("T")
-R = TypeVar("R")
 
 
 @dataclass
@@ -25,28 +21,15 @@ class Result:
     warnings: list[str] = field(default_factory=list)
 
 
-def prefetch(fn: Callable[[T], R], items: Iterable[T], depth: int = 2) -> Iterator[tuple[T, Future]]:
-    """Run `fn` over `items` in threads, at most `depth` ahead of the consumer, in order."""
-    with ThreadPoolExecutor(max_workers=depth, thread_name_prefix="decode") as pool:
-        pending: list[tuple[T, Future]] = []
-        for item in items:
-            pending.append((item, pool.submit(fn, item)))
-            if len(pending) > depth:
-                yield pending.pop(0)
-        yield from pending
-
-
 def embed_videos(session: Session, paths: Sequence[str], sampling: Sampling,
                  errors: list[tuple[str, str]]) -> Windows:
-    """Decode (in threads, ahead) and embed every video; unusable files go to `errors` and are skipped."""
+    """Decode (in threads, ahead) and embed every video, streaming; unusable files go to `errors`."""
     parts = []
-    for path, future in prefetch(lambda p: load(p, sampling), paths):
-        try:
-            frames, spans = future.result()
-        except VideoError as err:
-            errors.append((path, str(err).removeprefix(f"{path}: ")))
-            continue
-        parts.append((path, session.embed_windows(frames), spans))
+    for path, done in embed_stream(session, paths, str, sampling):
+        if isinstance(done, Exception):
+            errors.append((path, str(done).removeprefix(f"{path}: ")))
+        else:
+            parts.append((path, done.embeddings, done.spans))
     return Windows.join(parts)
 
 

@@ -1,15 +1,19 @@
 """A gRPC session with a TF Serving model: embeddings for sentences and video windows.
 
-Channel options for large messages, an explicit deadline on every call, retries with exponential back-off on
-UNAVAILABLE (servers restarting, pods rolling), optional TLS, `round_robin` over every address a name
-resolves to (a Kubernetes headless Service), several windows per request and a bounded number of requests
-in flight. Failures become one `ServerError` line that names the address and what to check.
+Channel options for large messages, an explicit deadline on every call, patience with UNAVAILABLE (servers
+restarting, pods rolling: retried with jittered exponential back-off for up to `wait` seconds, said once),
+optional TLS, `round_robin` over every address a name resolves to (a Kubernetes headless Service), several
+windows per request and a bounded number of requests in flight. Failures become one `ServerError` line that
+names the address and what to check.
 """
 from __future__ import annotations
 
+import random
+import threading
 import time
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +26,12 @@ from client.defaults import (GRPC_PORT, INPUT_KEYS, MODEL_NAME, PREPROCESSING_OU
 from client.transport.tensors import to_numpy, to_proto
 
 MAX_MESSAGE_BYTES = 2**31 - 1
+MAX_BACKOFF = 8.0  # seconds: the longest pause between two attempts while the server is away
+
+
+def _serialize(message) -> bytes:
+    """Requests may come serialized already (see `Session._request`)."""
+    return message if isinstance(message, bytes) else message.SerializeToString()
 
 
 class ServerError(Exception):
@@ -37,13 +47,14 @@ class Options:
     address: str = f"localhost:{GRPC_PORT}"
     model: str = MODEL_NAME
     timeout: float = 60.0  # seconds, per call
-    retries: int = 4  # extra attempts on UNAVAILABLE
-    backoff: float = 0.25  # first wait in seconds, doubled each retry
+    wait: float = 10.0  # seconds to keep retrying while the server is UNAVAILABLE (0: fail at once)
+    backoff: float = 0.25  # first pause in seconds, doubled each retry up to MAX_BACKOFF, jittered
     tls: bool = False
     tls_ca: Path | None = None  # PEM roots; default: the system's
     windows_per_request: int = 4
     concurrency: int = 4  # requests in flight at once
     float_input: bool = False  # send float32 to `video` instead of uint8 to `video_uint8` (4x the bytes)
+    log: Callable[[str], None] | None = None  # where "waiting for the server" lines go (None: nowhere)
 
 
 class Session:
@@ -53,7 +64,10 @@ class Session:
         self.options = options
         channel_options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                           ("grpc.lb_policy_name", "round_robin")]
+                           ("grpc.lb_policy_name", "round_robin"),
+                           # reconnect soon after a restarted server is back (gRPC's own default waits up to 120 s)
+                           ("grpc.initial_reconnect_backoff_ms", 500),
+                           ("grpc.max_reconnect_backoff_ms", int(MAX_BACKOFF * 1000))]
         if options.tls or options.tls_ca:
             roots = options.tls_ca.read_bytes() if options.tls_ca else None
             self.channel = grpc.secure_channel(options.address, grpc.ssl_channel_credentials(roots), channel_options)
@@ -61,8 +75,10 @@ class Session:
             self.channel = grpc.insecure_channel(options.address, channel_options)
         self._pool = ThreadPoolExecutor(max_workers=options.concurrency, thread_name_prefix="predict")
         self.requests = 0  # RPCs sent (retries included): lets callers and tests see work that was skipped
+        self._lock = threading.Lock()
+        self._outage: float | None = None  # when the server was first found away, while it still is
         self._methods = {
-            path: self.channel.unary_unary(path, request_serializer=lambda m: m.SerializeToString(),
+            path: self.channel.unary_unary(path, request_serializer=_serialize,
                                            response_deserializer=cls.FromString)
             for path, cls in ((protos.PREDICT, protos.PredictResponse),
                               (protos.GET_MODEL_STATUS, protos.GetModelStatusResponse),
@@ -82,8 +98,9 @@ class Session:
     def _explain(self, err: grpc.RpcError) -> ServerError:
         address, model, code = self.options.address, self.options.model, err.code()
         if code == grpc.StatusCode.UNAVAILABLE:
-            message = (f"cannot reach the model server at {address} ({err.details()}); check that it is "
-                       f"running (make serve) and the --server address")
+            waited = f" after waiting {self.options.wait:g} s" if self.options.wait > 0 else ""
+            message = (f"cannot reach the model server at {address}{waited} ({err.details()}); check that it is "
+                       f"running (make serve) and the --server address, or raise --wait")
         elif code == grpc.StatusCode.NOT_FOUND:
             message = (f"model '{model}' is not available at {address} ({err.details()}); check --model "
                        f"and that a version is exported and loaded (status)")
@@ -95,18 +112,44 @@ class Session:
         return ServerError(message, code)
 
     def call(self, path: str, request):
-        """One RPC with the deadline, retrying UNAVAILABLE with exponential back-off."""
-        wait = self.options.backoff
-        for attempt in range(self.options.retries + 1):
-            self.requests += 1
+        """One RPC with the deadline; UNAVAILABLE is retried with jittered exponential back-off until the
+        server answers or `wait` seconds have passed. The same request is sent again, so nothing doubles."""
+        pause, give_up = self.options.backoff, time.monotonic() + self.options.wait
+        while True:
+            with self._lock:
+                self.requests += 1
             try:
-                return self._methods[path](request, timeout=self.options.timeout)
+                response = self._methods[path](request, timeout=self.options.timeout)
             except grpc.RpcError as err:
-                if err.code() != grpc.StatusCode.UNAVAILABLE or attempt == self.options.retries:
+                left = give_up - time.monotonic()
+                if err.code() != grpc.StatusCode.UNAVAILABLE or left <= 0:
                     raise self._explain(err) from None
-                time.sleep(wait)
-                wait *= 2
-        raise AssertionError("unreachable")
+                self._away(err)
+                time.sleep(min(left, pause / 2 + random.uniform(0, pause / 2)))
+                pause = min(pause * 2, MAX_BACKOFF)
+                continue
+            self._back()
+            return response
+
+    def _say(self, message: str) -> None:
+        if self.options.log:
+            self.options.log(message)
+
+    def _away(self, err: grpc.RpcError) -> None:
+        """Say once per outage what we wait for."""
+        with self._lock:
+            if self._outage is not None:
+                return
+            self._outage = time.monotonic()
+        self._say(f"waiting up to {self.options.wait:g} s for the model server at {self.options.address} "
+                  f"({err.code().name}: {err.details()})")
+
+    def _back(self) -> None:
+        with self._lock:
+            began, self._outage = self._outage, None
+        if began is not None:
+            self._say(f"the model server at {self.options.address} answers again "
+                      f"(after {time.monotonic() - began:.0f} s)")
 
     def _spec(self, target, signature: str = "") -> None:
         target.name = self.options.model
@@ -114,18 +157,29 @@ class Session:
             target.signature_name = signature
 
     def predict(self, signature: str, value: np.ndarray, output_filter: Sequence[str] = ()) -> dict[str, np.ndarray]:
+        return self.predict_versioned(signature, value, output_filter)[0]
+
+    def predict_versioned(self, signature: str, value: np.ndarray,
+                          output_filter: Sequence[str] = ()) -> tuple[dict[str, np.ndarray], int]:
+        """The outputs and the model version that computed them."""
+        return self._answer(self.call(protos.PREDICT, self._request(signature, value, output_filter)))
+
+    def _request(self, signature: str, value: np.ndarray, output_filter: Sequence[str]) -> bytes:
+        """A PredictRequest, serialized at once: the bytes are all a request in flight keeps of its tensor."""
         request = protos.PredictRequest()
         self._spec(request.model_spec, signature)
-        request.inputs[INPUT_KEYS[signature]].CopyFrom(to_proto(value))
+        to_proto(value, into=request.inputs[INPUT_KEYS[signature]])
         request.output_filter.extend(output_filter)
-        response = self.call(protos.PREDICT, request)
+        return request.SerializeToString()
+
+    def _answer(self, response) -> tuple[dict[str, np.ndarray], int]:
         outputs = {}
         for key, tensor in response.outputs.items():
             array = to_numpy(tensor)
             if array is None:
                 raise ServerError(f"{self.options.address} sent an undecodable tensor for '{key}'")
             outputs[key] = array
-        return outputs
+        return outputs, response.model_spec.version.value
 
     def embed_text(self, sentences: Sequence[str]) -> np.ndarray:
         """[N, 512] embeddings of raw sentences (the server tokenises)."""
@@ -135,13 +189,34 @@ class Session:
     def embed_windows(self, frames: np.ndarray) -> np.ndarray:
         """[W, 512] embeddings of uint8 windows [W, T, H, W, 3], several per request, requests in parallel."""
         step = max(1, self.options.windows_per_request)
+        chunks = (frames[i: i + step] for i in range(0, len(frames), step))
+        return np.concatenate([embeddings for embeddings, _ in self.embed_batches(chunks)])
+
+    def embed_batches(self, batches: Iterable[np.ndarray]) -> Iterator[tuple[np.ndarray, int]]:
+        """(embeddings, model version) of each request's uint8 windows, in order. Each batch is serialized
+        here and dropped; at most `concurrency` requests are in flight and `batches` is read only as they
+        finish, so memory holds that many requests however many windows stream through."""
         if self.options.float_input:
             signature, convert = VIDEO_SIGNATURE, lambda x: x.astype(np.float32) / np.float32(255)
         else:
             signature, convert = VIDEO_UINT8_SIGNATURE, lambda x: x
-        chunks = [frames[i: i + step] for i in range(0, len(frames), step)]
-        results = self._pool.map(lambda c: self.predict(signature, convert(c), ("video_embedding",)), chunks)
-        return np.concatenate([r["video_embedding"] for r in results])
+        inflight: deque[Future] = deque()
+        try:
+            for batch in batches:
+                request = self._request(signature, convert(batch), ("video_embedding",))
+                del batch
+                inflight.append(self._pool.submit(self._embed, request))
+                if len(inflight) >= max(1, self.options.concurrency):
+                    yield inflight.popleft().result()
+            while inflight:
+                yield inflight.popleft().result()
+        finally:
+            for future in inflight:
+                future.cancel()
+
+    def _embed(self, request: bytes) -> tuple[np.ndarray, int]:
+        outputs, version = self._answer(self.call(protos.PREDICT, request))
+        return outputs["video_embedding"], version
 
     def preprocessing(self) -> dict[str, float] | None:
         """The clip sampling the served model was trained with ({"frames", "fps", "size"}), read from its

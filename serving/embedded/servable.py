@@ -115,5 +115,5 @@ class Servable:
         except tf.errors.OpError as err:
             raise from_tf(err) from None
         for alias, value in zip(aliases, outputs):
-            response.outputs[alias].CopyFrom(to_proto(value, tensor_pb2.TensorProto, self.tensor_content))
+            to_proto(value, tensor_content=self.tensor_content, into=response.outputs[alias])
         return response

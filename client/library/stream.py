@@ -1,0 +1,74 @@
+"""Videos -> embeddings with bounded memory: windows stream from decoder threads to the server.
+
+Decoders run ahead by a bounded number of windows (`client.decode.ahead`), windows are grouped into requests
+of `windows_per_request`, at most `concurrency` requests are in flight, and only the embeddings (512 floats
+per window) and spans of a video are kept. A video whose windows were answered by two model versions (a new
+version published mid-video) is embedded again whole, so one video never mixes versions.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from itertools import islice
+from typing import TypeVar
+
+import numpy as np
+
+from client.decode.ahead import decode_ahead
+from client.decode.video import Sampling, VideoError, Window, windows
+from client.transport.session import Session
+
+T = TypeVar("T")
+VERSION_ATTEMPTS = 3  # a video re-embedded this many times, each time meeting a version change, is given up
+
+
+@dataclass
+class Embedded:
+    embeddings: np.ndarray  # [W, D] float32
+    spans: np.ndarray  # [W, 2] start, end seconds
+    version: int  # the model version that embedded every window
+
+
+class VersionChanged(Exception):
+    """The served model version changed while one video was being embedded."""
+
+
+def embed_windows(session: Session, stream: Iterator[Window]) -> Embedded:
+    """Embed one video's windows as they come; raises VersionChanged if two versions answered."""
+    spans: list[tuple[float, float]] = []
+    step = max(1, session.options.windows_per_request)
+
+    def batches() -> Iterator[np.ndarray]:
+        while chunk := list(islice(stream, step)):
+            spans.extend((w.start, w.end) for w in chunk)
+            yield np.stack([w.frames for w in chunk])
+
+    parts, versions = [], set()
+    for embeddings, version in session.embed_batches(batches()):
+        parts.append(embeddings)
+        versions.add(version)
+    if len(versions) > 1:
+        raise VersionChanged(f"model versions {sorted(versions)} answered")
+    return Embedded(np.concatenate(parts).astype(np.float32), np.asarray(spans, np.float64), versions.pop())
+
+
+def embed_stream(session: Session, items: Iterable[T], path: Callable[[T], str], sampling: Sampling,
+                 videos_ahead: int = 2) -> Iterator[tuple[T, Embedded | VideoError]]:
+    """Each item's embeddings (or the VideoError that made its file unusable), in order."""
+    buffer = 2 * max(1, session.options.windows_per_request)
+    for item, feed in decode_ahead(items, lambda i: windows(path(i), sampling), videos_ahead, buffer):
+        stream: Iterator[Window] = feed
+        for attempt in range(VERSION_ATTEMPTS):
+            try:
+                yield item, embed_windows(session, stream)
+                break
+            except VideoError as err:
+                yield item, err
+                break
+            except VersionChanged as change:
+                if attempt == VERSION_ATTEMPTS - 1:
+                    yield item, VideoError(f"{path(item)}: {change} while it was embedded, {VERSION_ATTEMPTS} "
+                                           f"times; run again once the model versions settle")
+                    break
+                feed.cancel()
+                stream = windows(path(item), sampling)  # again, decoded in this thread: rare
