@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from client.defaults import FPS, FRAMES, GRPC_PORT, MODEL_NAME, SIZE
+from client.defaults import FPS, FRAMES, GRPC_PORT, MODEL_NAME, SENTENCES_PER_REQUEST, SIZE, WINDOWS_PER_REQUEST
 from client.outputs import eval_report
 from client.outputs import html_report
 from client.library.evalset import EvalSetError, load_evalset
@@ -53,7 +53,10 @@ def parser() -> argparse.ArgumentParser:
                         f"default {INDEX_WAIT:g} for index, {SHORT_WAIT:g} otherwise")
     p.add_argument("--tls", action="store_true", help="TLS with the system's root certificates")
     p.add_argument("--tls-ca", type=Path, help="TLS with these PEM root certificates")
-    p.add_argument("--windows-per-request", type=int, default=4, help="video windows sent in one request")
+    p.add_argument("--windows-per-request", type=int, default=WINDOWS_PER_REQUEST,
+                   help="video windows sent in one request (at most the server's max_batch_size)")
+    p.add_argument("--sentences-per-request", type=int, default=SENTENCES_PER_REQUEST,
+                   help="sentences sent in one request (at most the server's max_batch_size)")
     p.add_argument("--concurrency", type=int, default=4, help="requests in flight at once")
     verbs = p.add_subparsers(dest="command", required=True)
     search = verbs.add_parser("search", help="rank videos (files, or an index) for text queries")
@@ -101,6 +104,7 @@ def _options(args: argparse.Namespace) -> Options:
     return Options(address=args.server, model=args.model, timeout=args.timeout, wait=wait,
                    log=lambda line: print(f"note: {line}", file=sys.stderr),
                    tls=args.tls, tls_ca=args.tls_ca, windows_per_request=args.windows_per_request,
+                   sentences_per_request=args.sentences_per_request,
                    concurrency=args.concurrency, float_input=getattr(args, "float", False))
 
 

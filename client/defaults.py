@@ -26,6 +26,11 @@ INPUT_KEYS = {VIDEO_SIGNATURE: "images", VIDEO_UINT8_SIGNATURE: "frames", TEXT_S
 VIDEO_OUTPUTS = ("video_embedding", "mixed_5c")
 TEXT_OUTPUT = "text_embedding"
 
+# Requests stay within the server's batching limit (serving/batching.config max_batch_size 16): TF Serving
+# refuses a request larger than a batch ("Task size N is larger than maximum input batch size").
+WINDOWS_PER_REQUEST = 4
+SENTENCES_PER_REQUEST = 16
+
 # Preprocessing the model was trained with (reference §2): 32 RGB frames at 10 fps, 224x224.
 FRAMES = 32
 FPS = 10.0

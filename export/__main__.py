@@ -6,11 +6,11 @@ The source defaults to the official TF Hub handle; offline, point TFHUB_CACHE_DI
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 from client.defaults import FRAMES, HUB_HANDLE, MODEL_NAME, SIZE
+from model.quiet import add_verbose_flag, quiet_tensorflow
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -24,6 +24,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         help=f"frames per warmup clip (default: what the module was trained with, else {FRAMES})")
     parser.add_argument("--warmup-size", type=int,
                         help=f"warmup clip height and width (default: the module's training size, else {SIZE})")
+    add_verbose_flag(parser)
     args = parser.parse_args(argv)
     args.model_dir = args.model_dir or Path("models") / args.model_name
     return args
@@ -31,11 +32,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+    quiet_tensorflow(argv)
     from export.pipeline import export_model  # imports TensorFlow: only once the arguments are good
-    import tensorflow as tf
-
-    tf.get_logger().setLevel("ERROR")  # TF1 API deprecation notices
     from export.source import ExportError
 
     try:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 from client.files import folder_bytes
 from model.config import SIZES, VARIABLE_KINDS, VOCAB_LAYOUTS
 from model.corpus import TRAIN_VIDEOS
+from model.quiet import add_verbose_flag, quiet_tensorflow
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     corpus.add_argument("--videos", type=int, default=TRAIN_VIDEOS, help=f"training videos ({TRAIN_VIDEOS})")
     corpus.add_argument("--seed", type=int, default=0)
     add_train_parser(verbs)
+    for verb in verbs.choices.values():
+        add_verbose_flag(verb)
     args = parser.parse_args(argv)
     if args.verb == "corpus":
         return write_demo_corpus(args.out, args.videos, args.seed)
@@ -48,12 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.out.exists():
         print(f"error: {args.out} already exists; pass a new folder or remove it first", file=sys.stderr)
         return 2
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
-    import tensorflow as tf  # only once the arguments are good
-
-    from model.standin import write_standin
-
-    tf.get_logger().setLevel("ERROR")  # TF1 API deprecation notices
+    quiet_tensorflow(argv)
+    from model.standin import write_standin  # imports TensorFlow: only once the arguments are good
 
     start = time.perf_counter()
     if args.verb == "standin":
@@ -104,10 +102,7 @@ def run_training(args) -> int:
         print(f"error: --heldout {args.heldout}: no such file", file=sys.stderr)
         return 2
     base = DEFAULT_SAMPLING[args.size]
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
-
-    tf.get_logger().setLevel("ERROR")
+    quiet_tensorflow()
     from model.hub_format import ModuleError, read_manifest
     from model.narration import DataError
     from model.train import Settings, train

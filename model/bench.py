@@ -11,7 +11,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
+
+from model.quiet import quiet_tensorflow
+
+quiet_tensorflow()  # before TensorFlow is imported
+import tensorflow as tf  # noqa: E402
 import tensorflow_hub as hub
 
 from client.files import folder_bytes
@@ -36,7 +40,6 @@ def _seconds(fn, repeat: int) -> float:
 
 
 def main() -> None:
-    tf.get_logger().setLevel("ERROR")  # TF1 API deprecation notices from the module writer
     with tempfile.TemporaryDirectory() as tmp:
         print(f"{'module':8} {'write s':>8} {'size MB':>8}")
         paths = {}

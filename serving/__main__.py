@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import shutil
 import signal
 import subprocess
@@ -17,8 +16,9 @@ import threading
 from pathlib import Path
 
 from client.defaults import GRPC_PORT, MODEL_NAME, REST_PORT
+from model.quiet import add_verbose_flag, quiet_tensorflow
 from serving import launcher
-from serving.config import parse_batching, parse_monitoring
+from serving.config import LOAD_RETRIES, LOAD_RETRY_INTERVAL, parse_batching, parse_monitoring
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -33,10 +33,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=GRPC_PORT, help=f"gRPC port ({GRPC_PORT})")
     parser.add_argument("--rest-port", type=int, default=REST_PORT, help=f"REST and metrics port ({REST_PORT}); 0: no REST")
     parser.add_argument("--batching", action=argparse.BooleanOptionalAction, default=True,
-                        help="server-side batching with serving/batching.config (TF Serving only)")
+                        help="server-side batching with serving/batching.config")
+    parser.add_argument("--load-retries", type=int, default=LOAD_RETRIES,
+                        help=f"retries of a failed version load ({LOAD_RETRIES}, TF Serving's default)")
+    parser.add_argument("--load-retry-interval", type=float, default=LOAD_RETRY_INTERVAL, metavar="SECONDS",
+                        help=f"pause between load retries ({LOAD_RETRY_INTERVAL:g} s, TF Serving's default)")
     parser.add_argument("--gpu-memory-fraction", type=float,
                         help="share of GPU memory TF Serving may take (default: TF takes nearly all)")
     parser.add_argument("--poll-seconds", type=float, default=1.0, help="how often to look for new versions")
+    add_verbose_flag(parser)
     args = parser.parse_args(argv)
     if not args.model_config:
         args.model_dir = args.model_dir or Path("models") / args.model_name
@@ -44,16 +49,18 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run_embedded(args: argparse.Namespace, plan: launcher.Plan) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_tensorflow()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from serving.embedded.batching import BatchingOptions
+    from serving.embedded.manager import LoadRetries
     from serving.embedded.server import EmbeddedServer, Options
 
-    logging.getLogger("tensorflow").setLevel(logging.ERROR)  # TF1 API deprecation notices
-
     monitoring = parse_monitoring().prometheus_config
+    batching = BatchingOptions.from_proto(parse_batching()) if args.batching else None
     options = Options(models=launcher.model_server_config(plan),
                       host=args.host, port=args.port, rest_port=args.rest_port or None,
-                      metrics_path=monitoring.path if monitoring.enable else None, poll_seconds=args.poll_seconds)
+                      metrics_path=monitoring.path if monitoring.enable else None, poll_seconds=args.poll_seconds,
+                      batching=batching, load_retries=LoadRetries(args.load_retries, args.load_retry_interval))
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -62,7 +69,8 @@ def run_embedded(args: argparse.Namespace, plan: launcher.Plan) -> int:
     host = "localhost" if args.host in ("0.0.0.0", "::") else args.host
     print(f"serving {args.model_name} (embedded server): gRPC {host}:{server.port}"
           + (f", REST http://{host}:{server.rest.port}" if server.rest else "")
-          + ("; batching: not done by the embedded server, each request runs as it comes" if args.batching else ""),
+          + (f"; batching up to {batching.max_batch_size} per batch, {batching.batch_timeout_micros} us timeout"
+             if batching else "; no batching"),
           flush=True)
     stop.wait()
     print("shutting down: finishing requests in flight", flush=True)
@@ -74,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     parse_batching()  # a broken batching file should fail here, not inside a container
     plan = launcher.Plan(args.model_name, args.model_dir, args.model_config, args.port, args.rest_port,
-                         args.batching, args.gpu_memory_fraction)
+                         args.batching, args.gpu_memory_fraction, args.load_retries, args.load_retry_interval)
     if args.embedded or not (shutil.which("tensorflow_model_server") or launcher.docker_engine()):
         return run_embedded(args, plan)
     with tempfile.TemporaryDirectory() as tmp:

@@ -3,7 +3,9 @@
   on the same windows;
 - indexing memory: one client process per video and way (every window held, as before streaming, against
   streamed), its peak RSS and windows/s, for a 2-hour video, a 20-minute one at the released model's windows
-  (the case that took 3.6 GB before) and a 1080p one.
+  (the case that took 3.6 GB before) and a 1080p one;
+- server-side batching: 8 concurrent clients sending single-window requests, batching off against on
+  (`serving/batching.config`), windows/s and latency percentiles.
 
 `python -m serving.bench [--model-dir models/s3d_milnce] [--long-minutes 120] [--mid-minutes 20] [--hd-seconds 60]`
 (the newest version is used).
@@ -16,16 +18,23 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
+
+from model.quiet import quiet_tensorflow
+
+quiet_tensorflow()  # before TensorFlow is imported
+import tensorflow as tf  # noqa: E402
 
 from client.decode.samples import sweeping_video
 from client.defaults import FRAMES, MODEL_NAME, SIZE, VIDEO_UINT8_SIGNATURE
 from client.transport.session import Options as ClientOptions
 from client.transport.session import Session
 from serving import launcher
+from serving.config import parse_batching
+from serving.embedded.batching import BatchingOptions
 from serving.embedded.server import EmbeddedServer, Options
 
 
@@ -37,8 +46,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mid-minutes", type=float, default=20.0,
                         help=f"length of the 96x64 video embedded at {FRAMES}x{SIZE}x{SIZE}")
     parser.add_argument("--hd-seconds", type=float, default=60.0, help="length of the 1080p video")
+    parser.add_argument("--clients", type=int, default=8, help="concurrent clients of the batching figures")
+    parser.add_argument("--requests", type=int, default=12, help="single-window requests per client")
     args = parser.parse_args(argv)
-    tf.get_logger().setLevel("ERROR")  # TF1 API deprecation notices from the loader
     version = max(int(p.name) for p in args.model_dir.iterdir() if p.name.isdigit())
     frames = np.random.default_rng(0).integers(0, 256, (args.windows, FRAMES, SIZE, SIZE, 3), dtype=np.uint8)
     step = ClientOptions().windows_per_request
@@ -66,6 +76,40 @@ def main(argv: list[str] | None = None) -> None:
         indexing_memory(f"127.0.0.1:{server.port}", args.long_minutes, args.mid_minutes, args.hd_seconds)
     finally:
         server.stop(grace=5)
+    batching_load(plan, args.clients, args.requests)
+
+
+def batching_load(plan: launcher.Plan, clients: int, requests: int) -> None:
+    """Concurrent single-window clients against the same model without and with server-side batching."""
+    window = np.random.default_rng(1).integers(0, 256, (1, FRAMES, SIZE, SIZE, 3), dtype=np.uint8)
+    print(f"\n{f'{clients} clients x {requests} single windows':34} {'windows/s':>10} {'p50 ms':>8} {'p99 ms':>8} "
+          f"{'x off':>6}")
+    base = None
+    for name, batching in (("batching off", None), ("batching.config", BatchingOptions.from_proto(parse_batching()))):
+        server = EmbeddedServer(Options(models=launcher.model_server_config(plan), host="127.0.0.1", port=0,
+                                        rest_port=None, batching=batching)).start()
+        options = ClientOptions(address=f"127.0.0.1:{server.port}", timeout=600)
+
+        def client(_: int) -> list[float]:
+            times = []
+            with Session(options) as session:  # a channel each, as separate processes would have
+                for _ in range(requests):
+                    start = time.perf_counter()
+                    session.embed_windows(window)
+                    times.append(time.perf_counter() - start)
+            return times
+
+        try:
+            client(0)  # warm-up
+            start = time.perf_counter()
+            with ThreadPoolExecutor(clients) as pool:
+                latencies = np.concatenate(list(pool.map(client, range(clients)))) * 1000
+            rate = clients * requests / (time.perf_counter() - start)
+        finally:
+            server.stop(grace=5)
+        base = base or rate
+        p50, p99 = np.percentile(latencies, [50, 99])
+        print(f"  {name:32} {rate:10.1f} {p50:8.0f} {p99:8.0f} {rate / base:6.2f}")
 
 
 def indexing_memory(address: str, long_minutes: float, mid_minutes: float, hd_seconds: float) -> None:

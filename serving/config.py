@@ -19,6 +19,9 @@ MONITORING_CONFIG = HERE / "monitoring.config"
 # Pinned TF Serving image: the newest release (its TF must not be older than the exporting TF's ops).
 TF_SERVING_VERSION = "2.20.0"
 TF_SERVING_IMAGE = f"tensorflow/serving:{TF_SERVING_VERSION}"
+# TF Serving's defaults for a version whose load fails: --max_num_load_retries, --load_retry_interval_micros.
+LOAD_RETRIES = 5
+LOAD_RETRY_INTERVAL = 60.0  # seconds
 
 _F = descriptor_pb2.FieldDescriptorProto
 _FIELDS = {  # message -> [(name, number, type, label, type_name)]

@@ -34,6 +34,7 @@ from client.outputs.report import as_table
 from client.library.search import Result, search_index
 from client.transport.session import Options, Session
 from client.decode.video import model_sampling
+from model.quiet import add_verbose_flag, verbose
 
 SHOWN = 4  # held-out queries shown in the table and the report
 
@@ -41,7 +42,7 @@ SHOWN = 4  # held-out queries shown in the table and the report
 def start_server(model_dir: Path) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen([sys.executable, "-m", "serving", "--embedded", "--model-dir", str(model_dir),
                              "--host", "127.0.0.1", "--port", "0", "--rest-port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            stdout=subprocess.PIPE, stderr=None if verbose() else subprocess.DEVNULL, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     line = proc.stdout.readline()
     if "gRPC " not in line:
@@ -86,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-dir", type=Path, default=Path("out") / "demo" / "models" / MODEL_NAME)
     parser.add_argument("--out", type=Path, default=Path("out") / "demo")
+    add_verbose_flag(parser)
     args = parser.parse_args(argv)
+    verbose(argv)  # the server it starts inherits the choice
     start = time.perf_counter()
     world = args.out / "corpus"
     if not world.exists():

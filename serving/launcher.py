@@ -12,7 +12,8 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
-from serving.config import BATCHING_CONFIG, MONITORING_CONFIG, TF_SERVING_IMAGE, parse_models
+from serving.config import (BATCHING_CONFIG, LOAD_RETRIES, LOAD_RETRY_INTERVAL, MONITORING_CONFIG, TF_SERVING_IMAGE,
+                            parse_models)
 
 CONTAINER_MODELS = "/models"
 CONTAINER_CONFIG = "/config"
@@ -27,6 +28,8 @@ class Plan:
     rest_port: int
     batching: bool
     gpu_memory_fraction: float | None
+    load_retries: int = LOAD_RETRIES
+    load_retry_interval: float = LOAD_RETRY_INTERVAL  # seconds
 
 
 def models_config(plan: Plan, base_path: str | None = None) -> str:
@@ -66,7 +69,10 @@ def gpu_visible() -> bool:
 def server_flags(plan: Plan, config_dir: str, model_config_file: str) -> list[str]:
     flags = [f"--port={plan.port}", f"--rest_api_port={plan.rest_port}",
              f"--model_config_file={model_config_file}",
-             f"--monitoring_config_file={config_dir}/{MONITORING_CONFIG.name}"]
+             f"--monitoring_config_file={config_dir}/{MONITORING_CONFIG.name}",
+             "--enable_grpc_healthcheck_service",  # grpc.health.v1 for probes (TF Serving 2.15.1+)
+             f"--max_num_load_retries={plan.load_retries}",
+             f"--load_retry_interval_micros={int(plan.load_retry_interval * 1e6)}"]
     if plan.batching:
         flags += ["--enable_batching", f"--batching_parameters_file={config_dir}/{BATCHING_CONFIG.name}"]
     if plan.gpu_memory_fraction is not None:

@@ -39,9 +39,11 @@ def start_server(model_dir: Path, port: int = 0, **options):
     """An embedded server on loopback, on free ports (or gRPC on `port`), polling fast."""
     from client.defaults import MODEL_NAME
     from serving import launcher
+    from serving.embedded.manager import LoadRetries
     from serving.embedded.server import EmbeddedServer, Options
 
     plan = launcher.Plan(MODEL_NAME, model_dir, None, 0, 0, False, None)
+    options = {"load_retries": LoadRetries(1, 0.05), **options}  # TF Serving's retries, without its minutes
     return EmbeddedServer(Options(models=launcher.model_server_config(plan), host="127.0.0.1", port=port, rest_port=0,
                                   metrics_path="/monitoring/prometheus/metrics", poll_seconds=0.1,
                                   **options)).start()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -256,17 +257,6 @@ def test_rest_predict_status_metadata_and_errors(server, client):
     assert code == 400 and json.loads(body)["error"] == 'Serving signature key "nope" not found.'
 
 
-def test_prometheus_metrics_use_tf_servings_names(server, client):
-    with pytest.raises(grpc.RpcError):
-        client.predict(signature="nope")
-    code, body = rest(server, "/monitoring/prometheus/metrics")
-    assert code == 200
-    assert f':tensorflow:serving:request_count{{model_name="{MODEL_NAME}",status="OK"}}' in body
-    assert f':tensorflow:serving:request_count{{model_name="{MODEL_NAME}",status="FAILED_PRECONDITION"}}' in body
-    assert f':tensorflow:serving:request_latency_count{{model_name="{MODEL_NAME}",API="predict",entrypoint="GRPC"}}' in body
-    assert "# TYPE :tensorflow:serving:request_latency histogram" in body
-
-
 # --- versions, shutdown, load ---------------------------------------------------------------------------
 
 
@@ -341,19 +331,22 @@ def test_stop_lets_requests_in_flight_finish(model_dir):
         assert future.result().outputs["video_embedding"].tensor_shape.dim[0].size == 6
 
 
-def test_sigterm_stops_the_cli_server_gracefully(model_dir):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def test_sigterm_stops_the_cli_server_gracefully_and_it_says_only_its_own_lines(model_dir):
+    env = {k: v for k, v in os.environ.items() if k not in ("S3D_VERBOSE", "TF_CPP_MIN_LOG_LEVEL")}
     proc = subprocess.Popen([sys.executable, "-m", "serving", "--embedded", "--model-dir", str(model_dir),
                              "--host", "127.0.0.1", "--port", "0", "--rest-port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**env, "PYTHONUNBUFFERED": "1"})
     try:
         line = proc.stdout.readline()
         assert line.startswith(f"serving {MODEL_NAME} (embedded server): gRPC 127.0.0.1:"), line
         port = int(line.split("gRPC 127.0.0.1:")[1].split(";")[0].split(",")[0])
         assert Client(port).status().model_version_status[0].state == State.AVAILABLE
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0
-        assert "shutting down" in proc.stdout.read()
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0 and "shutting down" in out
+        # no TensorFlow/absl/CUDA start-up lines (I0000 ..., cuInit, "All log messages before absl::...")
+        assert err and all(re.match(r"\d{4}-\d\d-\d\d [\d:,]+ serving (INFO|WARNING) ", l) for l in err.splitlines()), err
     finally:
         proc.kill()
 

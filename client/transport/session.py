@@ -22,7 +22,8 @@ import numpy as np
 
 from client.transport import protos
 from client.defaults import (GRPC_PORT, INPUT_KEYS, MODEL_NAME, PREPROCESSING_OUTPUT, PREPROCESSING_SIGNATURE,
-                             TEXT_OUTPUT, TEXT_SIGNATURE, VIDEO_SIGNATURE, VIDEO_UINT8_SIGNATURE)
+                             SENTENCES_PER_REQUEST, TEXT_OUTPUT, TEXT_SIGNATURE, VIDEO_SIGNATURE,
+                             VIDEO_UINT8_SIGNATURE, WINDOWS_PER_REQUEST)
 from client.transport.tensors import to_numpy, to_proto
 
 MAX_MESSAGE_BYTES = 2**31 - 1
@@ -51,7 +52,8 @@ class Options:
     backoff: float = 0.25  # first pause in seconds, doubled each retry up to MAX_BACKOFF, jittered
     tls: bool = False
     tls_ca: Path | None = None  # PEM roots; default: the system's
-    windows_per_request: int = 4
+    windows_per_request: int = WINDOWS_PER_REQUEST
+    sentences_per_request: int = SENTENCES_PER_REQUEST
     concurrency: int = 4  # requests in flight at once
     float_input: bool = False  # send float32 to `video` instead of uint8 to `video_uint8` (4x the bytes)
     log: Callable[[str], None] | None = None  # where "waiting for the server" lines go (None: nowhere)
@@ -182,9 +184,12 @@ class Session:
         return outputs, response.model_spec.version.value
 
     def embed_text(self, sentences: Sequence[str]) -> np.ndarray:
-        """[N, 512] embeddings of raw sentences (the server tokenises)."""
+        """[N, 512] embeddings of raw sentences (the server tokenises), `sentences_per_request` a request."""
         words = np.array([s.encode() for s in sentences], dtype=object)
-        return self.predict(TEXT_SIGNATURE, words, (TEXT_OUTPUT,))[TEXT_OUTPUT]
+        step = max(1, self.options.sentences_per_request)
+        parts = self._pool.map(lambda i: self.predict(TEXT_SIGNATURE, words[i: i + step], (TEXT_OUTPUT,))[TEXT_OUTPUT],
+                               range(0, len(words), step))
+        return np.concatenate(list(parts))
 
     def embed_windows(self, frames: np.ndarray) -> np.ndarray:
         """[W, 512] embeddings of uint8 windows [W, T, H, W, 3], several per request, requests in parallel."""

@@ -3,24 +3,26 @@
 Every `poll_seconds` each model's base path is scanned for numeric version folders; the version policy
 (`latest {num_versions}`, `all`, `specific`) picks which to serve. A new version is loaded (and warmed up)
 before the old one is unloaded, and unloading waits for the old version's requests in flight, so a
-version swap fails no request. A version that fails to load ends in state END with its error; it never
-takes the server down, and the previous version goes on serving. Unlike TF Serving, a failed version is
-not retried (TF Serving retries 5 times, 60 s apart): publish a new version number instead.
+version swap fails no request. A failed load is retried as TF Serving retries it (`max_num_load_retries`
+5 times, `load_retry_interval` 60 s apart), the version staying LOADING meanwhile; if every attempt fails it
+ends in state END with the last error. It never takes the server down, and the previous version goes on
+serving. `on_change` hears of every version that becomes or stops being AVAILABLE (the health service).
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tensorflow_serving.apis import get_model_status_pb2, model_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
+from serving.config import LOAD_RETRIES, LOAD_RETRY_INTERVAL
 from serving.embedded.errors import not_found
-from serving.embedded.servable import Servable
+from serving.embedded.servable import Runtime, Servable
 
 State = get_model_status_pb2.ModelVersionStatus.State
 log = logging.getLogger("serving")
@@ -61,14 +63,25 @@ class Model:
         return set(present[-max(count, 1):])
 
 
+@dataclass(frozen=True)
+class LoadRetries:
+    """TF Serving's `--max_num_load_retries` and `--load_retry_interval_micros` defaults."""
+
+    count: int = LOAD_RETRIES
+    interval: float = LOAD_RETRY_INTERVAL  # seconds
+
+
 class Manager:
     """Loads, serves and unloads the versions of the configured models."""
 
-    def __init__(self, models: list[model_server_config_pb2.ModelConfig], poll_seconds: float = 1.0,
-                 tensor_content: bool = False):
+    def __init__(self, models: list[model_server_config_pb2.ModelConfig], runtime: Runtime,
+                 poll_seconds: float = 1.0, retries: LoadRetries = LoadRetries(),
+                 on_change: Callable[[dict[str, bool]], None] | None = None):
         self.models = {m.name: Model(m) for m in models}
+        self.runtime = runtime
         self.poll_seconds = poll_seconds
-        self.tensor_content = tensor_content
+        self.retries = retries
+        self.on_change = on_change
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
@@ -118,18 +131,37 @@ class Manager:
         with self._lock:
             model.versions[number] = version
         path = Path(model.config.base_path) / str(number)
-        try:
-            servable = Servable(model.name, number, path, self.tensor_content)
-        except Exception as err:  # noqa: BLE001 - any load failure is reported per version
-            code = getattr(err, "error_code", 2)  # TF OpError codes are gRPC codes; else UNKNOWN
-            with self._lock:
-                version.state, version.error_code = State.END, code
-                version.error_message = f"{type(err).__name__}: {err}"[:1024]
-            log.error("Loading %s version %d failed: %s", model.name, number, version.error_message)
-            return
+        for attempt in range(self.retries.count + 1):
+            try:
+                servable = Servable(model.name, number, path, self.runtime)
+                break
+            except Exception as err:  # noqa: BLE001 - any load failure is reported per version
+                message = f"{type(err).__name__}: {err}"[:1024]
+                if attempt == self.retries.count:
+                    with self._lock:  # TF OpError codes are gRPC codes; else UNKNOWN
+                        version.state, version.error_code = State.END, getattr(err, "error_code", 2)
+                        version.error_message = message
+                    log.error("Loading %s version %d failed: %s", model.name, number, message)
+                    self._changed()
+                    return
+                log.warning("Loading %s version %d failed (attempt %d of %d), retrying in %g s: %s", model.name,
+                            number, attempt + 1, self.retries.count + 1, self.retries.interval, message)
+                if self._stop.wait(self.retries.interval):
+                    return
         with self._lock:
             version.servable, version.state = servable, State.AVAILABLE
         log.info("Successfully loaded servable version {name: %s version: %d}", model.name, number)
+        self._changed()
+
+    def available(self) -> dict[str, bool]:
+        """Model name -> whether one of its versions is AVAILABLE."""
+        with self._lock:
+            return {name: any(v.state == State.AVAILABLE for v in m.versions.values())
+                    for name, m in self.models.items()}
+
+    def _changed(self) -> None:
+        if self.on_change:
+            self.on_change(self.available())
 
     def _unload(self, model: Model, number: int) -> None:
         with self._lock:  # after this no new request can pick the version
@@ -138,6 +170,7 @@ class Manager:
             if servable is None:
                 return
             version.state = State.UNLOADING
+        self._changed()
         servable.close()  # waits for the requests already running on it
         with self._lock:
             version.state = State.END

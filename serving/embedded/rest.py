@@ -6,6 +6,7 @@ import base64
 import json
 import re
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import grpc
@@ -105,31 +106,42 @@ def make_handler(api: Api, metrics_path: str | None) -> type[BaseHTTPRequestHand
             self._send(status, json.dumps(payload))
 
         def _route(self, method: str) -> None:
+            if method == "GET" and metrics_path and self.path == metrics_path:
+                return self._send(200, api.metrics.render(), "text/plain; version=0.0.4")
+            if not self.path.lower().startswith("/v1/"):  # outside TF Serving's REST API: not counted
+                return self._json(404, {"error": f"Not found: {method} {self.path}"})
+            match = MODEL_PATH.match(self.path)
+            model = match["name"] if match else ""
+            verb = "predict" if method == "POST" and match and match["verb"] == ":predict" else ""
+            start, status = time.perf_counter(), "OK"
             try:
-                if method == "GET" and metrics_path and self.path == metrics_path:
-                    return self._send(200, api.metrics.render(), "text/plain; version=0.0.4")
-                match = MODEL_PATH.match(self.path)
-                if not match or (method == "POST") != (match["verb"] == ":predict"):
-                    return self._json(404, {"error": f"Malformed request: {method} {self.path}"})
-                spec = {"name": match["name"], "version": match["version"]}
-                if match["label"]:
-                    raise ServingError(grpc.StatusCode.NOT_FOUND,
-                                       f"Servable not found for request: Label({spec['name']}, {match['label']})")
-                if method == "POST":
-                    return self._json(200, self._predict(spec))
-                model_spec = {"name": spec["name"], **({"version": spec["version"]} if spec["version"] else {})}
-                if match["verb"] == "/metadata":
-                    request = json_format.ParseDict({"model_spec": model_spec, "metadata_field": [SIGNATURE_DEF]},
-                                                    get_model_metadata_pb2.GetModelMetadataRequest())
-                    response = api.metadata(request, "REST")
-                else:
-                    request = json_format.ParseDict({"model_spec": model_spec},
-                                                    get_model_status_pb2.GetModelStatusRequest())
-                    response = api.status(request, "REST")
-                self._json(200, json_format.MessageToDict(response, preserving_proto_field_name=True,
-                                                          always_print_fields_with_no_presence=True))
+                self._json(200, self._answer(method, match))
             except ServingError as err:
+                status = err.code.name
                 self._json(HTTP_STATUS.get(err.code, 500), {"error": err.message})
+            finally:  # every REST request counts, its latency only when it succeeded (TF Serving's http_server)
+                api.metrics.request(model, verb, "REST", status, time.perf_counter() - start)
+
+        def _answer(self, method: str, match: re.Match | None) -> dict:
+            if not match or (method == "POST") != (match["verb"] == ":predict"):
+                raise invalid(f"Malformed request: {method} {self.path}")
+            spec = {"name": match["name"], "version": match["version"]}
+            if match["label"]:
+                raise ServingError(grpc.StatusCode.NOT_FOUND,
+                                   f"Servable not found for request: Label({spec['name']}, {match['label']})")
+            if method == "POST":
+                return self._predict(spec)
+            model_spec = {"name": spec["name"], **({"version": spec["version"]} if spec["version"] else {})}
+            if match["verb"] == "/metadata":
+                request = json_format.ParseDict({"model_spec": model_spec, "metadata_field": [SIGNATURE_DEF]},
+                                                get_model_metadata_pb2.GetModelMetadataRequest())
+                response = api.metadata(request)
+            else:
+                request = json_format.ParseDict({"model_spec": model_spec},
+                                                get_model_status_pb2.GetModelStatusRequest())
+                response = api.status(request)
+            return json_format.MessageToDict(response, preserving_proto_field_name=True,
+                                             always_print_fields_with_no_presence=True)
 
         def _predict(self, spec: dict) -> dict:
             try:
@@ -147,7 +159,7 @@ def make_handler(api: Api, metrics_path: str | None) -> type[BaseHTTPRequestHand
                     request, rows = predict_request(body, spec, servable.signatures)
                 except (ValueError, TypeError, KeyError) as err:
                     raise invalid(f"JSON value does not match the signature's inputs: {err}") from None
-            return predict_body(api.predict(request, "REST"), rows)
+            return predict_body(api.predict(request), rows)
 
         def do_GET(self):  # noqa: N802
             self._route("GET")

@@ -1,12 +1,15 @@
 """One loaded model version: a TF1 session over the SavedModel, as TF Serving's SavedModelBundle is.
 
 Predict follows TF Serving's order of checks (signature, input count, input aliases and parsing, output
-filter, dtypes) and messages, so clients see the same errors from this server as from the real one.
+filter, dtypes) and messages, so clients see the same errors from this server as from the real one. The
+session run goes through the batch scheduler when batching is on, and its time is the runtime latency.
 """
 from __future__ import annotations
 
 import itertools
 import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -17,7 +20,9 @@ from tensorflow_serving.apis import predict_pb2
 
 from client.transport.tensors import dtype_name, to_numpy, to_proto
 from export.warmup import WARMUP, read_warmup
+from serving.embedded.batching import BatchScheduler
 from serving.embedded.errors import ServingError, from_tf, invalid
+from serving.embedded.metrics import Metrics
 
 DEFAULT_KEY = tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY
 MAX_WARMUP_RECORDS = 1000
@@ -27,12 +32,21 @@ def _keys(keys) -> str:
     return ",".join(sorted(keys))
 
 
+@dataclass
+class Runtime:
+    """What every loaded version shares."""
+
+    metrics: Metrics
+    scheduler: BatchScheduler | None = None  # None: each request runs as it comes
+    tensor_content: bool = False  # answer in tensor_content instead of typed fields
+
+
 class Servable:
     """A model version ready to run; counts requests in flight so unloading can wait for them."""
 
-    def __init__(self, name: str, version: int, path: Path, tensor_content: bool = False):
+    def __init__(self, name: str, version: int, path: Path, runtime: Runtime):
         self.name, self.version, self.path = name, version, path
-        self.tensor_content = tensor_content
+        self.runtime = runtime
         self.graph = tf.Graph()
         self.session = tf.compat.v1.Session(graph=self.graph)
         meta_graph = tf.compat.v1.saved_model.loader.load(self.session, [tf.saved_model.SERVING], str(path))
@@ -76,7 +90,13 @@ class Servable:
             raise ServingError(grpc.StatusCode.FAILED_PRECONDITION, f'Serving signature key "{key}" not found.')
         return key, self.signatures[key]
 
-    def predict(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
+    def _run(self, fetches: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        try:
+            return self.session.run(fetches, feeds)
+        except tf.errors.OpError as err:
+            raise from_tf(err) from None
+
+    def predict(self, request: predict_pb2.PredictRequest, deadline: float | None = None) -> predict_pb2.PredictResponse:
         key, sig = self.signature(request.model_spec.signature_name)
         response = predict_pb2.PredictResponse()
         response.model_spec.name = request.model_spec.name
@@ -110,10 +130,13 @@ class Servable:
         for i, (expected, got) in enumerate(dtypes):  # the session would coerce; TF Serving does not
             if expected != got:
                 raise invalid(f"Expects arg[{i}] to be {dtype_name(expected)} but {dtype_name(got)} is provided")
-        try:
-            outputs = self.session.run([sig.outputs[a].name for a in aliases], feeds)
-        except tf.errors.OpError as err:
-            raise from_tf(err) from None
+        fetches = [sig.outputs[a].name for a in aliases]
+        start = time.perf_counter()
+        scheduler = self.runtime.scheduler
+        outputs = (scheduler.run(self, self._run, fetches, feeds, deadline) if scheduler
+                   else self._run(fetches, feeds))
+        self.runtime.metrics.runtime_latency.add((time.perf_counter() - start) * 1e6, request.model_spec.name,
+                                                 "Predict", "TF1")
         for alias, value in zip(aliases, outputs):
-            to_proto(value, tensor_content=self.tensor_content, into=response.outputs[alias])
+            to_proto(value, tensor_content=self.runtime.tensor_content, into=response.outputs[alias])
         return response

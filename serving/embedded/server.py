@@ -1,4 +1,4 @@
-"""The embedded TF Serving-compatible server: gRPC + REST over one model manager."""
+"""The embedded TF Serving-compatible server: gRPC (+ grpc.health.v1) and REST over one model manager."""
 from __future__ import annotations
 
 import logging
@@ -6,15 +6,19 @@ from concurrent import futures
 from dataclasses import dataclass
 
 import grpc
+from grpc_health.v1 import health_pb2_grpc
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 from tensorflow_serving.config import model_server_config_pb2
 
 from client.defaults import GRPC_PORT, REST_PORT
 from serving.embedded.api import Api
+from serving.embedded.batching import BatchingOptions, BatchScheduler
 from serving.embedded.grpc_service import ModelService, PredictionService
-from serving.embedded.manager import Manager
+from serving.embedded.health import Health
+from serving.embedded.manager import LoadRetries, Manager
 from serving.embedded.metrics import Metrics
 from serving.embedded.rest import RestServer
+from serving.embedded.servable import Runtime
 
 MAX_MESSAGE_BYTES = 2**31 - 1  # TF Serving accepts ~2 GiB; grpc's Python default is 4 MiB
 log = logging.getLogger("serving")
@@ -30,25 +34,33 @@ class Options:
     poll_seconds: float = 1.0
     workers: int = 16
     tensor_content: bool = False  # answer in tensor_content instead of typed fields
+    batching: BatchingOptions | None = None  # None: no server-side batching (TF Serving without --enable_batching)
+    load_retries: LoadRetries = LoadRetries()
 
 
 class EmbeddedServer:
     def __init__(self, options: Options):
         self.options = options
-        self.manager = Manager(list(options.models.model_config_list.config), options.poll_seconds,
-                               options.tensor_content)
-        self.api = Api(self.manager, Metrics())
+        metrics = Metrics(batching=options.batching is not None)
+        self.scheduler = BatchScheduler(options.batching, metrics) if options.batching else None
+        self.health = Health()
+        self.manager = Manager(list(options.models.model_config_list.config),
+                               Runtime(metrics, self.scheduler, options.tensor_content), options.poll_seconds,
+                               options.load_retries, on_change=self.health.update)
+        self.api = Api(self.manager, metrics)
         self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="grpc"),
                                 options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                                          ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(self.api), self.grpc)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self.api), self.grpc)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self.grpc)
         self.port = 0
         self.rest: RestServer | None = None
 
     def start(self) -> EmbeddedServer:
         """Load the models first, then open the ports (as TF Serving does)."""
         self.manager.start()
+        self.health.update(self.manager.available())
         self.port = self.grpc.add_insecure_port(f"{self.options.host}:{self.options.port}")
         self.grpc.start()
         if self.options.rest_port is not None:
@@ -60,8 +72,11 @@ class EmbeddedServer:
         return self
 
     def stop(self, grace: float = 30.0) -> None:
-        """Stop taking requests, let those in flight finish (up to `grace` s), then unload everything."""
+        """Say NOT_SERVING, stop taking requests, let those in flight finish (up to `grace` s), unload."""
+        self.health.stop()
         self.grpc.stop(grace).wait()
         if self.rest:
             self.rest.stop()
         self.manager.stop()
+        if self.scheduler:
+            self.scheduler.stop()
