@@ -6,10 +6,10 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test k8s-check image demo demo-model corpus standin model export serve bench clean
+.PHONY: help setup test k8s-check image client-image demo demo-model corpus standin model export serve bench clean
 
 help: ## list the targets
-	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
 setup: $(STAMP) ## create .venv with everything pinned (quick when already done)
 
@@ -22,13 +22,16 @@ $(STAMP): pyproject.toml
 test: setup k8s-check ## validate the Kubernetes manifests, then run the whole suite in one pytest process
 	$(PY) -m pytest -q
 
-k8s-check: setup ## render the Kubernetes manifests (gpu/cpu x image/init) and validate them offline, strictly
+k8s-check: setup ## render the Kubernetes manifests (gpu/cpu x image/init, indexing Jobs) and validate them offline, strictly
 	$(PY) -m serving.manifests check
 
 IMAGE_VARIANT ?= gpu
 image: model ## build the TF Serving image with MODEL_DIR baked in (needs a Docker engine)
 	docker build -f serving/Dockerfile -t s3d-milnce-serving:1$(if $(filter cpu,$(IMAGE_VARIANT)),-cpu) \
 	  $(if $(filter cpu,$(IMAGE_VARIANT)),--build-arg BASE_IMAGE=$$($(PY) -c 'from serving.config import TF_SERVING_IMAGE as i; print(i)')) .
+
+client-image: ## build the thin client image for indexing Jobs (no TensorFlow; needs a Docker engine)
+	docker build -f serving/client.Dockerfile -t s3d-client:1 .
 
 DEMO_MODULE    := model/demo/s3d-demo-tiny
 DEMO_MODEL_DIR := out/demo/models/s3d_milnce

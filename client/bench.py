@@ -3,7 +3,8 @@
 - preprocessing: ms per clip, ours (colab and segments sampling) against a colab-style loader on the same files;
 - requests: build + encode time and bytes of uint8 against float32 frames;
 - import: `import client.cli` against `import tensorflow_serving.apis` (fresh processes);
-- search: ranking latency over 10k, 100k and 1M synthetic window embeddings.
+- search at scale: 1M and 10M synthetic windows (20 GB of float32 at 10M, written under the current folder),
+  exact memory-mapped scan against faiss IVF-SQ8, latency, recall@10 of faiss against exact, build time, memory.
 
 `python -m client.bench video-memory ADDRESS VIDEO FRAMES SIZE {whole,streamed}` is one side of the served
 bench's indexing-memory figures: it embeds one video in this fresh process and prints its peak RSS (JSON).
@@ -24,13 +25,16 @@ import numpy as np
 
 from client.transport import protos
 from client.defaults import FPS, FRAMES, MODEL_NAME, SIZE
-from client.library.rank import Windows, rank
+from client.library import vectors
 from client.decode.samples import real_clips, synthetic_clips
 from client.transport.tensors import to_proto
 from client.decode.video import Sampling, load
 from client.library.stream import embed_stream
 from client.memory import release_big_blocks
 from client.transport.session import Options, Session
+
+
+SEARCH_SIZES = [1_000_000, 10_000_000]
 
 
 def colab_loader(path: str, max_frames: int = FRAMES, size: int = SIZE) -> np.ndarray:
@@ -109,19 +113,66 @@ def imports() -> None:
         print(f"  {'':32} {ours:12.2f} {official:11.2f} {official / ours:6.1f}")
 
 
-def search_latency() -> None:
+def synthetic_search(folder: Path, rows: int, dim: int = 512, per_video: int = 10) -> None:
+    """A `search/` structure of `rows` synthetic windows (as `vectors.build` writes it), in 1M-row chunks:
+    topics, videos near a topic, windows near their video, unit length, as real embeddings cluster."""
     rng = np.random.default_rng(0)
-    query = rng.normal(size=(1, 512)).astype(np.float32)
-    print(f"\n{'search, 1 query, top 10':34} {'windows':>12} {'ms':>11} {'x 10k':>6}")
-    base = None
-    for n in (10_000, 100_000, 1_000_000):
-        videos = n // 10
-        windows = Windows([f"v{i}" for i in range(videos)], rng.standard_normal((n, 512), dtype=np.float32),
-                          np.repeat(np.arange(videos), 10), np.zeros((n, 2)))
-        ms = best_of(lambda: rank(query, windows, 10)) * 1000
-        base = base or ms
-        print(f"  {'':32} {n:12,} {ms:11.1f} {ms / base:6.1f}")
-        del windows
+    base = folder / vectors.FOLDER
+    base.mkdir(parents=True)
+    topics = rng.standard_normal((1024, dim), dtype=np.float32)
+    matrix = np.lib.format.open_memmap(base / "embeddings.npy", "w+", np.float32, (rows, dim))
+    for start in range(0, rows, 1_000_000):
+        n = min(1_000_000, rows - start)
+        videos = topics[rng.integers(0, len(topics), n // per_video + 1)]
+        videos += 0.6 * rng.standard_normal(videos.shape, dtype=np.float32)
+        chunk = np.repeat(videos, per_video, axis=0)[:n] + 0.4 * rng.standard_normal((n, dim), dtype=np.float32)
+        matrix[start: start + n] = chunk / np.linalg.norm(chunk, axis=1, keepdims=True)
+    matrix.flush()
+    count = -(-rows // per_video)
+    np.save(base / "first.npy", np.minimum(np.arange(count + 1) * per_video, rows).astype(np.int64))
+    np.save(base / "spans.npy", np.zeros((rows, 2)))
+    (base / "videos.json").write_text(json.dumps([(f"/lib/{i:08d}.mp4", 32.0) for i in range(count)]))
+    (base / "manifest.json").write_text(json.dumps({"fingerprint": "synthetic", "kind": "exact", "rows": rows,
+                                                    "videos": count}))
+
+
+def percentiles(run: Callable[[np.ndarray], object], queries: np.ndarray) -> tuple[float, float]:
+    times = []
+    for query in queries:
+        start = time.perf_counter()
+        run(query[None])
+        times.append((time.perf_counter() - start) * 1000)
+    return tuple(np.percentile(times, [50, 99]))
+
+
+def search_at_scale(sizes: list[int]) -> None:
+    """Exact (memory-mapped scan) against faiss IVF-SQ8 re-scored exactly, on the same synthetic windows."""
+    print(f"\n{'search, top 10 videos':22} {'windows':>11} {'exact p50/p99 ms':>17} {'ivf p50/p99 ms':>15} "
+          f"{'x exact':>7} {'recall@10':>9} {'ivf build s':>11} {'ivf MB':>7} {'float32 MB':>10}")
+    for rows in sizes:
+        with tempfile.TemporaryDirectory(dir=".") as tmp:
+            folder = Path(tmp)
+            synthetic_search(folder, rows)
+            exact = vectors.VectorSearch(folder)
+            queries = exact.matrix[np.random.default_rng(1).choice(rows, 40, replace=False)] + \
+                0.2 * np.random.default_rng(2).standard_normal((40, 512), dtype=np.float32)
+            truth = exact.search(queries, 10)
+            e50, e99 = percentiles(lambda q: exact.search(q, 10), queries[:5])
+            start = time.perf_counter()
+            vectors._write_ivf(folder / vectors.FOLDER / "ivf.faiss", exact.matrix)
+            build = time.perf_counter() - start
+            manifest = folder / vectors.FOLDER / "manifest.json"
+            manifest.write_text(manifest.read_text().replace('"exact"', '"ivf"'))
+            size = (folder / vectors.FOLDER / "ivf.faiss").stat().st_size / 1e6
+            for nprobe in (None, 32):  # the default (a quarter of the lists), then few lists
+                ivf = vectors.VectorSearch(folder, nprobe)
+                found = ivf.search(queries, 10)
+                recall = np.mean([len({m.video for m in f} & {m.video for m in t}) / 10
+                                  for f, t in zip(found, truth)])
+                a50, a99 = percentiles(lambda q: ivf.search(q, 10), queries)
+                label = f"nprobe {ivf.ann.nprobe}/{ivf.ann.nlist}"
+                print(f"  {label:20} {rows:11,} {e50:8.0f}/{e99:<8.0f} {a50:7.1f}/{a99:<7.1f} {e50 / a50:7.1f} "
+                      f"{recall:9.3f} {build:11.0f} {size:7.0f} {rows * 512 * 4 / 1e6:10.0f}")
 
 
 def whole_video(session: Session, path: str, sampling: Sampling) -> int:
@@ -154,12 +205,14 @@ def main() -> None:
     if sys.argv[1:2] == ["video-memory"]:
         address, path, frames, size, how = sys.argv[2:]
         return video_memory(address, path, int(frames), int(size), how)
+    if sys.argv[1:2] == ["search"]:  # python -m client.bench search [ROWS...]: only the search figures
+        return search_at_scale([int(n) for n in sys.argv[2:]] or SEARCH_SIZES)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         preprocessing([str(p) for p in synthetic_clips(folder) + real_clips(folder)])
     requests()
     imports()
-    search_latency()
+    search_at_scale(SEARCH_SIZES)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,10 @@ from client.memory import release_big_blocks
 from client.library.index import Index, IndexFolderError, IndexWriteError
 from client.library.indexing import index_videos
 from client.outputs.report import as_json, as_table
-from client.library.search import search, search_index
+from client.library.merge import merge
+from client.library.search import Filters, search, search_index
+from client.library.vectors import EXACT_LIMIT
+from client.library.walk import Shard
 from client.transport.session import Options, ServerError, Session
 from client.transport.tensors import dtype_name
 from client.decode.video import Sampling, VideoError, load, model_sampling
@@ -40,6 +43,13 @@ def _sampling_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", type=int, help=f"frames per window (default: the model's, else {FRAMES})")
     parser.add_argument("--fps", type=float, help=f"sampling rate of segments (default: the model's, else {FPS:g})")
     parser.add_argument("--size", type=int, help=f"frame height and width (default: the model's, else {SIZE})")
+
+
+def _shard(text: str) -> Shard:
+    try:
+        return Shard.parse(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix(f"--shard {text!r}: ")) from None
 
 
 def parser() -> argparse.ArgumentParser:
@@ -68,6 +78,15 @@ def parser() -> argparse.ArgumentParser:
     search.add_argument("--json", action="store_true", help="print JSON instead of a table")
     search.add_argument("--html", type=Path, metavar="FILE", help="also write a self-contained HTML report")
     search.add_argument("--float", action="store_true", help="send float32 frames (4x bigger) instead of uint8")
+    search.add_argument("--under", action="append", default=[], metavar="FOLDER",
+                        help="--index: only videos under this folder (repeatable)")
+    search.add_argument("--glob", metavar="PATTERN", help="--index: only videos whose path matches (fnmatch)")
+    search.add_argument("--min-duration", type=float, metavar="SEC", help="--index: only videos this long or longer")
+    search.add_argument("--max-duration", type=float, metavar="SEC", help="--index: only videos this long or shorter")
+    search.add_argument("--search", choices=("exact", "ivf"),
+                        help=f"--index: exact scan, or faiss IVF-SQ8 re-scored exactly (default: exact up to "
+                             f"{EXACT_LIMIT:,} windows)")
+    search.add_argument("--nprobe", type=int, help="--search ivf: inverted lists searched (default: a quarter)")
     _sampling_flags(search)
     frames = verbs.add_parser("frames", help="write the exact uint8 model input of a video as .npy")
     frames.add_argument("video")
@@ -77,7 +96,13 @@ def parser() -> argparse.ArgumentParser:
     index.add_argument("paths", nargs="+", metavar="PATH")
     index.add_argument("--index", type=Path, required=True, metavar="DIR")
     index.add_argument("--flush-every", type=int, default=16, help="videos committed together")
+    index.add_argument("--shard", type=_shard, metavar="I/N",
+                       help="index only share I of N (0-based) of the files, by a stable hash of each path relative "
+                            "to the PATH it was found under: N machines agree without talking; then `merge`")
     _sampling_flags(index)
+    merging = verbs.add_parser("merge", help="combine shard indexes (index --shard) into one index")
+    merging.add_argument("shards", nargs="+", type=Path, metavar="SHARD_INDEX")
+    merging.add_argument("--index", type=Path, required=True, metavar="DIR", help="the combined index (made or added to)")
     remove = verbs.add_parser("remove", help="remove videos (or everything under folders) from an index")
     remove.add_argument("paths", nargs="+", metavar="PATH")
     remove.add_argument("--index", type=Path, required=True, metavar="DIR")
@@ -116,6 +141,12 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "remove":
         with Index(args.index, args.model) as index:
             print(f"removed {index.remove(args.paths)} video(s) from {args.index}")
+            index.refresh_search()
+        return 0
+    if args.command == "merge":
+        print(merge(args.shards, args.index, args.model).summary())
+        with Index(args.index, args.model) as index:
+            index.refresh_search()
         return 0
     with Session(_options(args)) as session:
         if args.command == "frames":
@@ -147,12 +178,14 @@ def run(args: argparse.Namespace) -> int:
         if args.command == "index":
             session.ensure_ready()  # before creating anything
             with Index(args.index, args.model, sampling, create=True) as index:
-                stats = index_videos(session, index, args.paths, args.flush_every, log=print)
+                stats = index_videos(session, index, args.paths, args.flush_every, log=print, shard=args.shard)
+                index.refresh_search()
             print(stats.summary())
             return _report_errors(stats.failed, "skipped")
         if args.index:
             with Index(args.index, args.model) as index:
-                result = search_index(session, args.queries, index, args.top)
+                filters = Filters(tuple(args.under), args.glob, args.min_duration, args.max_duration)
+                result = search_index(session, args.queries, index, args.top, filters, args.search, args.nprobe)
         else:
             session.ensure_ready()
             result = search(session, args.queries, args.videos, sampling, args.top)

@@ -36,7 +36,7 @@ from model.config import SIZES
 from model.hub_format import Module, read_module, write_module
 from model.loss import milnce_loss
 from model.narration import DataError, read_dataset
-from model.network import Network, named_variables
+from model.network import Network
 from model.text import vocabulary_table
 from model.vocab import build_vocabulary
 from model.weights import assign, snapshot, standin_weights

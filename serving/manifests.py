@@ -10,6 +10,9 @@ strictly against the pinned Kubernetes version (offline schemas of `kubernetes-v
   `--model-source init`: the pinned official image, and an init container that copies the model versions from
   object storage (rclone: S3, GCS, Azure...) into a shared emptyDir.
 - `--variant cpu`: no GPU request, node selector, toleration or GPU memory flag; the CPU base image.
+- `render --indexing [--shards N] [--parallelism P] [--client-image IMAGE]`: the indexing Indexed Job (one
+  CPU-only client pod per share, `--shard I/N` from its completion index), the merge Job and the shard PVC,
+  from `serving/k8s-indexing/*.yaml`.
 """
 from __future__ import annotations
 
@@ -25,6 +28,8 @@ from serving.config import BATCHING_CONFIG, MODELS_CONFIG, MONITORING_CONFIG, TF
 
 KUBERNETES_VERSION = "1.36.0"  # validated against; a recent release that managed GPU clusters run
 TEMPLATES = Path(__file__).resolve().parent / "k8s"
+INDEXING_TEMPLATES = Path(__file__).resolve().parent / "k8s-indexing"
+CLIENT_IMAGE = "s3d-client:1"  # serving/client.Dockerfile
 CONFIG_MAP = "s3d-milnce-config"
 BAKED_IMAGE = "s3d-milnce-serving:1"
 INIT_IMAGE = "rclone/rclone:1.68.2"
@@ -58,9 +63,7 @@ def render(variant: str = "gpu", model_source: str = "image", image: str | None 
     """Every object, ready to apply (`kubectl apply -f -`)."""
     if variant not in ("gpu", "cpu") or model_source not in ("image", "init"):
         raise ValueError("variant is gpu or cpu; model_source is image or init")
-    docs = [_config_map()]
-    for path in sorted(TEMPLATES.glob("*.yaml")):
-        docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
+    docs = [_config_map(), *_load(TEMPLATES)]
     deployment = next(d for d in docs if d["kind"] == "Deployment")
     pod = deployment["spec"]["template"]
     server = pod["spec"]["containers"][0]
@@ -80,6 +83,26 @@ def render(variant: str = "gpu", model_source: str = "image", image: str | None 
             server["resources"][section].pop(GPU)
         del pod["spec"]["nodeSelector"], pod["spec"]["tolerations"]
         server["args"] = [a for a in server["args"] if not a.startswith("--per_process_gpu_memory_fraction")]
+    return docs
+
+
+def _load(folder: Path) -> list[dict]:
+    return [d for path in sorted(folder.glob("*.yaml")) for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def render_indexing(shards: int = 64, parallelism: int = 16, image: str = CLIENT_IMAGE) -> list[dict]:
+    """The indexing Job (N shares, P pods at once), the merge Job and the shard-index PVC."""
+    if shards < 1 or parallelism < 1:
+        raise ValueError("shards and parallelism must be at least 1")
+    docs = _load(INDEXING_TEMPLATES)
+    for job in (d for d in docs if d["kind"] == "Job"):
+        for container in job["spec"]["template"]["spec"]["containers"]:
+            container["image"] = image
+    job = next(d for d in docs if d["metadata"]["name"] == "s3d-index")
+    job["spec"]["completions"], job["spec"]["parallelism"] = shards, min(parallelism, shards)
+    job["spec"]["maxFailedIndexes"] = max(1, shards // 16)
+    env = job["spec"]["template"]["spec"]["containers"][0]["env"]
+    next(e for e in env if e["name"] == "SHARDS")["value"] = str(shards)
     return docs
 
 
@@ -112,17 +135,23 @@ def main(argv: list[str] | None = None) -> int:
     show.add_argument("--model-source", choices=("image", "init"), default="image")
     show.add_argument("--image", help="server image (default: the baked image, or the official one with init)")
     show.add_argument("--model-uri", default=DEFAULT_MODEL_URI, help="rclone source of the model versions (init)")
+    show.add_argument("--indexing", action="store_true", help="the indexing Jobs instead of the serving objects")
+    show.add_argument("--shards", type=int, default=64, help="--indexing: shares of the library (completions)")
+    show.add_argument("--parallelism", type=int, default=16, help="--indexing: pods at once")
+    show.add_argument("--client-image", default=CLIENT_IMAGE, help="--indexing: the client image")
     check = verbs.add_parser("check", help="render every variant and validate it offline")
     check.add_argument("--out-dir", type=Path, default=Path("build") / "k8s")
     args = parser.parse_args(argv)
     if args.verb == "render":
-        print(to_yaml(render(args.variant, args.model_source, args.image, args.model_uri)), end="")
+        docs = (render_indexing(args.shards, args.parallelism, args.client_image) if args.indexing
+                else render(args.variant, args.model_source, args.image, args.model_uri))
+        print(to_yaml(docs), end="")
         return 0
     args.out_dir.mkdir(parents=True, exist_ok=True)
     failed = False
-    for variant, source in VARIANTS:
-        docs = render(variant, source)
-        path = args.out_dir / f"{variant}-{source}.yaml"
+    renders = [(f"{variant}-{source}", render(variant, source)) for variant, source in VARIANTS]
+    for name, docs in [*renders, ("indexing", render_indexing())]:
+        path = args.out_dir / f"{name}.yaml"
         path.write_text(to_yaml(docs))
         problems = validate(docs)
         failed |= bool(problems)

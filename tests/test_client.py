@@ -6,7 +6,6 @@ import math
 import subprocess
 import sys
 
-import cv2
 import grpc
 import numpy as np
 import pytest

@@ -13,7 +13,7 @@ from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import saved_model_pb2
 
 import export.servable
-from client.defaults import FPS, FRAMES, HUB_HANDLE, INPUT_KEYS, MODEL_NAME, SIZE
+from client.defaults import FPS, HUB_HANDLE, INPUT_KEYS, MODEL_NAME, SIZE
 from export.__main__ import main
 from export.pipeline import MANIFEST, export_model
 from export.source import ExportError

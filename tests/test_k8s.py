@@ -120,3 +120,55 @@ def test_dockerfile_pins_the_base_and_bakes_in_model_and_configs():
     assert "COPY serving/models.config serving/batching.config serving/monitoring.config /config/" in text
     assert f"COPY models/{MODEL_NAME} /models/{MODEL_NAME}" in text
     assert re.search(r"^USER 1000:1000$", text, re.M)
+
+
+def test_indexing_job_shards_the_library_across_cpu_pods():
+    docs = {f"{d['kind']}/{d['metadata']['name']}": d for d in manifests.render_indexing(shards=24, parallelism=6)}
+    assert manifests.validate(list(docs.values())) == []
+    job = docs["Job/s3d-index"]["spec"]
+    assert (job["completionMode"], job["completions"], job["parallelism"]) == ("Indexed", 24, 6)
+    assert job["backoffLimitPerIndex"] >= 1 and job["template"]["spec"]["restartPolicy"] == "Never"
+    pod = job["template"]["spec"]
+    container = pod["containers"][0]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["SHARDS"]["value"] == "24"
+    assert env["SHARD"]["valueFrom"]["fieldRef"]["fieldPath"] == \
+        "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    command = " ".join(container["args"])
+    assert "--shard $(SHARD)/$(SHARDS)" in command and "--index /shards/shard-$(SHARD)" in command
+    assert "dns:///s3d-milnce-grpc:8500" in command and "--wait" in command  # the headless Service, patiently
+    assert "nvidia.com/gpu" not in container["resources"]["limits"] and "nodeSelector" not in pod
+    assert container["image"] == manifests.CLIENT_IMAGE and pod["securityContext"]["runAsNonRoot"]
+    assert container["securityContext"]["readOnlyRootFilesystem"]
+    assert job["template"]["metadata"]["labels"]["s3d-milnce-client"] == "true"  # let through the NetworkPolicy
+    claims = {v["name"]: v["persistentVolumeClaim"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
+    assert claims["videos"]["readOnly"] and claims["shards"]["claimName"] == "s3d-shard-indexes"
+    merge = docs["Job/s3d-index-merge"]["spec"]["template"]["spec"]
+    assert "s3d-client merge /shards/shard-* --index /shards/library" in " ".join(merge["containers"][0]["args"])
+    assert docs["PersistentVolumeClaim/s3d-shard-indexes"]["spec"]["accessModes"] == ["ReadWriteMany"]
+
+
+def test_client_image_has_no_tensorflow():
+    text = (HERE / "client.Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.11\.\d+-slim", text, re.M)
+    assert "pip install --no-cache-dir ." in text and "[tf" not in text and "COPY client " in text
+    assert "COPY model" not in text and "COPY serving" not in text and "USER 1000" in text
+
+
+def test_autoscaling_uses_a_serving_metric_the_server_exports():
+    from serving.embedded.metrics import Metrics
+
+    docs = objects()
+    hpa = docs["HorizontalPodAutoscaler/s3d-milnce"]["spec"]["metrics"]
+    pods = next(m for m in hpa if m["type"] == "Pods")["pods"]
+    assert any(m["type"] == "Resource" and m["resource"]["name"] == "cpu" for m in hpa)  # the fallback
+    rules = yaml.safe_load(docs["ConfigMap/s3d-milnce-adapter-rules"]["data"]["config.yaml"])["rules"]
+    by_name = {r["name"]["as"]: r for r in rules}
+    rule = by_name[pods["metric"]["name"]]
+    metrics = Metrics(batching=True)
+    exported = {metrics.request_count.name, metrics.batching.input_batch_size.name + "_sum"}
+    for r in rules:
+        series = re.search(r'__name__="([^"]+)"', r["seriesQuery"])[1]
+        assert series in exported and f'__name__="{series}"' in r["metricsQuery"]
+        assert r["resources"]["overrides"]["pod"] == {"resource": "pod"}
+    assert "rate(" in rule["metricsQuery"] and float(pods["target"]["averageValue"]) > 0

@@ -15,7 +15,7 @@ import pytest
 
 from client.cli import main
 from client.decode.ahead import decode_ahead
-from client.decode.video import Sampling, load
+from client.decode.video import load
 from client.library import index as index_module
 from client.library import indexing, walk
 from client.library.index import Index

@@ -276,11 +276,14 @@ def poll_status(client: Client, done, seconds: float) -> dict:
             return statuses
 
 
-def test_a_new_version_swaps_in_under_traffic_and_a_broken_one_does_not_take_over(standin, tmp_path):
+def test_a_new_version_swaps_in_under_traffic_health_stays_serving_and_a_broken_one_does_not_take_over(standin, tmp_path):
+    from tests.test_serving_fidelity import NOT_SERVING, SERVING, Watch
+
     model_dir = tmp_path / MODEL_NAME
     export_model(str(standin()), model_dir, frames=2, size=32)
     server = start_server(model_dir)
     client = Client(server.port)
+    health = Watch(server.port)  # grpc.health.v1 through the swap and the stop
     words = np.array([b"a dog on the beach"], object)
     seen, failures, status_log = [], [], []
     first_reply, swapped = threading.Event(), threading.Event()
@@ -317,6 +320,7 @@ def test_a_new_version_swaps_in_under_traffic_and_a_broken_one_does_not_take_ove
         swapped.set()  # stops the traffic if an assertion above failed first
         sender.join()
         server.stop(grace=5)
+    assert health.finish() == [SERVING, NOT_SERVING]  # never NOT_SERVING during the swap; NOT_SERVING at stop
 
 
 def test_stop_lets_requests_in_flight_finish(model_dir):

@@ -2,7 +2,6 @@
 server-side batching, grpc.health.v1 and version load retries."""
 from __future__ import annotations
 
-import json
 import logging
 import re
 import shutil
@@ -220,36 +219,35 @@ def check(port: int, service: str) -> int:
         return health_pb2_grpc.HealthStub(channel).Check(request, timeout=10).status
 
 
-def test_health_through_a_swap_and_a_stop(standin, tmp_path):
-    from export.pipeline import export_model
+def test_health_names_tf_servings_services_and_the_model(server):
+    assert [check(server.port, s) for s in ("", MODEL_NAME, "ModelService", "PredictionService")] == [SERVING] * 4
+    with pytest.raises(grpc.RpcError) as unknown:
+        check(server.port, "nope")
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
 
-    model_dir = tmp_path / MODEL_NAME
-    export_model(str(standin()), model_dir, frames=2, size=32)
-    server = start_server(model_dir)
-    heard, channel = [], grpc.insecure_channel(f"127.0.0.1:{server.port}")
-    try:
-        assert [check(server.port, s) for s in ("", MODEL_NAME, "ModelService", "PredictionService")] == [SERVING] * 4
-        with pytest.raises(grpc.RpcError) as unknown:
-            check(server.port, "nope")
-        assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
-        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""), timeout=600)
+
+class Watch:
+    """grpc.health.v1 Watch of one service in a thread: every status heard, until the server goes."""
+
+    def __init__(self, port: int, service: str = ""):
+        self.heard: list[int] = []
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        stream = health_pb2_grpc.HealthStub(self.channel).Watch(health_pb2.HealthCheckRequest(service=service),
+                                                                timeout=900)
+
         def listen():
             try:
-                heard.extend(reply.status for reply in watch)
+                self.heard.extend(reply.status for reply in stream)
             except grpc.RpcError:  # the stream ends when the server goes
                 pass
 
-        listener = threading.Thread(target=listen)
-        listener.start()
-        export_model(str(standin(seed=1)), model_dir, frames=2, size=32)  # version 2 swaps in
-        statuses = poll_status(Client(server.port), lambda s: s.get(1) and s[1].state == State.END, 120)
-        assert statuses[2].state == State.AVAILABLE and statuses[1].state == State.END
-        assert check(server.port, "") == SERVING
-    finally:
-        server.stop(grace=5)
-        channel.close()
-    listener.join(timeout=60)
-    assert heard == [SERVING, NOT_SERVING]  # never NOT_SERVING during the swap; NOT_SERVING when stopping
+        self.thread = threading.Thread(target=listen)
+        self.thread.start()
+
+    def finish(self) -> list[int]:
+        self.thread.join(timeout=60)
+        self.channel.close()
+        return self.heard
 
 
 def publish_broken_version_from(good, base, number: int) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import sqlite3
 import uuid
 from dataclasses import asdict, dataclass
@@ -25,6 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from client.files import atomic_write
+from client.library import vectors
+from client.library.vectors import VectorSearch
 from client.library.rank import Windows
 from client.decode.video import Sampling
 
@@ -59,6 +62,14 @@ class Entry:
     shard: str
     first_row: int
     row_count: int
+
+
+@dataclass(frozen=True)
+class Record:
+    """An entry and when it was indexed (ISO 8601 UTC, so it sorts by time): what `merge` compares."""
+
+    entry: Entry
+    indexed_at: str
 
 
 def file_sha256(path: str | Path) -> str:
@@ -110,6 +121,8 @@ class Index:
     def _sweep(self) -> None:
         """Delete shard files that no committed video uses (left by a killed run, or fully replaced)."""
         used = {row[0] for row in self.db.execute("SELECT DISTINCT shard FROM videos")}
+        for stale in self.folder.glob(f".{vectors.FOLDER}.*"):  # a search structure build that was killed
+            shutil.rmtree(stale, ignore_errors=True)
         for file in (self.folder / "shards").iterdir():
             orphan = not file.name.startswith(".") and file.name.split(".")[0] not in used
             if orphan or file.name.endswith(".tmp"):
@@ -119,6 +132,21 @@ class Index:
         rows = self.db.execute("SELECT path, sha256, size, mtime, model_version, duration, shard, first_row, "
                                "row_count FROM videos ORDER BY path")
         return {row[0]: Entry(*row) for row in rows}
+
+    def records(self) -> dict[str, Record]:
+        rows = self.db.execute("SELECT path, sha256, size, mtime, model_version, duration, shard, first_row, "
+                               "row_count, indexed_at FROM videos")
+        return {row[0]: Record(Entry(*row[:-1]), row[-1]) for row in rows}
+
+    def adopt(self, records: list[Record]) -> None:
+        """Record entries whose shard files are already in place (a merge), keeping when they were indexed;
+        one transaction."""
+        try:
+            with self.db:
+                self.db.executemany("INSERT OR REPLACE INTO videos VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                    [(*asdict(r.entry).values(), r.indexed_at) for r in records])
+        except sqlite3.Error as err:
+            raise self._write_error(err, len(records)) from None
 
     def by_hash(self, sha256: str, model_version: int) -> Entry | None:
         row = self.db.execute("SELECT path, sha256, size, mtime, model_version, duration, shard, first_row, row_count "
@@ -172,13 +200,45 @@ class Index:
         self._sweep()
         return removed
 
+    def _shard(self, shard: str) -> tuple[np.ndarray, np.ndarray]:
+        base = self.folder / "shards" / shard
+        return np.load(f"{base}.embeddings.npy", mmap_mode="r"), np.load(f"{base}.spans.npy", mmap_mode="r")
+
+    def refresh_search(self, kind: str | None = None) -> VectorSearch:
+        """The search structure of the current entries (`vectors`), rebuilt if missing, stale or of another
+        kind than asked; written atomically."""
+        entries = list(self.entries().values())
+        current = vectors.fingerprint((e.path, e.shard, e.first_row, e.row_count) for e in entries)
+        try:
+            found = vectors.VectorSearch(self.folder)
+            if found.manifest["fingerprint"] == current and kind in (None, found.kind):
+                return found
+        except (OSError, ValueError, KeyError):
+            pass  # missing or unreadable: rebuilt below
+        cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+        def rows(video: int) -> tuple[np.ndarray, np.ndarray]:
+            entry = entries[video]
+            if entry.shard not in cache:
+                cache.clear()  # entries come in path order; keep one shard's maps open at a time
+                cache[entry.shard] = self._shard(entry.shard)
+            emb, spans = cache[entry.shard]
+            return emb[entry.first_row: entry.first_row + entry.row_count], \
+                spans[entry.first_row: entry.first_row + entry.row_count]
+
+        parts = vectors.Parts([(e.path, e.duration) for e in entries], rows, [e.row_count for e in entries])
+        try:
+            vectors.build(self.folder, parts, current, kind)
+        except OSError as err:
+            raise self._write_error(err, 0) from None
+        return vectors.VectorSearch(self.folder)
+
     def windows(self) -> Windows:
         """Every indexed window, grouped by video, for ranking."""
         parts, cache = [], {}
         for entry in self.entries().values():
             if entry.shard not in cache:
-                base = self.folder / "shards" / entry.shard
-                cache[entry.shard] = (np.load(f"{base}.embeddings.npy", mmap_mode="r"), np.load(f"{base}.spans.npy"))
+                cache[entry.shard] = self._shard(entry.shard)
             emb, spans = cache[entry.shard]
             rows = slice(entry.first_row, entry.first_row + entry.row_count)
             parts.append((entry.path, emb[rows], spans[rows]))

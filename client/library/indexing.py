@@ -23,7 +23,7 @@ from tqdm import tqdm
 from client.decode.video import Capture, VideoError
 from client.library.index import Entry, Index, file_sha256
 from client.library.stream import embed_stream
-from client.library.walk import walk
+from client.library.walk import Shard, walk
 from client.transport.session import Session
 
 
@@ -64,12 +64,16 @@ def probe(path: str) -> None:
     Capture(path).close()
 
 
-def plan(index: Index, paths: Iterable[str | Path], version: int, stats: Stats) -> tuple[list[Todo], list[Entry]]:
-    """The files to embed and the entries to reuse; counts unchanged files and names skipped ones in `stats`."""
+def plan(index: Index, paths: Iterable[str | Path], version: int, stats: Stats,
+         shard: Shard | None = None) -> tuple[list[Todo], list[Entry]]:
+    """The files to embed and the entries to reuse (of `shard`'s share only, if given); counts unchanged files
+    and names skipped ones in `stats`."""
     found = walk(paths)
     stats.failed += found.skipped
     known, todo, reused = index.entries(), [], []
     for path in found.files:
+        if shard and not shard.owns(found.keys[path]):
+            continue
         try:
             st = os.stat(path)
             old = known.get(path)
@@ -108,13 +112,14 @@ def changed_since(todo: Todo) -> str | None:
 
 
 def index_videos(session: Session, index: Index, paths: Iterable[str | Path], flush_every: int = 16,
-                 progress: bool | None = None, log: Callable[[str], None] | None = None) -> Stats:
+                 progress: bool | None = None, log: Callable[[str], None] | None = None,
+                 shard: Shard | None = None) -> Stats:
     """Add `paths` to `index`. Raises IndexWriteError (nothing of the failed group committed) on a write fault,
     ServerError when the server stays away longer than the session's `wait`."""
     version = session.ensure_ready()
     requests_before = session.requests
     stats = Stats()
-    todo, reused = plan(index, paths, version, stats)
+    todo, reused = plan(index, paths, version, stats, shard)
     if reused:
         index.commit([], [], [], reused)
     pending: list[tuple[Entry, np.ndarray, np.ndarray]] = []

@@ -1,7 +1,9 @@
 """The `search` verb: videos -> windows (reader) -> embeddings (mapper) -> ranked matches (writer is report)."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+import fnmatch
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,13 +40,35 @@ def unknown_word_queries(queries: Sequence[str], embeddings: np.ndarray, empty: 
     return [q for q, e in zip(queries, embeddings) if np.array_equal(e, empty)]
 
 
-def rank_queries(session: Session, queries: Sequence[str], windows: Windows, top: int, result: Result) -> Result:
-    """Embed the queries, rank `windows` for each, and warn about queries with no known word."""
+def rank_queries(session: Session, queries: Sequence[str], ranker: Callable[[np.ndarray], list[list[Match]]],
+                 result: Result) -> Result:
+    """Embed the queries, rank with `ranker` (query embeddings -> matches), warn about queries with no known word."""
     texts = session.embed_text([*queries, ""])
-    result.matches = rank(texts[:-1], windows, top)
+    result.matches = ranker(texts[:-1])
     result.warnings += [f"query {q!r} has no word the model knows: its ranking means nothing"
                         for q in unknown_word_queries(queries, texts[:-1], texts[-1])]
     return result
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Which indexed videos a search may return. Applied before ranking, so they never return too few."""
+
+    under: tuple[str, ...] = ()  # folders (any of them)
+    glob: str | None = None  # fnmatch pattern on the whole path
+    min_duration: float | None = None  # seconds
+    max_duration: float | None = None
+
+    def videos(self, videos: Sequence[tuple[str, float]]) -> np.ndarray | None:
+        """Numbers of the videos that pass (None: no filter, all pass)."""
+        if self == Filters():
+            return None
+        folders = [os.path.abspath(u).rstrip("/") + "/" for u in self.under]
+        return np.array([i for i, (path, duration) in enumerate(videos)
+                         if (not folders or any(path.startswith(f) for f in folders))
+                         and (self.glob is None or fnmatch.fnmatchcase(path, self.glob))
+                         and (self.min_duration is None or duration >= self.min_duration)
+                         and (self.max_duration is None or duration <= self.max_duration)], np.int64)
 
 
 def search(session: Session, queries: Sequence[str], paths: Sequence[str], sampling: Sampling,
@@ -52,14 +76,20 @@ def search(session: Session, queries: Sequence[str], paths: Sequence[str], sampl
     """Rank video files (decoded and embedded now) for each query."""
     result = Result(list(queries), [])
     windows = embed_videos(session, paths, sampling, result.errors)
-    return rank_queries(session, queries, windows, top, result)
+    return rank_queries(session, queries, lambda texts: rank(texts, windows, top), result)
 
 
-def search_index(session: Session, queries: Sequence[str], index: Index, top: int = 5) -> Result:
-    """Rank the videos of an index for each query; warns if they were embedded by another model version."""
+def search_index(session: Session, queries: Sequence[str], index: Index, top: int = 5,
+                 filters: Filters = Filters(), kind: str | None = None, nprobe: int | None = None) -> Result:
+    """Rank the videos of an index for each query through its search structure (exact or approximate, see
+    `vectors`); warns if they were embedded by another model version."""
     result = Result(list(queries), [])
     served, used = session.ensure_ready(), index.model_versions()
     if used - {served}:
         result.warnings.append(f"the index holds embeddings of model version(s) {sorted(used)} but version {served} "
                                f"is served: re-run `index` on the same files to refresh them")
-    return rank_queries(session, queries, index.windows(), top, result)
+    structure = index.refresh_search(kind)
+    if nprobe and structure.ann is not None:
+        structure.ann.nprobe = min(nprobe, structure.ann.nlist)
+    allowed = filters.videos(structure.videos)
+    return rank_queries(session, queries, lambda texts: structure.search(texts, top, allowed), result)

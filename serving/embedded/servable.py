@@ -15,7 +15,6 @@ from pathlib import Path
 import grpc
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.framework import tensor_pb2
 from tensorflow_serving.apis import predict_pb2
 
 from client.transport.tensors import dtype_name, to_numpy, to_proto

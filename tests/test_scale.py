@@ -1,0 +1,176 @@
+"""Scale-out: sharded indexing and merge, the search structure (exact and faiss IVF), filters."""
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from client.cli import main
+from client.library import vectors
+from client.library.index import Index, IndexFolderError
+from client.library.indexing import index_videos
+from client.library.merge import merge
+from client.library.rank import Windows, rank
+from client.library.search import Filters, search_index
+from client.library.walk import Shard, walk
+from tests.test_index import SAMPLING, check_consistent, library  # noqa: F401 - the fixture
+
+QUERIES = ["a dog running", "someone cooking", "a red ball"]
+
+
+def same_results(session, a: Path, b: Path) -> None:
+    """Two indexes hold the same videos and windows, and answer queries identically."""
+    with Index(a, "s3d_milnce") as left, Index(b, "s3d_milnce") as right:
+        pick = lambda e: (e.sha256, e.size, e.duration, e.row_count, e.model_version)  # noqa: E731
+        assert {p: pick(e) for p, e in left.entries().items()} == {p: pick(e) for p, e in right.entries().items()}
+        lw, rw = left.windows(), right.windows()
+        assert lw.videos == rw.videos
+        np.testing.assert_array_equal(lw.embeddings, rw.embeddings)
+        np.testing.assert_array_equal(lw.spans, rw.spans)
+        assert search_index(session, QUERIES, left, top=4).matches == search_index(session, QUERIES, right, top=4).matches
+
+
+def test_shares_are_disjoint_stable_and_cover_the_library(library, tmp_path):  # noqa: F811
+    found = walk([library])
+    shares = [[p for p in found.files if Shard(i, 3).owns(found.keys[p])] for i in range(3)]
+    assert sorted(sum(shares, [])) == sorted(found.files)
+    moved = tmp_path / "elsewhere"
+    os.rename(library, moved)  # another machine, another mount point: the same shares
+    again = walk([moved])
+    assert [[Path(p).name for p in share] for share in shares] == \
+        [[Path(p).name for p in again.files if Shard(i, 3).owns(again.keys[p])] for i in range(3)]
+    with pytest.raises(ValueError, match="write I/N"):
+        Shard.parse("1-3")
+    with pytest.raises(ValueError, match="below N"):
+        Shard.parse("3/3")
+
+
+def test_three_shards_and_merge_equal_one_process_and_a_killed_shard_rerun_too(server, session, library,  # noqa: F811
+                                                                              tmp_path):
+    with Index(tmp_path / "one", "s3d_milnce", SAMPLING, create=True) as index:
+        index_videos(session, index, [library])
+    shards = [tmp_path / f"shard-{i}" for i in range(3)]
+    for i in (0, 2):
+        with Index(shards[i], "s3d_milnce", SAMPLING, create=True) as index:
+            index_videos(session, index, [library], shard=Shard(i, 3))
+    # share 1 is killed after its first commit, then re-run with the same command
+    command = [sys.executable, "-m", "client", "--server", f"127.0.0.1:{server.port}", "index", str(library),
+               "--index", str(shards[1]), "--flush-every", "1", "--size", "64", "--shard", "1/3"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        line = proc.stdout.readline()
+        if line.startswith("committed"):
+            proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    assert main(command[3:]) == 0
+    counts = []
+    for folder in shards:
+        with Index(folder, "s3d_milnce") as index:
+            counts.append(len(index.entries()))
+    assert sum(counts) == 6
+    out = tmp_path / "merged"
+    stats = merge(shards, out, "s3d_milnce")
+    assert (stats.added, stats.replaced, stats.kept) == (6, 0, 0)
+    check_consistent(out, library)
+    same_results(session, tmp_path / "one", out)
+    again = merge(shards, out, "s3d_milnce")  # idempotent
+    assert (again.added, again.replaced, again.kept, again.shard_files) == (0, 0, 6, 0)
+    same_results(session, tmp_path / "one", out)
+
+
+def test_merge_keeps_the_newest_entry_and_refuses_other_settings(session, library, tmp_path):  # noqa: F811
+    clip = sorted(library.iterdir())[0]
+    for name in ("old", "new"):
+        with Index(tmp_path / name, "s3d_milnce", SAMPLING, create=True) as index:
+            index_videos(session, index, [clip])
+    with sqlite3.connect(tmp_path / "old" / "index.sqlite") as db:
+        db.execute("UPDATE videos SET indexed_at = '2020-01-01T00:00:00+00:00'")
+    with Index(tmp_path / "new", "s3d_milnce") as index:
+        newest = index.records()[str(clip)]
+    merge([tmp_path / "new", tmp_path / "old"], tmp_path / "out", "s3d_milnce")
+    with Index(tmp_path / "out", "s3d_milnce") as index:
+        assert index.records()[str(clip)] == newest
+    with Index(tmp_path / "other", "s3d_milnce", SAMPLING.__class__(size=32), create=True):
+        pass
+    with pytest.raises(IndexFolderError, match="same settings"):
+        merge([tmp_path / "new", tmp_path / "other"], tmp_path / "out2", "s3d_milnce")
+    with pytest.raises(IndexFolderError, match="no index here"):
+        merge([tmp_path / "missing"], tmp_path / "out3", "s3d_milnce")
+
+
+@pytest.fixture(scope="module")
+def synthetic() -> tuple[vectors.Parts, Windows]:
+    """600 videos of 1-40 windows in clusters (as real windows of a video are), 32-d."""
+    rng = np.random.default_rng(0)
+    counts = rng.integers(1, 40, 600).tolist()
+    centres = rng.standard_normal((40, 32)).astype(np.float32)
+    emb = [(centres[rng.integers(40)] + 0.3 * rng.standard_normal((c, 32))).astype(np.float32) for c in counts]
+    spans = [np.stack([np.arange(c) * 1.6, np.arange(c) * 1.6 + 3.2], 1) for c in counts]
+    videos = [(f"/lib/{'a' if i % 3 else 'b'}/{i:03d}.mp4", float(c)) for i, c in enumerate(counts)]
+    parts = vectors.Parts(videos, lambda v: (emb[v], spans[v]), counts)
+    return parts, Windows.join([(videos[i][0], emb[i], spans[i]) for i in range(len(counts))])
+
+
+def assert_same(got, expected) -> None:
+    assert [m.video for m in got] == [m.video for m in expected]
+    np.testing.assert_allclose([m.score for m in got], [m.score for m in expected], rtol=1e-5)
+    assert [(m.start, m.end) for m in got] == [(m.start, m.end) for m in expected]
+
+
+@pytest.mark.parametrize("kind", ["exact", "ivf"])
+def test_the_search_structure_ranks_as_rank_does_and_filters_never_lose(synthetic, tmp_path, kind, monkeypatch):
+    parts, windows = synthetic
+    monkeypatch.setattr(vectors, "CHUNK", 1000)  # several chunks, videos across chunk edges
+    vectors.build(tmp_path, parts, "fp", kind)
+    found = vectors.VectorSearch(tmp_path)
+    assert found.kind == kind and len(found.matrix) == len(windows.embeddings)
+    queries = np.random.default_rng(1).standard_normal((5, 32)).astype(np.float32)
+    expected = rank(queries, windows, 10)
+    got = found.search(queries, 10)
+    if kind == "exact":
+        for g, e in zip(got, expected):
+            assert_same(g, e)
+    else:  # approximate, re-scored exactly: what it returns is right, and nearly all of the true top 10
+        recall = np.mean([len({m.video for m in g} & {m.video for m in e}) / 10 for g, e in zip(got, expected)])
+        assert recall >= 0.9 and all(len(g) == 10 for g in got)
+    only = Filters(glob="/lib/b/*", max_duration=2).videos(parts.videos)
+    assert 0 < len(only) < 12  # fewer allowed videos than asked for: every one of them comes back
+    kept = Windows.join([(windows.videos[v], windows.embeddings[windows.rows(windows.videos[v])],
+                          windows.spans[windows.rows(windows.videos[v])]) for v in only])
+    for g, e in zip(found.search(queries, 12, only), rank(queries, kept, 12)):
+        assert len(g) == len(only)
+        assert_same(g, e)
+
+
+def test_the_index_keeps_its_search_structure_fresh(session, library, tmp_path, capsys):  # noqa: F811
+    folder = tmp_path / "idx"
+    clips = sorted(map(str, library.iterdir()))
+    args = ["--server", f"127.0.0.1:{session.options.address.split(':')[1]}"]
+    assert main([*args, "index", *clips[:3], "--index", str(folder), "--size", "64"]) == 0
+    with Index(folder, "s3d_milnce") as index:
+        built = vectors.VectorSearch(folder).manifest
+        assert built["videos"] == 3 and index.refresh_search().manifest == built  # fresh: not rebuilt
+    assert main([*args, "index", *clips, "--index", str(folder), "--size", "64"]) == 0
+    assert vectors.VectorSearch(folder).manifest["videos"] == 6
+    capsys.readouterr()
+    assert main([*args, "search", "a dog", "--index", str(folder), "--json", "--top", "6",
+                 "--under", str(library), "--max-duration", "3"]) == 0
+    import json
+
+    shown = json.loads(capsys.readouterr().out)["results"][0]["matches"]
+    with Index(folder, "s3d_milnce") as index:
+        short = {p for p, e in index.entries().items() if e.duration <= 3}
+    assert {m["video"] for m in shown} == short and short
+    assert main([*args, "remove", clips[0], "--index", str(folder)]) == 0
+    assert vectors.VectorSearch(folder).manifest["videos"] == 5
+    assert main([*args, "search", "a dog", "--index", str(folder), "--search", "ivf", "--top", "5"]) == 0
+    assert vectors.VectorSearch(folder).kind == "ivf"
