@@ -3,7 +3,7 @@
 - preprocessing: ms per clip, ours (colab and segments sampling) against a colab-style loader on the same files;
 - requests: build + encode time and bytes of uint8 against float32 frames;
 - import: `import client.cli` against `import tensorflow_serving.apis` (fresh processes);
-- search at scale: 1M and 10M synthetic windows (20 GB of float32 at 10M, written under the current folder),
+- search at scale: 1M and 10M synthetic windows (20 GB of float32 at 10M, written under TMPDIR),
   exact memory-mapped scan against faiss IVF-SQ8, latency, recall@10 of faiss against exact, build time, memory.
 
 `python -m client.bench video-memory ADDRESS VIDEO FRAMES SIZE {whole,streamed}` is one side of the served
@@ -132,7 +132,7 @@ def synthetic_search(folder: Path, rows: int, dim: int = 512, per_video: int = 1
     np.save(base / "first.npy", np.minimum(np.arange(count + 1) * per_video, rows).astype(np.int64))
     np.save(base / "spans.npy", np.zeros((rows, 2)))
     (base / "videos.json").write_text(json.dumps([(f"/lib/{i:08d}.mp4", 32.0) for i in range(count)]))
-    (base / "manifest.json").write_text(json.dumps({"fingerprint": "synthetic", "kind": "exact", "rows": rows,
+    (base / "manifest.json").write_text(json.dumps({"generation": "synthetic", "kind": "exact", "rows": rows,
                                                     "videos": count}))
 
 
@@ -150,7 +150,7 @@ def search_at_scale(sizes: list[int]) -> None:
     print(f"\n{'search, top 10 videos':22} {'windows':>11} {'exact p50/p99 ms':>17} {'ivf p50/p99 ms':>15} "
           f"{'x exact':>7} {'recall@10':>9} {'ivf build s':>11} {'ivf MB':>7} {'float32 MB':>10}")
     for rows in sizes:
-        with tempfile.TemporaryDirectory(dir=".") as tmp:
+        with tempfile.TemporaryDirectory() as tmp:  # TMPDIR: 20 GB free at 10M windows
             folder = Path(tmp)
             synthetic_search(folder, rows)
             exact = vectors.VectorSearch(folder)

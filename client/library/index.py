@@ -145,6 +145,7 @@ class Index:
             with self.db:
                 self.db.executemany("INSERT OR REPLACE INTO videos VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                                     [(*asdict(r.entry).values(), r.indexed_at) for r in records])
+                self._bump()
         except sqlite3.Error as err:
             raise self._write_error(err, len(records)) from None
 
@@ -174,6 +175,7 @@ class Index:
             with self.db:
                 self.db.executemany("INSERT OR REPLACE INTO videos VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                                     [(*asdict(e).values(), now) for e in rows])
+                self._bump()
         except (OSError, sqlite3.Error) as err:
             for file in files:
                 file.unlink(missing_ok=True)
@@ -197,8 +199,19 @@ class Index:
         gone = [p for p in self.entries() if any(p == t or p.startswith(t.rstrip("/") + "/") for t in targets)]
         with self.db:
             removed = sum(self.db.execute("DELETE FROM videos WHERE path = ?", (p,)).rowcount for p in gone)
+            self._bump()
         self._sweep()
         return removed
+
+    def _bump(self) -> None:
+        """Count a change of the entries (inside the transaction that makes it): the search structure records
+        the generation it was built from, so knowing whether it is stale costs one row, not a pass over all."""
+        self.db.execute("INSERT INTO meta VALUES ('generation', '1') "
+                        "ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1")
+
+    def generation(self) -> str:
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
+        return row[0] if row else "0"
 
     def _shard(self, shard: str) -> tuple[np.ndarray, np.ndarray]:
         base = self.folder / "shards" / shard
@@ -207,14 +220,14 @@ class Index:
     def refresh_search(self, kind: str | None = None) -> VectorSearch:
         """The search structure of the current entries (`vectors`), rebuilt if missing, stale or of another
         kind than asked; written atomically."""
-        entries = list(self.entries().values())
-        current = vectors.fingerprint((e.path, e.shard, e.first_row, e.row_count) for e in entries)
+        current = self.generation()
         try:
             found = vectors.VectorSearch(self.folder)
-            if found.manifest["fingerprint"] == current and kind in (None, found.kind):
+            if found.manifest["generation"] == current and kind in (None, found.kind):
                 return found
         except (OSError, ValueError, KeyError):
             pass  # missing or unreadable: rebuilt below
+        entries = list(self.entries().values())
         cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
         def rows(video: int) -> tuple[np.ndarray, np.ndarray]:

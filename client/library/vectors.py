@@ -1,8 +1,8 @@
 """Search at scale: an index's windows as one memory-mapped matrix, with a faiss index beside it when large.
 
 `search/` inside the index folder (built in a temporary folder, then renamed into place; rebuilt when missing
-or stale, i.e. when the entries it was built from are not the index's entries any more):
-- `manifest.json`: the entries' fingerprint, the kind (`exact` or `ivf`), rows and videos;
+or stale, i.e. when the index's entries changed since: its generation counter moved):
+- `manifest.json`: the index generation it was built from, the kind (`exact` or `ivf`), rows and videos;
 - `videos.json` ([path, duration] by video number), `first.npy` (each video's first row, then the row count),
   `spans.npy` ([rows, 2] seconds), `embeddings.npy` ([rows, D] float32): memory-mapped, never loaded whole;
 - `ivf.faiss` (approximate only): an inverted file of 8-bit scalar-quantized vectors (faiss IVF-SQ8: a quarter
@@ -17,12 +17,11 @@ Approximate is chosen above `EXACT_LIMIT` windows; `kind` overrides.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,14 +33,6 @@ EXACT_LIMIT = 250_000  # windows: above, an exact scan costs more than ~50 ms a 
 CHUNK = 262_144  # rows scored at once by the exact scan (512 MB of float32 at most)
 CANDIDATES = 64  # approximate: windows fetched per wanted video, doubled until enough videos
 FOLDER = "search"
-
-
-def fingerprint(entries: Iterable[tuple[str, str, int, int]]) -> str:
-    """Of (path, shard, first row, row count) of every entry: any index change changes it."""
-    digest = hashlib.sha256()
-    for entry in sorted(entries):
-        digest.update(json.dumps(entry).encode())
-    return digest.hexdigest()
 
 
 def ivf_lists(rows: int) -> int:
@@ -59,7 +50,7 @@ class Parts:
     counts: list[int]
 
 
-def build(folder: Path, parts: Parts, print_: str, kind: str | None = None) -> None:
+def build(folder: Path, parts: Parts, generation: str, kind: str | None = None) -> None:
     """Write `folder/search` afresh (temporary folder, then rename)."""
     rows = sum(parts.counts)
     kind = kind or ("exact" if rows <= EXACT_LIMIT else "ivf")
@@ -79,7 +70,7 @@ def build(folder: Path, parts: Parts, print_: str, kind: str | None = None) -> N
         (tmp / "videos.json").write_text(json.dumps(parts.videos))
         if kind == "ivf":
             _write_ivf(tmp / "ivf.faiss", np.load(tmp / "embeddings.npy", mmap_mode="r"))
-        (tmp / "manifest.json").write_text(json.dumps({"fingerprint": print_, "kind": kind, "rows": rows,
+        (tmp / "manifest.json").write_text(json.dumps({"generation": generation, "kind": kind, "rows": rows,
                                                        "videos": len(parts.videos)}))
         old = folder / FOLDER
         if old.exists():
