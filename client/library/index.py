@@ -199,7 +199,8 @@ class Index:
         gone = [p for p in self.entries() if any(p == t or p.startswith(t.rstrip("/") + "/") for t in targets)]
         with self.db:
             removed = sum(self.db.execute("DELETE FROM videos WHERE path = ?", (p,)).rowcount for p in gone)
-            self._bump()
+            if removed:
+                self._bump()
         self._sweep()
         return removed
 
@@ -217,16 +218,12 @@ class Index:
         base = self.folder / "shards" / shard
         return np.load(f"{base}.embeddings.npy", mmap_mode="r"), np.load(f"{base}.spans.npy", mmap_mode="r")
 
-    def refresh_search(self, kind: str | None = None) -> VectorSearch:
+    def refresh_search(self, kind: str | None = None, nprobe: int | None = None) -> VectorSearch:
         """The search structure of the current entries (`vectors`), rebuilt if missing, stale or of another
-        kind than asked; written atomically."""
-        current = self.generation()
-        try:
-            found = vectors.VectorSearch(self.folder)
-            if found.manifest["generation"] == current and kind in (None, found.kind):
-                return found
-        except (OSError, ValueError, KeyError):
-            pass  # missing or unreadable: rebuilt below
+        kind than asked; written atomically. Its manifest decides, before any faiss index is loaded."""
+        built = vectors.read_manifest(self.folder)
+        if built and built["generation"] == self.generation() and kind in (None, built["kind"]):
+            return vectors.VectorSearch(self.folder, nprobe)
         entries = list(self.entries().values())
         cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -241,10 +238,10 @@ class Index:
 
         parts = vectors.Parts([(e.path, e.duration) for e in entries], rows, [e.row_count for e in entries])
         try:
-            vectors.build(self.folder, parts, current, kind)
+            vectors.build(self.folder, parts, self.generation(), kind)
         except OSError as err:
             raise self._write_error(err, 0) from None
-        return vectors.VectorSearch(self.folder)
+        return vectors.VectorSearch(self.folder, nprobe)
 
     def windows(self) -> Windows:
         """Every indexed window, grouped by video, for ranking."""

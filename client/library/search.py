@@ -88,8 +88,6 @@ def search_index(session: Session, queries: Sequence[str], index: Index, top: in
     if used - {served}:
         result.warnings.append(f"the index holds embeddings of model version(s) {sorted(used)} but version {served} "
                                f"is served: re-run `index` on the same files to refresh them")
-    structure = index.refresh_search(kind)
-    if nprobe and structure.ann is not None:
-        structure.ann.nprobe = min(nprobe, structure.ann.nlist)
+    structure = index.refresh_search(kind, nprobe)
     allowed = filters.videos(structure.videos)
     return rank_queries(session, queries, lambda texts: structure.search(texts, top, allowed), result)

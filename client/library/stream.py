@@ -33,7 +33,7 @@ class VersionChanged(Exception):
     """The served model version changed while one video was being embedded."""
 
 
-def embed_windows(session: Session, stream: Iterator[Window]) -> Embedded:
+def embed_video(session: Session, stream: Iterator[Window]) -> Embedded:
     """Embed one video's windows as they come; raises VersionChanged if two versions answered."""
     spans: list[tuple[float, float]] = []
     step = max(1, session.options.windows_per_request)
@@ -60,7 +60,7 @@ def embed_stream(session: Session, items: Iterable[T], path: Callable[[T], str],
         stream: Iterator[Window] = feed
         for attempt in range(VERSION_ATTEMPTS):
             try:
-                yield item, embed_windows(session, stream)
+                yield item, embed_video(session, stream)
                 break
             except VideoError as err:
                 yield item, err

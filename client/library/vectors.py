@@ -99,6 +99,14 @@ def _write_ivf(path: Path, matrix: np.ndarray) -> None:
     faiss.write_index(index, str(path))
 
 
+def read_manifest(folder: Path) -> dict | None:
+    """The built structure's manifest, or None when there is none (or it cannot be read)."""
+    try:
+        return json.loads((folder / FOLDER / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
 class VectorSearch:
     """A built `search/` folder, memory-mapped; answers top videos per query."""
 
@@ -106,7 +114,7 @@ class VectorSearch:
         """`nprobe`: inverted lists searched (default: a quarter of them, at least 32: recall@10 0.975 at 1M
         synthetic windows; more are probed when a filter leaves too few candidates)."""
         base = folder / FOLDER
-        self.manifest = json.loads((base / "manifest.json").read_text())
+        self.manifest = read_manifest(folder)
         self.videos = [tuple(v) for v in json.loads((base / "videos.json").read_text())]
         self.first = np.load(base / "first.npy")
         self.matrix = np.load(base / "embeddings.npy", mmap_mode="r")
