@@ -164,7 +164,7 @@ def search_at_scale(sizes: list[int]) -> None:
             manifest = folder / vectors.FOLDER / "manifest.json"
             manifest.write_text(manifest.read_text().replace('"exact"', '"ivf"'))
             size = (folder / vectors.FOLDER / "ivf.faiss").stat().st_size / 1e6
-            for nprobe in (None, 32):  # the default (a quarter of the lists), then few lists
+            for nprobe in (None, 32):  # the default (lists holding ~SCAN windows), then few lists
                 ivf = vectors.VectorSearch(folder, nprobe)
                 found = ivf.search(queries, 10)
                 recall = np.mean([len({m.video for m in f} & {m.video for m in t}) / 10

@@ -11,9 +11,11 @@ or stale, i.e. when the index's entries changed since: its generation counter mo
   at the same lists probed, on clustered synthetic windows), and its codebooks took minutes to train.
 
 Exact search scans the memory-mapped matrix in chunks: each video's best window, exactly. Approximate search
-asks faiss for candidate windows and re-scores them exactly from the matrix; it widens the candidate list until
-`top` distinct videos are found (or every allowed window was a candidate), so filters never return too few.
-Approximate is chosen above `EXACT_LIMIT` windows; `kind` overrides.
+ranks on faiss's own SQ8 scores (candidate windows, the best per video) and re-scores exactly, from the matrix,
+only the best windows of the `RESCORE` x `top` leading videos: a few rows read per query, so the 20 GB matrix of
+10M windows need not sit in the page cache. It widens the candidate list until `top` distinct videos are found
+(or every allowed window was a candidate), so filters never return too few. Approximate is chosen above
+`EXACT_LIMIT` windows; `kind` overrides.
 """
 from __future__ import annotations
 
@@ -32,6 +34,8 @@ from client.library.rank import Match
 EXACT_LIMIT = 250_000  # windows: above, an exact scan costs more than ~50 ms a query on 2 cores
 CHUNK = 262_144  # rows scored at once by the exact scan (512 MB of float32 at most)
 CANDIDATES = 64  # approximate: windows fetched per wanted video, doubled until enough videos
+RESCORE = 2  # approximate: videos re-scored exactly per wanted video
+SCAN = 262_144  # approximate: windows whose codes are scanned per query by default (~25 ms on 2 cores)
 FOLDER = "search"
 
 
@@ -111,8 +115,10 @@ class VectorSearch:
     """A built `search/` folder, memory-mapped; answers top videos per query."""
 
     def __init__(self, folder: Path, nprobe: int | None = None):
-        """`nprobe`: inverted lists searched (default: a quarter of them, at least 32: recall@10 0.975 at 1M
-        synthetic windows; more are probed when a filter leaves too few candidates)."""
+        """`nprobe`: inverted lists searched. By default as many as hold ~`SCAN` windows: the cost of a query is
+        the codes it scans, so it stays flat as the library grows, while recall grows with it (lists get purer:
+        recall@10 0.975 at 1M synthetic windows, 128 of 512 lists). More are probed when a filter leaves too few
+        candidates."""
         base = folder / FOLDER
         self.manifest = read_manifest(folder)
         self.videos = [tuple(v) for v in json.loads((base / "videos.json").read_text())]
@@ -125,7 +131,7 @@ class VectorSearch:
             import faiss
 
             self.ann = faiss.read_index(str(base / "ivf.faiss"))
-            self.ann.nprobe = min(self.ann.nlist, nprobe or max(32, self.ann.nlist // 4))
+            self.ann.nprobe = min(self.ann.nlist, nprobe or max(1, round(SCAN * self.ann.nlist / self.ann.ntotal)))
 
     @property
     def kind(self) -> str:
@@ -149,19 +155,19 @@ class VectorSearch:
             return self._exact(queries, top, mask)
         return [self._approximate(q, top, mask) for q in queries]
 
-    def _matches(self, rows: np.ndarray, scores: np.ndarray, top: int) -> list[Match]:
-        """Best row per video among `rows`, the `top` videos by it."""
+    def _best_rows(self, rows: np.ndarray, scores: np.ndarray, limit: int) -> np.ndarray:
+        """Of `rows` (scored by `scores`), the best row of each video, for the `limit` best videos, best first."""
         order = np.argsort(-scores, kind="stable")
-        seen, matches = set(), []
-        for i in order:
-            video = int(self.owner_of(rows[i]))
-            if video in seen:
-                continue
-            seen.add(video)
-            start, end = self.spans[rows[i]]
-            matches.append(Match(self.videos[video][0], float(scores[i]), float(start), float(end)))
-            if len(matches) == top:
-                break
+        _, firsts = np.unique(self.owner_of(rows[order]), return_index=True)
+        return rows[order[np.sort(firsts)[:limit]]]
+
+    def _matches(self, rows: np.ndarray, scores: np.ndarray) -> list[Match]:
+        """One match per row (each of another video), best score first."""
+        order = np.argsort(-scores, kind="stable")
+        matches = []
+        for row, score in zip(rows[order], scores[order]):
+            start, end = self.spans[row]
+            matches.append(Match(self.videos[int(self.owner_of(row))][0], float(score), float(start), float(end)))
         return matches
 
     def _exact(self, queries: np.ndarray, top: int, mask: np.ndarray | None) -> list[list[Match]]:
@@ -188,12 +194,13 @@ class VectorSearch:
         for q in range(len(queries)):
             found = np.flatnonzero(np.isfinite(best[q]))
             chosen = found[np.argsort(-best[q, found], kind="stable")[:top]]
-            results.append(self._matches(best_row[q, chosen], best[q, chosen], top))
+            results.append(self._matches(best_row[q, chosen], best[q, chosen]))
         return results
 
     def _approximate(self, query: np.ndarray, top: int, mask: np.ndarray | None) -> list[Match]:
-        """faiss candidates re-scored exactly; more candidates (and lists probed) until `top` videos are found,
-        else an exact scan of the allowed rows: a filter never returns fewer videos than it allows."""
+        """faiss candidates ranked on their SQ8 scores, the leading videos' best windows re-scored exactly; more
+        candidates (and lists probed) until `top` videos are found, else an exact scan of the allowed rows: a
+        filter never returns fewer videos than it allows."""
         import faiss
 
         allowed = len(self.matrix) if mask is None else int(mask.sum())
@@ -206,12 +213,13 @@ class VectorSearch:
         k, nprobe = min(allowed, top * CANDIDATES), self.ann.nprobe
         while True:
             params = faiss.SearchParametersIVF(sel=sel, nprobe=nprobe)
-            _, found = self.ann.search(query[None], k, params=params)
-            rows = np.sort(found[0][found[0] >= 0])
-            matches = self._matches(rows, np.asarray(self.matrix[rows]) @ query, top)
-            if len(matches) == top or len(rows) == allowed:
-                return matches
-            if len(rows) == k:
+            scores, found = self.ann.search(query[None], k, params=params)
+            keep = found[0] >= 0
+            best = self._best_rows(found[0][keep], scores[0][keep], top * RESCORE)
+            if len(best) >= top or keep.sum() == allowed:
+                best = np.sort(best)
+                return self._matches(best, np.asarray(self.matrix[best]) @ query)[:top]
+            if keep.sum() == k:
                 k = min(allowed, k * 2)
             elif nprobe < self.ann.nlist:  # the probed lists ran out: probe more
                 nprobe = min(self.ann.nlist, nprobe * 2)
