@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test k8s-check image client-image demo demo-model corpus standin model export serve bench clean
+.PHONY: help setup browser test ui k8s-check image client-image demo demo-model corpus standin model export serve bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -16,10 +16,15 @@ setup: $(STAMP) ## create .venv with everything pinned (quick when already done)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[tf,dev]'
+	$(PY) -m pip install -q -e '.[tf,ui,dev]'
 	rm -f $(VENV)/.installed-* && touch $@
 
-test: setup k8s-check ## validate the Kubernetes manifests, then run the whole suite in one pytest process
+browser: ## Debian's Chromium for the search page's browser test (apt-get, as root; says so where it cannot)
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+	  || echo "note: Chromium is not installed (needs root and apt-get); the browser test will say it was skipped"
+
+test: setup browser k8s-check ## validate the Kubernetes manifests, then run the whole suite in one pytest process
 	$(PY) -m pytest -q
 
 k8s-check: setup ## render the Kubernetes manifests (gpu/cpu x image/init, indexing Jobs) and validate them offline, strictly
@@ -75,6 +80,10 @@ model: setup ## make sure MODEL_DIR holds a version (exports the tiny stand-in i
 
 serve: model ## serve MODEL_DIR: tensorflow_model_server, else Docker, else the embedded server
 	$(PY) -m serving --model-dir $(MODEL_DIR) $(SERVE_FLAGS)
+
+INDEX ?= out/demo/index
+ui: setup ## the search page at http://localhost:8080/ over INDEX (default: the demo's), asking a running `make serve`
+	$(PY) -m client ui --index $(INDEX) $(UI_FLAGS)
 
 bench: model ## speed figures measured in one run, side by side as ratios (model, client, served path)
 	$(PY) -m model.bench

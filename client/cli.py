@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from client.defaults import FPS, FRAMES, GRPC_PORT, MODEL_NAME, SENTENCES_PER_REQUEST, SIZE, WINDOWS_PER_REQUEST
+from client.defaults import (FPS, FRAMES, GRPC_PORT, MODEL_NAME, SENTENCES_PER_REQUEST, SIZE, UI_PORT,
+                             WINDOWS_PER_REQUEST)
 from client.outputs import eval_report
 from client.outputs import html_report
 from client.library.evalset import EvalSetError, load_evalset
@@ -86,7 +87,7 @@ def parser() -> argparse.ArgumentParser:
     search.add_argument("--search", choices=("exact", "ivf"),
                         help=f"--index: exact scan, or faiss IVF-SQ8 re-scored exactly (default: exact up to "
                              f"{EXACT_LIMIT:,} windows)")
-    search.add_argument("--nprobe", type=int, help="--search ivf: inverted lists searched (default: a quarter)")
+    search.add_argument("--nprobe", type=int, help="--search ivf: inverted lists searched (default: those holding ~262k windows)")
     _sampling_flags(search)
     frames = verbs.add_parser("frames", help="write the exact uint8 model input of a video as .npy")
     frames.add_argument("video")
@@ -119,6 +120,15 @@ def parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print JSON instead of a table")
     evaluate.add_argument("--html", type=Path, metavar="FILE", help="also write an HTML report")
     _sampling_flags(evaluate)
+    ui = verbs.add_parser("ui", help="a search page and its JSON API over an index (pip install '.[ui]')")
+    ui.add_argument("--index", type=Path, required=True, metavar="DIR", help="an index built with `index`")
+    ui.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    ui.add_argument("--port", type=int, default=UI_PORT, help="HTTP port")
+    ui.add_argument("--library", type=Path, action="append", metavar="FOLDER",
+                    help="folder whose videos the page may play (repeatable; default: the deepest folder holding "
+                         "every indexed video): a video whose real path is elsewhere is refused")
+    ui.add_argument("--reload-every", type=float, default=1.0, metavar="SECONDS",
+                    help="how often to look for the index's new commits (index, merge, remove)")
     verbs.add_parser("status", help="the model's versions and their states")
     verbs.add_parser("metadata", help="the signatures the server exposes")
     return p
@@ -143,6 +153,13 @@ def run(args: argparse.Namespace) -> int:
             print(f"removed {index.remove(args.paths)} video(s) from {args.index}")
             index.refresh_search()
         return 0
+    if args.command == "ui":
+        try:
+            from client.ui.server import serve
+        except ImportError as err:
+            raise ValueError(f"the ui verb needs the [ui] extra ({err}): pip install 's3d-retrieval[ui]' "
+                             f"(or '.[ui]' in a checkout)") from None
+        return serve(args.index, _options(args), args.host, args.port, args.library, args.reload_every)
     if args.command == "merge":
         print(merge(args.shards, args.index, args.model).summary())
         with Index(args.index, args.model) as index:
@@ -183,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
             print(stats.summary())
             return _report_errors(stats.failed, "skipped")
         if args.index:
-            with Index(args.index, args.model) as index:
+            with Index(args.index, args.model, read_only=True) as index:
                 filters = Filters(tuple(args.under), args.glob, args.min_duration, args.max_duration)
                 result = search_index(session, args.queries, index, args.top, filters, args.search, args.nprobe)
         else:

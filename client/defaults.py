@@ -10,6 +10,7 @@ HUB_HANDLE = "https://tfhub.dev/deepmind/mil-nce/s3d/1"
 
 GRPC_PORT = 8500
 REST_PORT = 8501
+UI_PORT = 8080  # s3d-client ui: the search page and its JSON API
 
 # Signatures of an exported model version (the first and last are the hub module's own contract).
 VIDEO_SIGNATURE = "video"  # images: float32 [B,T,H,W,3] in [0,1]

@@ -5,7 +5,10 @@
   streamed), its peak RSS and windows/s, for a 2-hour video, a 20-minute one at the released model's windows
   (the case that took 3.6 GB before) and a 1080p one;
 - server-side batching: 8 concurrent clients sending single-window requests, batching off against on
-  (`serving/batching.config`), windows/s and latency percentiles.
+  (`serving/batching.config`), windows/s and latency percentiles;
+- the search page's API under load: 20 concurrent HTTP clients for a bounded time against `s3d-client ui`'s
+  app on loopback, queries repeated (the text cache answers) against all distinct (each embedded): requests/s,
+  p50/p99 and errors.
 
 `python -m serving.bench [--model-dir models/s3d_milnce] [--long-minutes 120] [--mid-minutes 20] [--hd-seconds 60]`
 (the newest version is used).
@@ -48,6 +51,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hd-seconds", type=float, default=60.0, help="length of the 1080p video")
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients of the batching figures")
     parser.add_argument("--requests", type=int, default=12, help="single-window requests per client")
+    parser.add_argument("--only", choices=("search-api",), help="run only these figures")
+    parser.add_argument("--ui-clients", type=int, default=20, help="concurrent clients of the search API figures")
+    parser.add_argument("--ui-seconds", type=float, default=15.0, help="how long each search API load lasts")
     args = parser.parse_args(argv)
     version = max(int(p.name) for p in args.model_dir.iterdir() if p.name.isdigit())
     frames = np.random.default_rng(0).integers(0, 256, (args.windows, FRAMES, SIZE, SIZE, 3), dtype=np.uint8)
@@ -61,6 +67,11 @@ def main(argv: list[str] | None = None) -> None:
 
     plan = launcher.Plan(MODEL_NAME, args.model_dir, None, 0, 0, False, None)
     server = EmbeddedServer(Options(models=launcher.model_server_config(plan), host="127.0.0.1", port=0, rest_port=None)).start()
+    if args.only == "search-api":
+        try:
+            return search_page_load(f"127.0.0.1:{server.port}", args.ui_clients, args.ui_seconds)
+        finally:
+            server.stop(grace=5)
     try:
         with Session(ClientOptions(address=f"127.0.0.1:{server.port}")) as session:
             rows = []
@@ -74,6 +85,7 @@ def main(argv: list[str] | None = None) -> None:
         for name, rate in rows:
             print(f"  {name:32} {rate:12.1f} {rate / rows[0][1]:13.2f}")
         indexing_memory(f"127.0.0.1:{server.port}", args.long_minutes, args.mid_minutes, args.hd_seconds)
+        search_page_load(f"127.0.0.1:{server.port}", args.ui_clients, args.ui_seconds)
     finally:
         server.stop(grace=5)
     batching_load(plan, args.clients, args.requests)
@@ -130,6 +142,67 @@ def indexing_memory(address: str, long_minutes: float, mid_minutes: float, hd_se
             rate, our_rate = whole["windows"] / whole["seconds"], ours["windows"] / ours["seconds"]
             print(f"  {name:32} {ours['windows']:8} {whole['peak_mb']:8.0f} {ours['peak_mb']:9.0f} "
                   f"{ours['peak_mb'] / whole['peak_mb']:6.2f} {rate:7.1f} {our_rate:9.1f} {our_rate / rate:6.2f}")
+
+
+SUBJECTS = ("a person", "a dog", "two children", "a cook", "a cyclist", "a band", "someone", "a woman", "a man", "a cat")
+ACTIONS = ("playing guitar", "cutting tomatoes", "running on a beach", "riding a bike", "pouring water",
+           "opening a door", "dancing", "washing dishes", "climbing stairs", "throwing a ball")
+
+
+def search_page_load(address: str, clients: int, seconds: float) -> None:
+    """`clients` threads, each with its own keep-alive connection, searching the UI's API for `seconds`."""
+    import http.client
+    import urllib.parse
+
+    from client.decode.video import Sampling
+    from client.library.index import Index
+    from client.library.indexing import index_videos
+    from client.ui.app import create_app
+    from client.ui.catalog import Catalog
+    from client.ui.server import in_thread
+
+    sentences = [f"{s} {a}" for s in SUBJECTS for a in ACTIONS]  # 100
+    print(f"\n{f'search API, {clients} clients x {seconds:g} s':34} {'requests':>9} {'req/s':>7} {'p50 ms':>8} "
+          f"{'p99 ms':>8} {'errors':>7} {'x cached':>8}")
+    with tempfile.TemporaryDirectory() as tmp, Session(ClientOptions(address=address)) as session:
+        library = Path(tmp) / "library"
+        library.mkdir()
+        for i in range(8):
+            sweeping_video(library / f"clip{i}.avi", 20 + 5 * i, 10, 96, 64)
+        with Index(Path(tmp) / "index", MODEL_NAME, Sampling(frames=16, size=64), create=True) as index:
+            index_videos(session, index, [library])
+            index.refresh_search()
+        rows = []
+        for name, distinct in (("repeated queries (cached)", False), ("every query new (embedded)", True)):
+            app = create_app(Catalog(Path(tmp) / "index", MODEL_NAME), session, session)
+            with in_thread(app) as root:
+                host, port = urllib.parse.urlsplit(root).netloc.split(":")
+                deadline = time.monotonic() + seconds
+
+                def client(k: int) -> tuple[list[float], int]:
+                    times, errors, n = [], 0, 0
+                    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+                    while time.monotonic() < deadline:
+                        query = f"{sentences[(k * 7 + n) % len(sentences)]}" + (f" {k}-{n}" if distinct else "")
+                        n += 1
+                        start = time.perf_counter()
+                        connection.request("GET", "/api/search?" + urllib.parse.urlencode({"q": query, "top": 5}))
+                        answer = connection.getresponse()
+                        body = answer.read()
+                        times.append(time.perf_counter() - start)
+                        errors += answer.status != 200 or not json.loads(body)["results"][0]["matches"]
+                    connection.close()
+                    return times, errors
+
+                start = time.perf_counter()
+                with ThreadPoolExecutor(clients) as pool:
+                    done = list(pool.map(client, range(clients)))
+                elapsed = time.perf_counter() - start
+            latencies = np.concatenate([t for t, _ in done]) * 1000
+            rows.append((name, len(latencies), len(latencies) / elapsed, *np.percentile(latencies, [50, 99]),
+                         sum(e for _, e in done)))
+        for name, count, rate, p50, p99, errors in rows:
+            print(f"  {name:32} {count:9} {rate:7.1f} {p50:8.1f} {p99:8.1f} {errors:7} {rate / rows[0][2]:8.2f}")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from client.outputs import html_report
-from client.defaults import MODEL_NAME
+from client.defaults import MODEL_NAME, UI_PORT
 from client.library.evalset import read_sentences
 from client.library.index import Index
 from client.library.indexing import index_videos
@@ -132,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
                                                            "narrated demo world"))
     print(summary_line)
     print(f"demo: wrote {report}; done in {time.perf_counter() - start:.1f} s")
+    print(f"demo: to search it on a web page, run `make serve MODEL_DIR={args.model_dir}` in one terminal and "
+          f"`make ui INDEX={args.out / 'index'}` in another, then open http://localhost:{UI_PORT}/")
     return 0
 
 

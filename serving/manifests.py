@@ -13,6 +13,7 @@ strictly against the pinned Kubernetes version (offline schemas of `kubernetes-v
 - `render --indexing [--shards N] [--parallelism P] [--client-image IMAGE]`: the indexing Indexed Job (one
   CPU-only client pod per share, `--shard I/N` from its completion index), the merge Job and the shard PVC,
   from `serving/k8s-indexing/*.yaml`.
+- `render --ui [--client-image IMAGE]`: the search page's Deployment and Service (`serving/k8s-ui/`).
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from serving.config import BATCHING_CONFIG, MODELS_CONFIG, MONITORING_CONFIG, TF
 KUBERNETES_VERSION = "1.36.0"  # validated against; a recent release that managed GPU clusters run
 TEMPLATES = Path(__file__).resolve().parent / "k8s"
 INDEXING_TEMPLATES = Path(__file__).resolve().parent / "k8s-indexing"
+UI_TEMPLATES = Path(__file__).resolve().parent / "k8s-ui"
 CLIENT_IMAGE = "s3d-client:1"  # serving/client.Dockerfile
 CONFIG_MAP = "s3d-milnce-config"
 BAKED_IMAGE = "s3d-milnce-serving:1"
@@ -106,6 +108,15 @@ def render_indexing(shards: int = 64, parallelism: int = 16, image: str = CLIENT
     return docs
 
 
+def render_ui(image: str = CLIENT_IMAGE) -> list[dict]:
+    """The search page's Deployment and Service."""
+    docs = _load(UI_TEMPLATES)
+    for deployment in (d for d in docs if d["kind"] == "Deployment"):
+        for container in deployment["spec"]["template"]["spec"]["containers"]:
+            container["image"] = image
+    return docs
+
+
 def to_yaml(docs: list[dict]) -> str:
     return "---\n".join(yaml.safe_dump(d, sort_keys=False) for d in docs)
 
@@ -136,21 +147,23 @@ def main(argv: list[str] | None = None) -> int:
     show.add_argument("--image", help="server image (default: the baked image, or the official one with init)")
     show.add_argument("--model-uri", default=DEFAULT_MODEL_URI, help="rclone source of the model versions (init)")
     show.add_argument("--indexing", action="store_true", help="the indexing Jobs instead of the serving objects")
+    show.add_argument("--ui", action="store_true", help="the search page's objects instead of the serving ones")
     show.add_argument("--shards", type=int, default=64, help="--indexing: shares of the library (completions)")
     show.add_argument("--parallelism", type=int, default=16, help="--indexing: pods at once")
-    show.add_argument("--client-image", default=CLIENT_IMAGE, help="--indexing: the client image")
+    show.add_argument("--client-image", default=CLIENT_IMAGE, help="--indexing, --ui: the client image")
     check = verbs.add_parser("check", help="render every variant and validate it offline")
     check.add_argument("--out-dir", type=Path, default=Path("build") / "k8s")
     args = parser.parse_args(argv)
     if args.verb == "render":
         docs = (render_indexing(args.shards, args.parallelism, args.client_image) if args.indexing
+                else render_ui(args.client_image) if args.ui
                 else render(args.variant, args.model_source, args.image, args.model_uri))
         print(to_yaml(docs), end="")
         return 0
     args.out_dir.mkdir(parents=True, exist_ok=True)
     failed = False
     renders = [(f"{variant}-{source}", render(variant, source)) for variant, source in VARIANTS]
-    for name, docs in [*renders, ("indexing", render_indexing())]:
+    for name, docs in [*renders, ("indexing", render_indexing()), ("ui", render_ui())]:
         path = args.out_dir / f"{name}.yaml"
         path.write_text(to_yaml(docs))
         problems = validate(docs)

@@ -151,8 +151,37 @@ def test_indexing_job_shards_the_library_across_cpu_pods():
 def test_client_image_has_no_tensorflow():
     text = (HERE / "client.Dockerfile").read_text()
     assert re.search(r"^FROM python:3\.11\.\d+-slim", text, re.M)
-    assert "pip install --no-cache-dir ." in text and "[tf" not in text and "COPY client " in text
+    assert "pip install --no-cache-dir '.[ui]'" in text and "[tf" not in text and "COPY client " in text
     assert "COPY model" not in text and "COPY serving" not in text and "USER 1000" in text
+
+
+def test_search_page_deployment_probes_health_and_reaches_the_model_servers():
+    from client.defaults import UI_PORT
+
+    docs = {f"{d['kind']}/{d['metadata']['name']}": d for d in manifests.render_ui(image="registry/s3d-client:7")}
+    assert manifests.validate(list(docs.values())) == []
+    pod = docs["Deployment/s3d-search"]["spec"]["template"]
+    container = pod["spec"]["containers"][0]
+    args = container["args"]
+    assert args[args.index("ui") - 2: args.index("ui")] == ["--server", "dns:///s3d-milnce-grpc:8500"]
+    assert args[args.index("--port") + 1] == str(UI_PORT) and args[args.index("--host") + 1] == "0.0.0.0"
+    assert args[args.index("--index") + 1] == "/shards/library"  # what the merge Job writes
+    assert container["image"] == "registry/s3d-client:7" and "nvidia.com/gpu" not in container["resources"]["limits"]
+    assert container["ports"] == [{"name": "http", "containerPort": UI_PORT, "protocol": "TCP"}]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["path"].startswith("/api/health")
+    assert container["livenessProbe"]["httpGet"]["path"] == "/api/health?probe=live"  # an outage restarts nothing
+    assert container["securityContext"]["readOnlyRootFilesystem"] and pod["spec"]["securityContext"]["runAsNonRoot"]
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert pod["metadata"]["labels"]["s3d-milnce-client"] == "true"
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert mounts["index"]["readOnly"] and mounts["videos"]["mountPath"] == "/videos"  # where the Job indexed
+    indexing = {d["metadata"]["name"]: d for d in manifests.render_indexing()}
+    job_mounts = indexing["s3d-index"]["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+    assert {m["mountPath"] for m in job_mounts if m["name"] == "videos"} == {"/videos"}
+    service = docs["Service/s3d-search"]["spec"]
+    assert service["selector"] == {"app.kubernetes.io/name": "s3d-search"}
+    assert service["ports"][0]["targetPort"] == "http"
 
 
 def test_autoscaling_uses_a_serving_metric_the_server_exports():

@@ -259,3 +259,22 @@ def test_decoding_ahead_is_bounded_by_windows_and_stops_when_the_reader_does():
     reader = threading.Thread(target=read_one_and_stop)
     reader.start()
     assert finished.wait(timeout=30)  # the generator's exit waits for its (cancelled) producers
+
+
+def test_readers_leave_a_running_writers_files_alone(tmp_path):
+    """A reader (search, the UI, merge's sources) opened while a writer is between writing a shard and committing
+    it must not sweep that shard as unused; the next writer sweeps what a killed one left."""
+    with Index(tmp_path, "s3d_milnce", SAMPLING, create=True):
+        pass
+    pending = [tmp_path / "shards" / "fresh.embeddings.npy", tmp_path / "shards" / "fresh.spans.npy",
+               tmp_path / "shards" / "next.embeddings.npy.tmp"]
+    for path in pending:
+        path.write_bytes(b"written by a writer that has not committed yet")
+    with Index(tmp_path, "s3d_milnce", read_only=True) as reader:
+        assert reader.entries() == {}
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            reader.db.execute("DELETE FROM meta")
+    assert all(path.exists() for path in pending)
+    with Index(tmp_path, "s3d_milnce"):
+        pass
+    assert not any(path.exists() for path in pending)

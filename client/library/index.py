@@ -81,14 +81,21 @@ def file_sha256(path: str | Path) -> str:
 
 
 class Index:
-    def __init__(self, folder: str | Path, model: str, sampling: Sampling | None = None, create: bool = False):
-        """Open (or, with `create`, make) the index; `sampling` must match the one it was built with."""
+    def __init__(self, folder: str | Path, model: str, sampling: Sampling | None = None, create: bool = False,
+                 read_only: bool = False):
+        """Open (or, with `create`, make) the index; `sampling` must match the one it was built with.
+        `read_only`: for readers (search, the UI, merge's sources) beside a running writer: the database is
+        opened read-only and nothing is swept (a writer's shard between its rename and its commit looks
+        unused)."""
         self.folder = Path(folder)
         if not (self.folder / DB).is_file() and not create:
             raise IndexFolderError(f"{self.folder}: no index here; build one with `index PATH... --index {self.folder}`")
-        (self.folder / "shards").mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.folder / DB)
-        self.db.executescript(SCHEMA)
+        if read_only:
+            self.db = sqlite3.connect(f"{(self.folder / DB).absolute().as_uri()}?mode=ro", uri=True)
+        else:
+            (self.folder / "shards").mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(self.folder / DB)
+            self.db.executescript(SCHEMA)
         meta = dict(self.db.execute("SELECT key, value FROM meta"))
         if not meta:
             if sampling is None:
@@ -107,7 +114,8 @@ class Index:
         if sampling is not None and sampling != self.sampling:
             raise IndexFolderError(f"{self.folder} was built with {self.sampling}; index with the same settings or "
                               f"use another --index folder")
-        self._sweep()
+        if not read_only:
+            self._sweep()
 
     def close(self) -> None:
         self.db.close()

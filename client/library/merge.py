@@ -44,7 +44,7 @@ def _bring(source: Path, target: Path) -> None:
 def merge(sources: list[Path], out: Path, model: str) -> MergeStats:
     if not sources:
         raise IndexFolderError("merge needs at least one shard index")
-    opened = [Index(folder, model) for folder in sources]
+    opened = [Index(folder, model, read_only=True) for folder in sources]
     try:
         sampling = opened[0].sampling
         for index in opened[1:]:

@@ -12,6 +12,7 @@ from client.decode.video import Sampling
 from client.library.index import Index
 from client.library.rank import Match, Windows, rank
 from client.library.stream import embed_stream
+from client.library.vectors import VectorSearch
 from client.transport.session import Session
 
 
@@ -40,10 +41,13 @@ def unknown_word_queries(queries: Sequence[str], embeddings: np.ndarray, empty: 
     return [q for q, e in zip(queries, embeddings) if np.array_equal(e, empty)]
 
 
-def rank_queries(session: Session, queries: Sequence[str], ranker: Callable[[np.ndarray], list[list[Match]]],
+EmbedText = Callable[[Sequence[str]], np.ndarray]  # sentences -> [N, D]: `Session.embed_text`, or a cache of it
+
+
+def rank_queries(embed_text: EmbedText, queries: Sequence[str], ranker: Callable[[np.ndarray], list[list[Match]]],
                  result: Result) -> Result:
     """Embed the queries, rank with `ranker` (query embeddings -> matches), warn about queries with no known word."""
-    texts = session.embed_text([*queries, ""])
+    texts = embed_text([*queries, ""])
     result.matches = ranker(texts[:-1])
     result.warnings += [f"query {q!r} has no word the model knows: its ranking means nothing"
                         for q in unknown_word_queries(queries, texts[:-1], texts[-1])]
@@ -76,18 +80,30 @@ def search(session: Session, queries: Sequence[str], paths: Sequence[str], sampl
     """Rank video files (decoded and embedded now) for each query."""
     result = Result(list(queries), [])
     windows = embed_videos(session, paths, sampling, result.errors)
-    return rank_queries(session, queries, lambda texts: rank(texts, windows, top), result)
+    return rank_queries(session.embed_text, queries, lambda texts: rank(texts, windows, top), result)
+
+
+def version_warnings(used: set[int], served: int) -> list[str]:
+    """What to say when an index's embeddings came from another model version than the one served."""
+    if not used - {served}:
+        return []
+    return [f"the index holds embeddings of model version(s) {sorted(used)} but version {served} is served: "
+            f"re-run `index` on the same files to refresh them"]
+
+
+def search_structure(embed_text: EmbedText, queries: Sequence[str], structure: VectorSearch, top: int = 5,
+                     filters: Filters = Filters()) -> Result:
+    """Rank the videos of a loaded search structure for each query (what `search --index` and the UI share)."""
+    allowed = filters.videos(structure.videos)
+    return rank_queries(embed_text, queries, lambda texts: structure.search(texts, top, allowed),
+                        Result(list(queries), []))
 
 
 def search_index(session: Session, queries: Sequence[str], index: Index, top: int = 5,
                  filters: Filters = Filters(), kind: str | None = None, nprobe: int | None = None) -> Result:
     """Rank the videos of an index for each query through its search structure (exact or approximate, see
     `vectors`); warns if they were embedded by another model version."""
-    result = Result(list(queries), [])
-    served, used = session.ensure_ready(), index.model_versions()
-    if used - {served}:
-        result.warnings.append(f"the index holds embeddings of model version(s) {sorted(used)} but version {served} "
-                               f"is served: re-run `index` on the same files to refresh them")
-    structure = index.refresh_search(kind, nprobe)
-    allowed = filters.videos(structure.videos)
-    return rank_queries(session, queries, lambda texts: structure.search(texts, top, allowed), result)
+    warnings = version_warnings(index.model_versions(), session.ensure_ready())
+    result = search_structure(session.embed_text, queries, index.refresh_search(kind, nprobe), top, filters)
+    result.warnings[:0] = warnings
+    return result

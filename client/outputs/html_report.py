@@ -8,11 +8,9 @@ import base64
 import html
 from pathlib import Path
 
-import cv2
-
 from client.files import atomic_write
 from client.library.search import Result
-from client.decode.video import Capture, square
+from client.outputs.stills import jpeg_at
 
 THUMBNAIL = 160
 PLAYABLE = {".mp4", ".m4v", ".webm", ".ogv", ".mov"}
@@ -27,18 +25,8 @@ video{max-width:320px;max-height:180px}.path{font-family:monospace;font-size:.85
 
 def thumbnail(path: str, seconds: float) -> str | None:
     """A data: URI of a JPEG of the frame shown at `seconds`, or None if it cannot be read."""
-    try:
-        cap = Capture(path)
-    except Exception:  # noqa: BLE001 - a thumbnail is optional
-        return None
-    try:
-        frame = cap.frame_at(seconds)
-        if frame is None:
-            return None
-        ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(square(frame, THUMBNAIL), cv2.COLOR_RGB2BGR))
-        return "data:image/jpeg;base64," + base64.b64encode(jpeg.tobytes()).decode() if ok else None
-    finally:
-        cap.close()
+    jpeg = jpeg_at(path, seconds, THUMBNAIL)
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode() if jpeg else None
 
 
 def render(result: Result, title: str = "Text-to-video search") -> str:

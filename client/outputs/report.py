@@ -10,6 +10,7 @@ def as_json(result: Result) -> dict:
                                               "end": round(m.end, 3)} for m in matches]}
                     for q, matches in zip(result.queries, result.matches)],
         "errors": [{"video": video, "error": why} for video, why in result.errors],
+        "warnings": list(result.warnings),
     }
 
 

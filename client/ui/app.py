@@ -1,0 +1,144 @@
+"""The search service: a JSON API over an index and the page that uses it (Starlette, served by uvicorn).
+
+- `GET /api/search?q=TEXT[&q=...]&top=K[&under=FOLDER][&glob=PATTERN][&min_duration=S][&max_duration=S]`:
+  the document `search --index --json` prints, ranked the same way;
+- `GET /api/videos`: the indexed videos; `GET /api/health`: index loaded, model server reachable, versions
+  (503 when not ready; `?probe=live` answers 200 while the process serves);
+- `GET /api/media?video=PATH` (HTTP range requests) and `GET /api/still?video=PATH&t=SECONDS` (a JPEG): only
+  for videos of the index (`Catalog.media`);
+- `/` and `/static/`: the page, with no outside resources.
+Every error is JSON, `{"error": "..."}`, with a status saying whose it is (4xx the request's, 503 the server's).
+"""
+from __future__ import annotations
+
+import mimetypes
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from client.library.index import IndexFolderError
+from client.library.search import Filters, search_structure, version_warnings
+from client.outputs.report import as_json
+from client.outputs.stills import jpeg_at
+from client.transport.session import ServerError, Session
+from client.ui.catalog import Catalog, NotServed
+from client.ui.texts import TextCache
+
+STATIC = Path(__file__).parent / "static"
+MAX_TOP = 100  # videos a query may ask for
+STILL = 240  # pixels, square
+
+
+class BadRequest(Exception):
+    """The request itself is wrong (400); the message says which parameter and what to send."""
+
+
+def _number(request: Request, name: str, kind: Callable[[str], float], default=None, low=None, high=None):
+    text = request.query_params.get(name)
+    if text is None:
+        return default
+    try:
+        value = kind(text)
+    except ValueError:
+        raise BadRequest(f"{name}={text!r} is not {'an integer' if kind is int else 'a number'}") from None
+    if (low is not None and value < low) or (high is not None and value > high) or value != value:
+        raise BadRequest(f"{name}={text!r} is out of range [{low}, {high}]")
+    return value
+
+
+def _video(request: Request) -> str:
+    video = request.query_params.get("video")
+    if not video:
+        raise BadRequest("video= is missing: give a path from /api/videos")
+    return video
+
+
+def create_app(catalog: Catalog, session: Session, probe: Session) -> Starlette:
+    """`session` embeds queries; `probe` (short deadline, no waiting) answers health checks."""
+    texts = TextCache(session)
+
+    def search(request: Request) -> Response:
+        queries = [q for q in request.query_params.getlist("q") if q.strip()]
+        if not queries:
+            raise BadRequest("q= is missing: give the text to search for (q may repeat)")
+        top = _number(request, "top", int, 5, 1, MAX_TOP)
+        filters = Filters(tuple(request.query_params.getlist("under")), request.query_params.get("glob") or None,
+                          _number(request, "min_duration", float, low=0), _number(request, "max_duration", float, low=0))
+        snapshot = catalog.current()
+        served = session.ensure_ready()
+        result = search_structure(lambda sentences: texts.embed(served, sentences), queries, snapshot.structure,
+                                  top, filters)
+        result.warnings[:0] = version_warnings(snapshot.versions, served)
+        return JSONResponse(as_json(result))
+
+    def videos(request: Request) -> Response:
+        snapshot = catalog.current()
+        return JSONResponse({"generation": snapshot.generation, "videos": [
+            {"video": e.path, "duration": e.duration, "windows": e.row_count, "model_version": e.model_version}
+            for e in snapshot.entries.values()]})
+
+    def health(request: Request) -> Response:
+        if request.query_params.get("probe") == "live":
+            return JSONResponse({"ok": True})
+        index: dict = {"folder": str(catalog.folder), "loaded": False}
+        server: dict = {"address": probe.options.address, "model": probe.options.model, "reachable": False}
+        try:
+            snapshot = catalog.current()
+            index.update(loaded=True, generation=snapshot.generation, videos=len(snapshot.entries),
+                         windows=sum(e.row_count for e in snapshot.entries.values()),
+                         search=snapshot.structure.kind, stale=snapshot.stale,
+                         model_versions=sorted(snapshot.versions))
+        except (IndexFolderError, OSError, sqlite3.Error) as err:
+            index["error"] = str(err)
+        try:
+            server.update(reachable=True, version=probe.ensure_ready())
+        except ServerError as err:
+            server["error"] = str(err)
+        ok = index["loaded"] and "version" in server
+        warnings = version_warnings(set(index.get("model_versions", [])), server["version"]) if ok else []
+        body = {"ok": ok, "index": index, "model_server": server, "warnings": warnings}
+        if not ok:  # the one line a page or a person reads first
+            body["error"] = f"index: {index['error']}" if "error" in index else f"model server: {server['error']}"
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    def media(request: Request) -> Response:
+        path = catalog.media(_video(request))
+        return FileResponse(path, media_type=mimetypes.guess_type(path)[0] or "application/octet-stream")
+
+    def still(request: Request) -> Response:
+        path = catalog.media(_video(request))
+        jpeg = jpeg_at(path, _number(request, "t", float, 0.0, low=0), STILL)
+        if jpeg is None:
+            return JSONResponse({"error": f"{request.query_params['video']!r} gives no frame there"}, 404)
+        return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+    def page(request: Request) -> Response:
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    async def as_json_error(request: Request, err: Exception) -> Response:
+        if isinstance(err, NotServed):
+            return JSONResponse({"error": str(err)}, err.status)
+        if isinstance(err, BadRequest):
+            return JSONResponse({"error": str(err)}, 400)
+        if isinstance(err, HTTPException):
+            return JSONResponse({"error": f"{request.url.path}: {err.detail}"}, err.status_code)
+        if isinstance(err, ServerError):
+            return JSONResponse({"error": f"model server: {err}"}, 503)
+        if isinstance(err, (IndexFolderError, OSError, sqlite3.Error)):
+            return JSONResponse({"error": f"index: {err}"}, 503)
+        return JSONResponse({"error": f"internal error ({type(err).__name__}: {err}); see the service's log"}, 500)
+
+    return Starlette(
+        routes=[Route("/", page), Route("/api/search", search), Route("/api/videos", videos),
+                Route("/api/health", health), Route("/api/media", media), Route("/api/still", still),
+                Mount("/static", StaticFiles(directory=STATIC), name="static")],
+        exception_handlers={exc: as_json_error for exc in
+                            (HTTPException, NotServed, BadRequest, ServerError, IndexFolderError, OSError,
+                             sqlite3.Error, Exception)})

@@ -1,0 +1,121 @@
+"""The index as the search service sees it: loaded once, kept in memory, reloaded when a writer commits.
+
+A writer (`index`, `merge`, `remove`) moves the index's generation counter in each commit and builds the search
+structure when it finishes. The service reads the counter (one SQLite row) at most every `check_every` seconds;
+when it moved, the request that noticed loads the new state while the others keep answering from the old one.
+It rebuilds the structure itself only while it is small (exact search, up to `EXACT_LIMIT` windows: seconds);
+a large one is rebuilt by the writer at its end, and until then the service answers from the last one built
+and says so in `/api/health`.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from client.library import vectors
+from client.library.index import Entry, Index, IndexFolderError, IndexWriteError
+from client.library.vectors import VectorSearch
+
+
+class NotServed(Exception):
+    """A file the service will not send; `status` is the HTTP status that says why."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    structure: VectorSearch
+    generation: str  # the index generation the entries were read at
+    entries: dict[str, Entry]  # path -> entry: the only files the service sends
+    versions: set[int]  # model versions that embedded the entries
+    stale: str | None  # why the structure is older than the entries, else None
+
+
+class Catalog:
+    def __init__(self, folder: Path, model: str, roots: list[Path] | None = None, check_every: float = 1.0):
+        """`roots`: folders whose files may be sent (default: the deepest folder holding every indexed video);
+        a video reached through a symbolic link out of them is refused."""
+        self.folder, self.model, self.check_every = Path(folder), model, check_every
+        self._roots = [os.path.realpath(r) for r in roots] if roots else None
+        self._snapshot: Snapshot | None = None
+        self._checked = float("-inf")
+        self._loading = threading.Lock()
+
+    def generation(self) -> str:
+        """The index's generation counter (read-only: one SQLite row)."""
+        with Index(self.folder, self.model, read_only=True) as index:
+            return index.generation()
+
+    def load(self) -> Snapshot:
+        """Read the entries and load (or rebuild, while small) the search structure."""
+        with Index(self.folder, self.model, read_only=True) as index:
+            generation = index.generation()  # first: a commit after it makes the next check load again
+            entries, versions = index.entries(), index.model_versions()
+            built, stale = vectors.read_manifest(self.folder), None
+            if built and built["generation"] == generation:
+                structure = VectorSearch(self.folder)
+            else:
+                structure, stale = self._rebuild(index, entries, built)
+        self._snapshot = Snapshot(structure, generation, entries, versions, stale)
+        return self._snapshot
+
+    def _rebuild(self, index: Index, entries: dict[str, Entry], built: dict | None) -> tuple[VectorSearch, str | None]:
+        rows = sum(e.row_count for e in entries.values())
+        why = f"the search structure was built before the index's last change ({rows:,} windows now)"
+        if rows <= vectors.EXACT_LIMIT:
+            try:
+                return index.refresh_search(), None
+            except IndexWriteError as err:
+                why += f" and cannot be rebuilt here ({err})"
+        else:
+            why += "; the writer rebuilds it when it finishes (or run `search --index` once)"
+        if built is None:
+            raise IndexFolderError(f"{self.folder}: {why}, and there is none to answer from")
+        return VectorSearch(self.folder), why
+
+    def current(self) -> Snapshot:
+        """The loaded state; loaded anew first when a writer committed since (checked at most every
+        `check_every` seconds). While one request loads, the others answer from the state before."""
+        now = time.monotonic()
+        if self._snapshot is not None and now - self._checked < self.check_every:
+            return self._snapshot
+        if not self._loading.acquire(blocking=self._snapshot is None):
+            return self._snapshot
+        try:
+            self._checked = now
+            if self._snapshot is None or self.generation() != self._snapshot.generation:
+                self.load()
+        finally:
+            self._loading.release()
+        return self._snapshot
+
+    def roots(self, snapshot: Snapshot) -> list[str]:
+        if self._roots is not None:
+            return self._roots
+        folders = [os.path.dirname(p) for p in snapshot.entries]
+        return [os.path.realpath(os.path.commonpath(folders))] if folders else []
+
+    def media(self, video: str) -> str:
+        """The file to send for `video`: only a path of the index, exactly as indexed, still inside the library
+        once links are resolved, and still the file that was indexed (same size and modification time)."""
+        snapshot = self.current()
+        entry = snapshot.entries.get(video)
+        if entry is None:
+            raise NotServed(404, f"{video!r} is not a video of this index; use a path from /api/videos")
+        real = os.path.realpath(video)
+        if not any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in self.roots(snapshot)):
+            raise NotServed(403, f"{video!r} resolves outside the library ({real}); start the UI with "
+                                 f"--library FOLDER to serve files there")
+        try:
+            stat = os.stat(real)
+        except OSError as err:
+            raise NotServed(404, f"{video!r} cannot be read now ({err.strerror}); run index again") from None
+        if (stat.st_size, stat.st_mtime) != (entry.size, entry.mtime):
+            raise NotServed(409, f"{video!r} changed since it was indexed; run index again to serve it")
+        return real

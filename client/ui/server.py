@@ -1,0 +1,52 @@
+"""`s3d-client ui`: load the index, then serve the page and the API with uvicorn until interrupted."""
+from __future__ import annotations
+
+import socket
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+
+import uvicorn
+from starlette.applications import Starlette
+
+from client.transport.session import Options, ServerError, Session
+from client.ui.app import create_app
+from client.ui.catalog import Catalog
+
+PROBE_TIMEOUT = 2.0  # seconds: a health check answers within a probe's own timeout
+
+
+def serve(index: Path, options: Options, host: str, port: int, roots: list[Path] | None, check_every: float) -> int:
+    catalog = Catalog(index, options.model, roots, check_every)
+    snapshot = catalog.current()  # a missing or unreadable index stops here, with its message
+    with Session(options) as session, Session(replace(options, timeout=PROBE_TIMEOUT, wait=0)) as probe:
+        try:
+            probe.ensure_ready()
+        except ServerError as err:
+            print(f"note: {err}; the page will say so until it answers", file=sys.stderr)
+        shown = "localhost" if host in ("127.0.0.1", "0.0.0.0", "::") else host
+        print(f"serving {len(snapshot.entries)} video(s) of {index} at http://{shown}:{port}/ (Ctrl-C stops)",
+              file=sys.stderr)
+        uvicorn.run(create_app(catalog, session, probe), host=host, port=port, log_level="warning")
+    return 0
+
+
+@contextmanager
+def in_thread(app: Starlette, host: str = "127.0.0.1") -> Iterator[str]:
+    """Serve `app` from a thread on a free port and yield its base URL (tests, benchmarks). The socket listens
+    before the server starts, so a first request waits in its backlog instead of being refused."""
+    listener = socket.socket()
+    listener.bind((host, 0))
+    listener.listen(128)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://{host}:{listener.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        listener.close()

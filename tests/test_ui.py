@@ -1,0 +1,291 @@
+"""The search service and its page: the API against `search --index --json`, what it refuses to send, range
+requests, reloads on commits, errors as JSON, and the page driven in Debian's Chromium."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+
+from client import cli
+from client.decode.video import Sampling
+from client.library.index import Index
+from client.library.indexing import index_videos
+from client.transport.session import Options, Session
+from tests.conftest import write_clip
+
+starlette = pytest.importorskip("starlette", reason="the [ui] extra is not installed: pip install '.[ui]'")
+from starlette.testclient import TestClient  # noqa: E402
+
+from client.ui.app import create_app  # noqa: E402
+from client.ui.catalog import Catalog  # noqa: E402
+
+SAMPLING = Sampling(frames=8, size=64)
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def world(server, tmp_path_factory):
+    """A library of VP8 WebM clips (which Chromium plays), one of them a link to a file outside it, indexed."""
+    root = tmp_path_factory.mktemp("ui")
+    library, outside = root / "library", root / "outside"
+    library.mkdir()
+    outside.mkdir()
+    for i, frames in enumerate((60, 90, 45, 75)):
+        write_clip(library / f"clip{i}.webm", frames, 10, (64, 64), "VP80", seed=i)
+    write_clip(outside / "secret.webm", 30, 10, (64, 64), "VP80", seed=9)
+    (library / "link.webm").symlink_to(outside / "secret.webm")
+    with Session(Options(address=f"127.0.0.1:{server.port}")) as session, \
+            Index(root / "index", "s3d_milnce", SAMPLING, create=True) as index:
+        assert index_videos(session, index, [library]).added == 5
+        index.refresh_search()
+    return root
+
+
+@pytest.fixture()
+def client(server, world):
+    options = Options(address=f"127.0.0.1:{server.port}")
+    with Session(options) as session, Session(Options(address=options.address, timeout=2, wait=0)) as probe:
+        app = create_app(Catalog(world / "index", "s3d_milnce", check_every=0), session, probe)
+        with TestClient(app) as http:
+            http.session = session
+            yield http
+
+
+def cli_json(server, *args: str, capsys) -> dict:
+    assert cli.main(["--server", f"127.0.0.1:{server.port}", *args]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_search_answers_what_the_cli_prints(client, server, world, capsys):
+    queries = ["a person playing guitar", "cutting tomatoes"]
+    expected = cli_json(server, "search", *queries, "--index", str(world / "index"), "--json", "--top", "3",
+                        capsys=capsys)
+    answer = client.get("/api/search", params=[("q", q) for q in queries] + [("top", "3")])
+    assert answer.status_code == 200
+    assert answer.json() == expected
+    assert [len(r["matches"]) for r in expected["results"]] == [3, 3]
+
+
+def test_filters_are_the_clis(client, server, world, capsys):
+    library = str(world / "library")
+    expected = cli_json(server, "search", "dogs", "--index", str(world / "index"), "--json", "--under", library,
+                        "--glob", "*clip[12].webm", "--min-duration", "5", capsys=capsys)
+    answer = client.get("/api/search", params={"q": "dogs", "under": library, "glob": "*clip[12].webm",
+                                               "min_duration": "5"}).json()
+    assert answer == expected
+    assert {Path(m["video"]).name for m in answer["results"][0]["matches"]} == {"clip1.webm"}
+
+
+def test_repeated_queries_are_embedded_once(client):
+    client.get("/api/search", params={"q": "a cat on a sofa"})
+    before = client.session.requests
+    again = client.get("/api/search", params={"q": "a cat on a sofa"})
+    assert again.status_code == 200 and client.session.requests == before + 1  # the served-version check, no Predict
+
+
+def test_videos_and_health(client, world):
+    videos = client.get("/api/videos").json()["videos"]
+    assert sorted(Path(v["video"]).name for v in videos) == ["clip0.webm", "clip1.webm", "clip2.webm",
+                                                              "clip3.webm", "link.webm"]
+    assert all(v["windows"] >= 1 and v["duration"] > 0 for v in videos)
+    health = client.get("/api/health")
+    assert health.status_code == 200
+    body = health.json()
+    assert body["ok"] and body["index"]["videos"] == 5 and body["model_server"]["version"] == 1
+    assert body["index"]["model_versions"] == [1] and body["warnings"] == []
+
+
+def test_a_range_request_gets_206_and_the_right_bytes(client, world):
+    path = world / "library" / "clip1.webm"
+    data = path.read_bytes()
+    answer = client.get("/api/media", params={"video": str(path)}, headers={"Range": "bytes=100-499"})
+    assert answer.status_code == 206
+    assert answer.content == data[100:500]
+    assert answer.headers["content-range"] == f"bytes 100-499/{len(data)}"
+    assert answer.headers["content-type"] == "video/webm"
+    whole = client.get("/api/media", params={"video": str(path)})
+    assert whole.status_code == 200 and whole.content == data and whole.headers["accept-ranges"] == "bytes"
+
+
+@pytest.mark.parametrize("video", [
+    "/etc/passwd",
+    "{library}/../outside/secret.webm",
+    "{library}/./clip1.webm",
+    "{library}//clip1.webm",
+    "clip1.webm",
+    "../outside/secret.webm",
+    "{library}/%2e%2e/outside/secret.webm",
+    "{library}/clip1.webm/..",
+    "",
+])
+def test_only_indexed_paths_are_sent(client, world, video):
+    video = video.format(library=world / "library")
+    for endpoint in ("/api/media", "/api/still"):
+        answer = client.get(endpoint, params={"video": video})
+        assert answer.status_code in (400, 404), (endpoint, video, answer.status_code)
+        assert answer.json()["error"]
+
+
+def test_encoded_traversal_in_the_address_is_refused(client):
+    for address in ("/api/media?video=%2Fetc%2Fpasswd", "/static/..%2F..%2Fcatalog.py", "/static/../app.py",
+                    "/static/%2e%2e/%2e%2e/catalog.py"):
+        answer = client.get(address)
+        assert answer.status_code == 404, address
+        assert "error" in answer.json()
+
+
+def test_links_out_of_the_library_and_changed_files_are_refused(client, world):
+    link = world / "library" / "link.webm"
+    answer = client.get("/api/media", params={"video": str(link)})
+    assert answer.status_code == 403 and "outside the library" in answer.json()["error"]
+    target = world / "library" / "clip3.webm"
+    saved = world / "clip3.saved"
+    shutil.copy2(target, saved)
+    try:  # an indexed file swapped for a link to a file out of the library
+        target.unlink()
+        target.symlink_to(world / "outside" / "secret.webm")
+        assert client.get("/api/media", params={"video": str(target)}).status_code == 403
+        target.unlink()
+        target.write_bytes(saved.read_bytes() + b"more")  # changed since it was indexed
+        answer = client.get("/api/media", params={"video": str(target)})
+        assert answer.status_code == 409 and "index again" in answer.json()["error"]
+    finally:
+        target.unlink()
+        shutil.copy2(saved, target)
+    assert client.get("/api/media", params={"video": str(target)}).status_code == 200
+
+
+def test_the_index_reloads_on_commits(server, world, tmp_path):
+    folder = tmp_path / "index"
+    shutil.copytree(world / "index", folder)
+    extra = write_clip(world / "library" / "late.webm", 40, 10, (64, 64), "VP80", seed=5)
+    options = Options(address=f"127.0.0.1:{server.port}")
+    try:
+        with Session(options) as session, TestClient(
+                create_app(Catalog(folder, "s3d_milnce", check_every=0), session, session)) as http:
+            assert len(http.get("/api/videos").json()["videos"]) == 5
+            with Index(folder, "s3d_milnce", SAMPLING) as index:  # a writer commits: no refresh_search of its own
+                assert index_videos(session, index, [extra]).added == 1
+            names = {Path(v["video"]).name for v in http.get("/api/videos").json()["videos"]}
+            assert "late.webm" in names and len(names) == 6
+            assert http.get("/api/media", params={"video": str(extra)}).status_code == 200
+            found = http.get("/api/search", params={"q": "anything", "top": "6"}).json()["results"][0]["matches"]
+            assert str(extra) in {m["video"] for m in found}
+            with Index(folder, "s3d_milnce") as index:
+                assert index.remove([extra]) == 1
+            assert len(http.get("/api/videos").json()["videos"]) == 5
+            assert http.get("/api/media", params={"video": str(extra)}).status_code == 404
+    finally:
+        extra.unlink()
+
+
+def test_errors_are_json(client, world):
+    for params, status in (({}, 400), ({"q": "  "}, 400), ({"q": "x", "top": "many"}, 400),
+                           ({"q": "x", "top": "0"}, 400), ({"q": "x", "min_duration": "nan"}, 400)):
+        answer = client.get("/api/search", params=params)
+        assert answer.status_code == status and answer.json()["error"], params
+    assert client.get("/api/nothing").json()["error"]
+
+
+def test_a_model_server_that_is_down_is_a_503_the_page_can_show(world):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{s.getsockname()[1]}"
+    with Session(Options(address=closed, wait=0, timeout=2)) as down, TestClient(
+            create_app(Catalog(world / "index", "s3d_milnce"), down, down)) as http:
+        answer = http.get("/api/search", params={"q": "guitar"})
+        assert answer.status_code == 503 and "cannot reach the model server" in answer.json()["error"]
+        health = http.get("/api/health")
+        assert health.status_code == 503 and health.json()["index"]["loaded"]
+        assert health.json()["error"].startswith("model server:")
+        assert http.get("/api/health", params={"probe": "live"}).status_code == 200
+
+
+def test_a_missing_index_is_a_503_the_page_can_show(server, tmp_path):
+    with Session(Options(address=f"127.0.0.1:{server.port}")) as session, TestClient(
+            create_app(Catalog(tmp_path / "gone", "s3d_milnce"), session, session)) as http:
+        for address in ("/api/search?q=guitar", "/api/videos", "/api/health"):
+            answer = http.get(address)
+            assert answer.status_code == 503, address
+            assert answer.json()["error"].startswith("index: ") and "no index here" in answer.json()["error"]
+        assert http.get("/api/health").json()["model_server"]["reachable"]
+
+
+def test_the_verb_refuses_a_missing_index(tmp_path, capsys):
+    assert cli.main(["ui", "--index", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "no index here" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.fixture()
+def page(server, world):
+    """The service on a loopback port (the socket is bound before the server starts, so no waiting) and
+    Chromium on it."""
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.skip(f"the browser test needs Debian's Chromium at {CHROMIUM}: run `make browser` as root "
+                    f"(apt-get install chromium)")
+    playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (make setup)")
+    from client.ui.server import in_thread
+
+    with Session(Options(address=f"127.0.0.1:{server.port}")) as session, \
+            in_thread(create_app(Catalog(world / "index", "s3d_milnce"), session, session)) as root, \
+            playwright.sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=CHROMIUM, args=["--autoplay-policy=no-user-gesture-required"])
+        try:
+            yield browser.new_page(viewport={"width": 1100, "height": 900}), root
+        finally:
+            browser.close()
+
+
+def test_the_page_searches_and_plays_the_moment(page, world, tmp_path):
+    page, root = page
+    errors: list[str] = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    page.on("requestfailed", lambda req: errors.append(req.url))
+    page.goto(root + "/")
+    page.focus("button[type=submit]")
+    page.keyboard.press("/")  # focuses the search box
+    page.keyboard.type("someone playing a guitar")
+    page.keyboard.press("Enter")
+    page.wait_for_selector(".moment")
+    cards = page.locator(".moment")
+    assert cards.count() == 5  # every video of the index, top 10
+    assert page.evaluate("[...document.querySelectorAll('.moment img')].every(i => i.src.includes('/api/still'))")
+    later = page.evaluate("[...document.querySelectorAll('.moment')].findIndex(c => Number(c.dataset.start) > 0)")
+    assert later >= 0, "every best window starts at 0: the click below would prove nothing"
+    start = float(cards.nth(later).get_attribute("data-start"))
+    cards.nth(later).click()
+    page.wait_for_function(f"(p => p.readyState >= 1 && Math.abs(p.currentTime - {start}) < 0.3)"
+                           f"(document.getElementById('player'))")
+    left = page.evaluate("parseFloat(document.getElementById('span').style.left)")
+    duration = page.evaluate("document.getElementById('player').duration")
+    assert left == pytest.approx(100 * start / duration, abs=0.5)
+    assert "q=someone+playing+a+guitar" in page.url
+    focused = "[...document.querySelectorAll('.moment')].indexOf(document.activeElement)"
+    page.keyboard.press("ArrowUp")  # keyboard: moments are reachable without a mouse
+    assert page.evaluate(focused) == later - 1 if later else page.evaluate("document.activeElement.id") == "q"
+    page.focus("#q")
+    page.keyboard.press("ArrowDown")
+    page.keyboard.press("ArrowDown")
+    assert page.evaluate(focused) == 1
+    page.keyboard.press("Enter")  # plays the focused moment
+    second = float(cards.nth(1).get_attribute("data-start"))
+    page.wait_for_function(f"Math.abs(document.getElementById('player').currentTime - {second}) < 0.3")
+    assert page.evaluate("document.querySelector('[aria-current=true]') === document.activeElement")
+    page.screenshot(path=str(tmp_path / "page.png"))
+    assert (tmp_path / "page.png").stat().st_size > 1000
+    assert not errors, errors
+
+
+def test_the_page_shows_a_service_error(page):
+    page, root = page
+    message = "model server: cannot reach the model server at tf-serving:8500"
+    page.route("**/api/search?*", lambda route: route.fulfill(status=503, json={"error": message}))
+    page.goto(root + "/?q=guitar")
+    page.wait_for_selector("#error:not([hidden])")
+    assert page.inner_text("#error") == message
+    assert page.locator(".moment").count() == 0
