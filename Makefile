@@ -11,7 +11,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 help: ## list the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
-setup: $(STAMP) ## create .venv with everything pinned (quick when already done)
+setup: $(STAMP) browser ## create .venv with everything pinned, and Chromium for the browser test (quick when done)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,10 +24,10 @@ browser: ## Debian's Chromium for the search page's browser test (apt-get, as ro
 	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
 	  || echo "note: Chromium is not installed (needs root and apt-get); the browser test will say it was skipped"
 
-test: setup browser k8s-check ## validate the Kubernetes manifests, then run the whole suite in one pytest process
+test: setup k8s-check ## validate the Kubernetes manifests, then run the whole suite in one pytest process
 	$(PY) -m pytest -q
 
-k8s-check: setup ## render the Kubernetes manifests (gpu/cpu x image/init, indexing Jobs) and validate them offline, strictly
+k8s-check: setup ## render the Kubernetes manifests (gpu/cpu x image/init, indexing Jobs, search page) and validate them offline, strictly
 	$(PY) -m serving.manifests check
 
 IMAGE_VARIANT ?= gpu
