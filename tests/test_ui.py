@@ -215,10 +215,16 @@ def test_a_missing_index_is_a_503_the_page_can_show(server, tmp_path):
         assert http.get("/api/health").json()["model_server"]["reachable"]
 
 
-def test_the_verb_refuses_a_missing_index(tmp_path, capsys):
+def test_the_verb_refuses_a_missing_index_and_a_busy_port(world, tmp_path, capsys):
     assert cli.main(["ui", "--index", str(tmp_path / "none")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "no index here" in err and len(err.strip().splitlines()) == 1
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = str(busy.getsockname()[1])
+        assert cli.main(["ui", "--index", str(world / "index"), "--port", port]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: cannot listen on 127.0.0.1:{port} (Address already in use); pick another --port or " \
+                  f"--host, or stop what uses it\n"
 
 
 @pytest.fixture()

@@ -1,6 +1,7 @@
 """`s3d-client ui`: load the index, then serve the page and the API with uvicorn until interrupted."""
 from __future__ import annotations
 
+import os
 import socket
 import sys
 import threading
@@ -19,18 +20,31 @@ from client.ui.catalog import Catalog
 PROBE_TIMEOUT = 2.0  # seconds: a health check answers within a probe's own timeout
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket: bound here so that a port in use is one clear line, and port 0 gets a free port."""
+    try:
+        return socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET,
+                                    backlog=128)
+    except OSError as err:
+        why = os.strerror(err.errno) if err.errno else str(err)
+        raise ValueError(f"cannot listen on {host}:{port} ({why}); pick another --port or "
+                         f"--host, or stop what uses it") from None
+
+
 def serve(index: Path, options: Options, host: str, port: int, roots: list[Path] | None, check_every: float) -> int:
     catalog = Catalog(index, options.model, roots, check_every)
     snapshot = catalog.current()  # a missing or unreadable index stops here, with its message
-    with Session(options) as session, Session(replace(options, timeout=PROBE_TIMEOUT, wait=0)) as probe:
+    listener = listen(host, port)
+    with listener, Session(options) as session, Session(replace(options, timeout=PROBE_TIMEOUT, wait=0)) as probe:
         try:
             probe.ensure_ready()
         except ServerError as err:
             print(f"note: {err}; the page will say so until it answers", file=sys.stderr)
         shown = "localhost" if host in ("127.0.0.1", "0.0.0.0", "::") else host
-        print(f"serving {len(snapshot.entries)} video(s) of {index} at http://{shown}:{port}/ (Ctrl-C stops)",
-              file=sys.stderr)
-        uvicorn.run(create_app(catalog, session, probe), host=host, port=port, log_level="warning")
+        print(f"serving {len(snapshot.entries)} video(s) of {index} at http://{shown}:{listener.getsockname()[1]}/ "
+              f"(Ctrl-C stops)", file=sys.stderr)
+        uvicorn.Server(uvicorn.Config(create_app(catalog, session, probe), log_level="warning")).run(
+            sockets=[listener])
     return 0
 
 
@@ -38,9 +52,7 @@ def serve(index: Path, options: Options, host: str, port: int, roots: list[Path]
 def in_thread(app: Starlette, host: str = "127.0.0.1") -> Iterator[str]:
     """Serve `app` from a thread on a free port and yield its base URL (tests, benchmarks). The socket listens
     before the server starts, so a first request waits in its backlog instead of being refused."""
-    listener = socket.socket()
-    listener.bind((host, 0))
-    listener.listen(128)
+    listener = listen(host, 0)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
     thread.start()
