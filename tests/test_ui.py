@@ -183,6 +183,33 @@ def test_the_index_reloads_on_commits(server, world, tmp_path):
         extra.unlink()
 
 
+def test_a_large_index_answers_from_its_last_structure_until_the_writer_rebuilds_it(server, world, tmp_path,
+                                                                                    monkeypatch):
+    from client.library import vectors
+
+    folder = tmp_path / "index"
+    shutil.copytree(world / "index", folder)
+    monkeypatch.setattr(vectors, "EXACT_LIMIT", 0)  # every index is "large": the service does not rebuild
+    extra = write_clip(world / "library" / "later.webm", 40, 10, (64, 64), "VP80", seed=6)
+    try:
+        with Session(Options(address=f"127.0.0.1:{server.port}")) as session, TestClient(
+                create_app(Catalog(folder, "s3d_milnce", check_every=0), session, session)) as http:
+            with Index(folder, "s3d_milnce", SAMPLING) as index:
+                index_videos(session, index, [extra])
+            health = http.get("/api/health").json()
+            assert health["ok"] and "writer rebuilds it" in health["index"]["stale"]
+            assert health["index"]["videos"] == 6  # the entries are read...
+            found = http.get("/api/search", params={"q": "x", "top": "10"}).json()["results"][0]["matches"]
+            assert len(found) == 5 and str(extra) not in {m["video"] for m in found}  # ...the old structure answers
+            with Index(folder, "s3d_milnce") as index:
+                index.refresh_search(kind="exact")  # what the writer does when it finishes
+            assert http.get("/api/health").json()["index"]["stale"] is None
+            found = http.get("/api/search", params={"q": "x", "top": "10"}).json()["results"][0]["matches"]
+            assert str(extra) in {m["video"] for m in found}
+    finally:
+        extra.unlink()
+
+
 def test_errors_are_json(client, world):
     for params, status in (({}, 400), ({"q": "  "}, 400), ({"q": "x", "top": "many"}, 400),
                            ({"q": "x", "top": "0"}, 400), ({"q": "x", "min_duration": "nan"}, 400)):

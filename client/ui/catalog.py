@@ -2,7 +2,8 @@
 
 A writer (`index`, `merge`, `remove`) moves the index's generation counter in each commit and builds the search
 structure when it finishes. The service reads the counter (one SQLite row) at most every `check_every` seconds;
-when it moved, the request that noticed loads the new state while the others keep answering from the old one.
+when it moved (or, while the structure is stale, when the structure was rebuilt), the request that noticed loads
+the new state while the others keep answering from the old one.
 It rebuilds the structure itself only while it is small (exact search, up to `EXACT_LIMIT` windows: seconds);
 a large one is rebuilt by the writer at its end, and until then the service answers from the last one built
 and says so in `/api/health`.
@@ -89,11 +90,18 @@ class Catalog:
             return self._snapshot
         try:
             self._checked = now
-            if self._snapshot is None or self.generation() != self._snapshot.generation:
+            if self._snapshot is None or self._moved(self._snapshot):
                 self.load()
         finally:
             self._loading.release()
         return self._snapshot
+
+    def _moved(self, snapshot: Snapshot) -> bool:
+        """A writer committed, or (while stale) rebuilt the search structure."""
+        if self.generation() != snapshot.generation:
+            return True
+        built = vectors.read_manifest(self.folder) if snapshot.stale else None
+        return bool(built) and built["generation"] == snapshot.generation
 
     def roots(self, snapshot: Snapshot) -> list[str]:
         if self._roots is not None:
