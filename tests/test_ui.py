@@ -228,7 +228,7 @@ def test_a_model_server_that_is_down_is_a_503_the_page_can_show(world):
         assert answer.status_code == 503 and "cannot reach the model server" in answer.json()["error"]
         health = http.get("/api/health")
         assert health.status_code == 503 and health.json()["index"]["loaded"]
-        assert health.json()["error"].startswith("model server:")
+        assert health.json()["error"].startswith("model server:") and not health.json()["model_server"]["reachable"]
         assert http.get("/api/health", params={"probe": "live"}).status_code == 200
 
 

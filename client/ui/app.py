@@ -34,6 +34,7 @@ from client.ui.texts import TextCache
 STATIC = Path(__file__).parent / "static"
 MAX_TOP = 100  # videos a query may ask for
 STILL = 240  # pixels, square
+UNREACHABLE = ("UNAVAILABLE", "DEADLINE_EXCEEDED")  # gRPC codes that mean no model server answered
 
 
 class BadRequest(Exception):
@@ -99,8 +100,8 @@ def create_app(catalog: Catalog, session: Session, probe: Session) -> Starlette:
             index["error"] = str(err)
         try:
             server.update(reachable=True, version=probe.ensure_ready())
-        except ServerError as err:
-            server["error"] = str(err)
+        except ServerError as err:  # reachable, but without a ready version (or refusing): still an answer
+            server.update(error=str(err), reachable=err.code is None or err.code.name not in UNREACHABLE)
         ok = index["loaded"] and "version" in server
         warnings = version_warnings(set(index.get("model_versions", [])), server["version"]) if ok else []
         body = {"ok": ok, "index": index, "model_server": server, "warnings": warnings}
