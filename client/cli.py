@@ -25,7 +25,7 @@ from client.library.indexing import index_videos
 from client.outputs.report import as_json, as_table
 from client.library.merge import merge
 from client.library.search import Filters, search, search_index
-from client.library.vectors import EXACT_LIMIT
+from client.library.vectors import EXACT_LIMIT, SCAN
 from client.library.walk import Shard
 from client.transport.session import Options, ServerError, Session
 from client.transport.tensors import dtype_name
@@ -87,7 +87,8 @@ def parser() -> argparse.ArgumentParser:
     search.add_argument("--search", choices=("exact", "ivf"),
                         help=f"--index: exact scan, or faiss IVF-SQ8 re-scored exactly (default: exact up to "
                              f"{EXACT_LIMIT:,} windows)")
-    search.add_argument("--nprobe", type=int, help="--search ivf: inverted lists searched (default: those holding ~262k windows)")
+    search.add_argument("--nprobe", type=int,
+                        help=f"--search ivf: inverted lists searched (default: those holding ~{SCAN:,} windows)")
     _sampling_flags(search)
     frames = verbs.add_parser("frames", help="write the exact uint8 model input of a video as .npy")
     frames.add_argument("video")

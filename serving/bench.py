@@ -144,7 +144,8 @@ def indexing_memory(address: str, long_minutes: float, mid_minutes: float, hd_se
                   f"{ours['peak_mb'] / whole['peak_mb']:6.2f} {rate:7.1f} {our_rate:9.1f} {our_rate / rate:6.2f}")
 
 
-SUBJECTS = ("a person", "a dog", "two children", "a cook", "a cyclist", "a band", "someone", "a woman", "a man", "a cat")
+SUBJECTS = ("a person", "a dog", "two children", "a cook", "a cyclist", "a band", "someone", "a woman", "a man",
+            "a cat")
 ACTIONS = ("playing guitar", "cutting tomatoes", "running on a beach", "riding a bike", "pouring water",
            "opening a door", "dancing", "washing dishes", "climbing stairs", "throwing a ball")
 

@@ -71,7 +71,8 @@ def create_app(catalog: Catalog, session: Session, probe: Session) -> Starlette:
             raise BadRequest("q= is missing: give the text to search for (q may repeat)")
         top = _number(request, "top", int, 5, 1, MAX_TOP)
         filters = Filters(tuple(request.query_params.getlist("under")), request.query_params.get("glob") or None,
-                          _number(request, "min_duration", float, low=0), _number(request, "max_duration", float, low=0))
+                          _number(request, "min_duration", float, low=0),
+                          _number(request, "max_duration", float, low=0))
         snapshot = catalog.current()
         served = session.ensure_ready()
         result = search_structure(lambda sentences: texts.embed(served, sentences), queries, snapshot.structure,
