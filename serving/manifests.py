@@ -92,14 +92,19 @@ def _load(folder: Path) -> list[dict]:
     return [d for path in sorted(folder.glob("*.yaml")) for d in yaml.safe_load_all(path.read_text()) if d]
 
 
+def _with_image(docs: list[dict], image: str) -> list[dict]:
+    """Every container of every pod template (Jobs, Deployments) runs `image`: the client image, set once."""
+    for doc in docs:
+        for container in doc.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
+            container["image"] = image
+    return docs
+
+
 def render_indexing(shards: int = 64, parallelism: int = 16, image: str = CLIENT_IMAGE) -> list[dict]:
     """The indexing Job (N shares, P pods at once), the merge Job and the shard-index PVC."""
     if shards < 1 or parallelism < 1:
         raise ValueError("shards and parallelism must be at least 1")
-    docs = _load(INDEXING_TEMPLATES)
-    for job in (d for d in docs if d["kind"] == "Job"):
-        for container in job["spec"]["template"]["spec"]["containers"]:
-            container["image"] = image
+    docs = _with_image(_load(INDEXING_TEMPLATES), image)
     job = next(d for d in docs if d["metadata"]["name"] == "s3d-index")
     job["spec"]["completions"], job["spec"]["parallelism"] = shards, min(parallelism, shards)
     job["spec"]["maxFailedIndexes"] = max(1, shards // 16)
@@ -110,11 +115,7 @@ def render_indexing(shards: int = 64, parallelism: int = 16, image: str = CLIENT
 
 def render_ui(image: str = CLIENT_IMAGE) -> list[dict]:
     """The search page's Deployment and Service."""
-    docs = _load(UI_TEMPLATES)
-    for deployment in (d for d in docs if d["kind"] == "Deployment"):
-        for container in deployment["spec"]["template"]["spec"]["containers"]:
-            container["image"] = image
-    return docs
+    return _with_image(_load(UI_TEMPLATES), image)
 
 
 def to_yaml(docs: list[dict]) -> str:

@@ -94,8 +94,7 @@ def create_app(catalog: Catalog, session: Session, probe: Session) -> Starlette:
         try:
             snapshot = catalog.current()
             index.update(loaded=True, generation=snapshot.generation, videos=len(snapshot.entries),
-                         windows=sum(e.row_count for e in snapshot.entries.values()),
-                         search=snapshot.structure.kind, stale=snapshot.stale,
+                         windows=snapshot.windows, search=snapshot.structure.kind, stale=snapshot.stale,
                          model_versions=sorted(snapshot.versions))
         except (IndexFolderError, OSError, sqlite3.Error) as err:
             index["error"] = str(err)

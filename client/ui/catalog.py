@@ -36,6 +36,8 @@ class Snapshot:
     entries: dict[str, Entry]  # path -> entry: the only files the service sends
     versions: set[int]  # model versions that embedded the entries
     stale: str | None  # why the structure is older than the entries, else None
+    windows: int  # of the entries
+    roots: list[str]  # real folders whose files may be sent
 
 
 class Catalog:
@@ -58,16 +60,16 @@ class Catalog:
         with Index(self.folder, self.model, read_only=True) as index:
             generation = index.generation()  # first: a commit after it makes the next check load again
             entries, versions = index.entries(), index.model_versions()
+            rows = sum(e.row_count for e in entries.values())
             built, stale = vectors.read_manifest(self.folder), None
             if built and built["generation"] == generation:
                 structure = VectorSearch(self.folder)
             else:
-                structure, stale = self._rebuild(index, entries, built)
-        self._snapshot = Snapshot(structure, generation, entries, versions, stale)
+                structure, stale = self._rebuild(index, rows, built)
+        self._snapshot = Snapshot(structure, generation, entries, versions, stale, rows, self._library(entries))
         return self._snapshot
 
-    def _rebuild(self, index: Index, entries: dict[str, Entry], built: dict | None) -> tuple[VectorSearch, str | None]:
-        rows = sum(e.row_count for e in entries.values())
+    def _rebuild(self, index: Index, rows: int, built: dict | None) -> tuple[VectorSearch, str | None]:
         why = f"the search structure was built before the index's last change ({rows:,} windows now)"
         if rows <= vectors.EXACT_LIMIT:
             try:
@@ -103,10 +105,11 @@ class Catalog:
         built = vectors.read_manifest(self.folder) if snapshot.stale else None
         return bool(built) and built["generation"] == snapshot.generation
 
-    def roots(self, snapshot: Snapshot) -> list[str]:
+    def _library(self, entries: dict[str, Entry]) -> list[str]:
+        """The real folders whose files may be sent: `--library`, else the deepest folder holding every entry."""
         if self._roots is not None:
             return self._roots
-        folders = [os.path.dirname(p) for p in snapshot.entries]
+        folders = [os.path.dirname(p) for p in entries]
         return [os.path.realpath(os.path.commonpath(folders))] if folders else []
 
     def media(self, video: str) -> str:
@@ -117,7 +120,7 @@ class Catalog:
         if entry is None:
             raise NotServed(404, f"{video!r} is not a video of this index; use a path from /api/videos")
         real = os.path.realpath(video)
-        if not any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in self.roots(snapshot)):
+        if not any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in snapshot.roots):
             raise NotServed(403, f"{video!r} resolves outside the library ({real}); start the UI with "
                                  f"--library FOLDER to serve files there")
         try:
