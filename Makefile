@@ -2,22 +2,30 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+LOCK   := requirements.lock
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCK) | cksum | cut -d' ' -f1)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help setup browser test ui k8s-check image client-image demo demo-model corpus standin model export serve bench clean
+.PHONY: help setup lock browser test ui k8s-check image client-image demo demo-model corpus standin model export serve bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
-setup: $(STAMP) browser ## create .venv with everything pinned, and Chromium for the browser test (quick when done)
+setup: $(STAMP) browser ## create .venv with the exact versions of requirements.lock, and Chromium for the browser test (quick when done)
 
-$(STAMP): pyproject.toml
+# Exact versions with their hashes, then the project itself with nothing resolved again (its build backend,
+# setuptools, comes from the lock too).
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[tf,ui,dev]'
+	$(PY) -m pip install -q --require-hashes -r $(LOCK)
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	rm -f $(VENV)/.installed-* && touch $@
+
+LOCK_EXTRAS := --extra tf --extra ui --extra dev
+lock: $(STAMP) ## re-resolve requirements.lock from pyproject.toml, keeping pins that still fit (UPGRADE=1: newest of everything)
+	$(PY) -m uv pip compile -q pyproject.toml $(LOCK_EXTRAS) --universal --python-version 3.11 --generate-hashes \
+	  $(if $(UPGRADE),--upgrade) --custom-compile-command 'make lock' -o $(LOCK)
 
 browser: ## Debian's Chromium for the search page's browser test (apt-get, as root; says so where it cannot)
 	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \

@@ -42,6 +42,10 @@ from model.vocab import build_vocabulary
 from model.weights import assign, snapshot, standin_weights
 
 CHECKPOINT, LOG, RUN = "checkpoint.npz", "log.csv", "run.json"
+# Training-mode BatchNorm needs this many values per channel in its deepest layers. Measured on fixed batches
+# of the tiny network: with 4 (batch 4 of 8x32x32 clips) the early layers' gradients are hundreds of times the
+# loss's real slope and the loss only wanders; from 16 up it falls smoothly (README, "Training").
+MIN_BATCHNORM_VALUES = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,6 +145,20 @@ class Trainer:
             return int(state["step"])
 
 
+def batchnorm_values(batch: int, sampling: ClipSampling) -> int:
+    """Values per channel in the deepest BatchNorm layers: the video tower divides time by 8, space by 32."""
+    return batch * math.ceil(sampling.frames / 8) * math.ceil(sampling.size / 32) ** 2
+
+
+def check_batch(settings: Settings) -> None:
+    """Refuse a batch too small for BatchNorm's statistics, before any data is read."""
+    values, s = batchnorm_values(settings.batch, settings.sampling), settings.sampling
+    if values < MIN_BATCHNORM_VALUES:
+        raise DataError(f"--batch {settings.batch} of {s.frames}x{s.size}x{s.size} clips leaves the deepest BatchNorm "
+                        f"layers {values} values per channel (batch x frames/8 x (size/32)^2); statistics over fewer "
+                        f"than {MIN_BATCHNORM_VALUES} make the gradients explode: raise --batch, --frames or --image-size")
+
+
 def initial_module(settings: Settings, sentences: list[str]) -> tuple[Module, bool]:
     """What training starts from: `--init`'s module (its vocabulary kept, word vectors frozen as in the
     paper), or seeded weights with a vocabulary built from the narrations."""
@@ -184,6 +202,7 @@ def train(settings: Settings, out: Path, checkpoint_every: int = 100, progress: 
         if previous != json.loads(json.dumps(settings.as_json())):
             raise DataError(f"{work} holds a run with other settings; pass the same ones to resume it, "
                             f"or remove {work} to start afresh")
+    check_batch(settings)
     tf.config.experimental.enable_op_determinism()
     dataset = read_dataset(Path(settings.data))
     for path in dataset.unnarrated:

@@ -60,8 +60,9 @@ def test_three_shards_and_merge_equal_one_process_and_a_killed_shard_rerun_too(s
         with Index(shards[i], "s3d_milnce", SAMPLING, create=True) as index:
             index_videos(session, index, [library], shard=Shard(i, 3))
     # share 1 is killed after its first commit, then re-run with the same command
-    command = [sys.executable, "-m", "client", "--server", f"127.0.0.1:{server.port}", "index", str(library),
-               "--index", str(shards[1]), "--flush-every", "1", "--size", "64", "--shard", "1/3"]
+    command = [sys.executable, "-m", "client", "--server", f"127.0.0.1:{server.port}",
+               "--windows-per-request", "2",  # as the `session` fixture: the same batches, the same float sums
+               "index", str(library), "--index", str(shards[1]), "--flush-every", "1", "--size", "64", "--shard", "1/3"]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:

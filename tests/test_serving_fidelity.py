@@ -3,6 +3,7 @@ server-side batching, grpc.health.v1 and version load retries."""
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
 import threading
@@ -257,12 +258,15 @@ def publish_broken_version_from(good, base, number: int) -> None:
 
 
 class Retrying(logging.Handler):
-    def __init__(self):
+    """Runs `repair` when the first load attempt has failed, before the retry's wait begins."""
+
+    def __init__(self, repair):
         super().__init__()
-        self.seen = threading.Event()
+        self.seen, self.repair = threading.Event(), repair
 
     def emit(self, record):
-        if "retrying in" in record.getMessage():
+        if "retrying in" in record.getMessage() and not self.seen.is_set():
+            self.repair()
             self.seen.set()
 
 
@@ -281,7 +285,11 @@ def test_a_failed_load_is_retried_and_health_follows_the_model(model_dir, tmp_pa
     finally:
         server.stop(grace=5)
 
-    handler = Retrying()
+    def repair() -> None:  # written whole, then renamed: a retry never reads half a file
+        shutil.copy(model_dir / "1" / "saved_model.pb", base / "3" / "saved_model.pb.tmp")
+        os.replace(base / "3" / "saved_model.pb.tmp", base / "3" / "saved_model.pb")
+
+    handler = Retrying(repair)
     logging.getLogger("serving").addHandler(handler)
     shutil.rmtree(base / "2")
     publish_broken_version_from(model_dir / "1", base, 3)
@@ -290,8 +298,7 @@ def test_a_failed_load_is_retried_and_health_follows_the_model(model_dir, tmp_pa
             start_server(base, load_retries=LoadRetries(3, 2.0))))
         started: list = []
         starting.start()
-        assert handler.seen.wait(timeout=120)  # the first attempt failed; a retry waits 2 s
-        shutil.copy(model_dir / "1" / "saved_model.pb", base / "3" / "saved_model.pb")  # fixed before the retry
+        assert handler.seen.wait(timeout=120)  # the first attempt failed and the version was fixed
         starting.join(timeout=120)
         statuses = poll_status(Client(started[0].port), lambda s: s[3].state == State.AVAILABLE, 60)
         assert statuses[3].state == State.AVAILABLE and statuses[3].status.error_code == 0

@@ -2,6 +2,7 @@
 and what it writes is a module the rest of the pipeline takes unchanged (hub.load, export, serve, search)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -28,7 +29,9 @@ from model.vocab import words
 from model.weights import assign
 from tests.conftest import start_server, write_clip
 
-SAMPLING = ClipSampling(frames=8, fps=10, size=32)
+# The tiny network's own clips: batch 4 gives its deepest BatchNorm layers 32 values per channel (see
+# MIN_BATCHNORM_VALUES; 8x32x32 clips would give 4, and gradients that explode).
+SAMPLING = ClipSampling(frames=16, fps=10, size=64)
 
 
 @pytest.fixture(scope="module")
@@ -58,9 +61,19 @@ def trainer(world, tmp_path_factory) -> tuple[Trainer, Sampler]:
 def test_steps_lower_the_loss_on_a_fixed_batch(trainer):
     tr, sampler = trainer
     batch = sampler.batch(0, 4)
-    assert batch.clips.shape == (4, 8, 32, 32, 3) and len(batch.texts) == 8
+    assert batch.clips.shape == (4, 16, 64, 64, 3) and len(batch.texts) == 8
     losses = [tr.step(batch.clips, batch.texts, 1e-4) for _ in range(16)]  # Adam's first steps at 1e-3 overshoot
-    assert np.mean(losses[-3:]) < losses[0] - 0.15, losses
+    # Over batches of two corpus seeds the last three steps sat 17-26% below the first (README, "Training"):
+    # half the smallest drop is the bar, and the loss must fall over each half of the run, not just wander.
+    assert np.mean(losses[-3:]) < 0.92 * losses[0], losses
+    assert losses[0] > np.mean(losses[6:9]) > np.mean(losses[-3:]), losses
+
+
+def test_a_batch_too_small_for_batchnorm_is_refused_before_any_work(world, tmp_path):
+    with pytest.raises(DataError, match="4 values per channel"):
+        train(settings(world, 1, sampling=ClipSampling(frames=8, fps=10, size=32)), tmp_path / "m",
+              progress=False, log=lambda _: None)
+    assert not (tmp_path / "m.train").exists()
 
 
 def test_batchnorm_statistics_move_in_training_and_serve_inference(trainer):
@@ -105,7 +118,7 @@ def test_a_stopped_run_resumes_to_the_same_weights(trained):
 def test_the_module_carries_its_manifest_and_vocabulary(trained, world):
     module = read_module(trained[0])
     manifest = module.manifest
-    assert manifest["sampling"] == {"frames": 8, "fps": 10, "size": 32}
+    assert manifest["sampling"] == dataclasses.asdict(SAMPLING)
     assert manifest["settings"]["steps"] == 6 and manifest["settings"]["seed"] == 7
     assert manifest["init_manifest"] is None  # trained from scratch; a fine-tune carries its --init's manifest
     assert manifest["data"]["videos"] == 6 and manifest["heldout"]["queries"] == 4
@@ -119,14 +132,14 @@ def test_a_trained_module_loads_exports_serves_and_tells_the_client_its_sampling
     local = hub_module.signatures["text"](tf.constant(["a red ball"]))["text_embedding"].numpy()
     model_dir = tmp_path / MODEL_NAME
     result = export_model(str(trained[0]), model_dir)
-    assert max(result.parity.values()) <= 1e-5 and result.preprocessing == {"frames": 8, "fps": 10, "size": 32}
+    assert max(result.parity.values()) <= 1e-5 and result.preprocessing == dataclasses.asdict(SAMPLING)
     server = start_server(model_dir)
     try:
         with Session(Options(address=f"127.0.0.1:{server.port}")) as session:
-            assert session.preprocessing() == {"frames": 8.0, "fps": 10.0, "size": 32.0}
+            assert session.preprocessing() == {k: float(v) for k, v in dataclasses.asdict(SAMPLING).items()}
             np.testing.assert_allclose(session.embed_text(["a red ball"]), local, atol=1e-5)
             videos = sorted(str(p) for p in (world / "heldout").glob("*.webm"))
-            found = search(session, ["a red ball"], videos, Sampling(frames=8, fps=10, size=32, stride=0.8), top=4)
+            found = search(session, ["a red ball"], videos, Sampling(frames=16, fps=10, size=64, stride=0.8), top=4)
             assert not found.errors and len(found.matches[0]) == 4
     finally:
         server.stop(grace=5)
