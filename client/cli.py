@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from client.defaults import (FPS, FRAMES, GRPC_PORT, MODEL_NAME, SENTENCES_PER_REQUEST, SIZE, UI_PORT,
+from client.defaults import (FPS, FRAMES, GRPC_PORT, LOCK_WAIT, MODEL_NAME, SENTENCES_PER_REQUEST, SIZE, UI_PORT,
                              WINDOWS_PER_REQUEST)
 from client.outputs import eval_report
 from client.outputs import html_report
@@ -21,6 +21,7 @@ from client.library.evaluate import PROTOCOLS, evaluate
 from client.files import atomic_write
 from client.memory import release_big_blocks
 from client.library.index import Index, IndexFolderError, IndexWriteError
+from client.library.lock import LockTimeout
 from client.library.indexing import index_videos
 from client.outputs.report import as_json, as_table
 from client.library.merge import merge
@@ -62,6 +63,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", type=float, metavar="SECONDS",
                    help=f"how long to keep retrying while the server is unavailable (restarting, rolling); "
                         f"default {INDEX_WAIT:g} for index, {SHORT_WAIT:g} otherwise")
+    p.add_argument("--lock-wait", type=float, default=LOCK_WAIT, metavar="SECONDS",
+                   help=f"how long a writer of an index (index, merge, remove, eval --index) waits while another "
+                        f"writer changes it (default {LOCK_WAIT:g})")
     p.add_argument("--tls", action="store_true", help="TLS with the system's root certificates")
     p.add_argument("--tls-ca", type=Path, help="TLS with these PEM root certificates")
     p.add_argument("--windows-per-request", type=int, default=WINDOWS_PER_REQUEST,
@@ -138,7 +142,7 @@ def parser() -> argparse.ArgumentParser:
 def _options(args: argparse.Namespace) -> Options:
     wait = args.wait if args.wait is not None else INDEX_WAIT if args.command == "index" else SHORT_WAIT
     return Options(address=args.server, model=args.model, timeout=args.timeout, wait=wait,
-                   log=lambda line: print(f"note: {line}", file=sys.stderr),
+                   log=_note,
                    tls=args.tls, tls_ca=args.tls_ca, windows_per_request=args.windows_per_request,
                    sentences_per_request=args.sentences_per_request,
                    concurrency=args.concurrency, float_input=getattr(args, "float", False))
@@ -148,9 +152,18 @@ def resolve_sampling(args: argparse.Namespace, served: dict[str, float] | None) 
     return model_sampling(served, args.sampling, args.frames, args.fps, args.size, args.stride)
 
 
+def _note(line: str) -> None:
+    print(f"note: {line}", file=sys.stderr)
+
+
+def _writer(args: argparse.Namespace, folder: Path, sampling: Sampling | None = None, create: bool = False) -> Index:
+    """The index opened for writing: changes wait up to --lock-wait for another writer, saying so once."""
+    return Index(folder, args.model, sampling, create=create, lock_wait=args.lock_wait, log=_note)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.command == "remove":
-        with Index(args.index, args.model) as index:
+        with _writer(args, args.index) as index:
             print(f"removed {index.remove(args.paths)} video(s) from {args.index}")
             index.refresh_search()
         return 0
@@ -162,8 +175,8 @@ def run(args: argparse.Namespace) -> int:
                              f"(or '.[ui]' in a checkout)") from None
         return serve(args.index, _options(args), args.host, args.port, args.library, args.reload_every)
     if args.command == "merge":
-        print(merge(args.shards, args.index, args.model).summary())
-        with Index(args.index, args.model) as index:
+        print(merge(args.shards, args.index, args.model, args.lock_wait, _note).summary())
+        with _writer(args, args.index) as index:
             index.refresh_search()
         return 0
     with Session(_options(args)) as session:
@@ -195,7 +208,7 @@ def run(args: argparse.Namespace) -> int:
             return run_eval(args, session, sampling)
         if args.command == "index":
             session.ensure_ready()  # before creating anything
-            with Index(args.index, args.model, sampling, create=True) as index:
+            with _writer(args, args.index, sampling, create=True) as index:
                 stats = index_videos(session, index, args.paths, args.flush_every, log=print, shard=args.shard)
                 index.refresh_search()
             print(stats.summary())
@@ -223,8 +236,8 @@ def run_eval(args: argparse.Namespace, session: Session, sampling: Sampling) -> 
     session.ensure_ready()
     errors: list[tuple[str, str]] = []
     if args.index:
-        with Index(args.index, args.model, sampling if not (args.index / "index.sqlite").is_file() else None,
-                   create=True) as index:
+        with _writer(args, args.index, sampling if not (args.index / "index.sqlite").is_file() else None,
+                     create=True) as index:
             result = evaluate(session, evalset, args.protocol, args.windows, index=index, errors=errors)
     else:
         result = evaluate(session, evalset, args.protocol, args.windows, sampling, errors=errors)
@@ -253,6 +266,6 @@ def main(argv: list[str] | None = None) -> int:
     release_big_blocks()
     try:
         return run(args)
-    except (ServerError, VideoError, IndexFolderError, IndexWriteError, EvalSetError, ValueError) as err:
+    except (ServerError, VideoError, IndexFolderError, IndexWriteError, LockTimeout, EvalSetError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -36,3 +36,7 @@ SENTENCES_PER_REQUEST = 16
 FRAMES = 32
 FPS = 10.0
 SIZE = 224
+
+# Seconds a writer of an index (index, merge, remove, eval --index) waits while another writer changes it: long
+# enough to outlast a search-structure build of a large index (~10 min at 10M windows on 2 cores).
+LOCK_WAIT = 1800.0

@@ -82,3 +82,13 @@ def write_clip(path: Path, frames: int, fps: float, size: tuple[int, int] = (96,
         writer.write(frame)
     writer.release()
     return path
+
+
+def files_of(folder: Path) -> dict[str, tuple[int, int, str]]:
+    """Every file under `folder` (hidden ones too): size, modification time and content hash. Two equal readings
+    mean nothing was written, renamed, created or deleted in between."""
+    import hashlib
+
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns,
+                                         hashlib.sha256(p.read_bytes()).hexdigest())
+            for p in sorted(folder.rglob("*")) if p.is_file()}

@@ -145,8 +145,8 @@ def test_a_write_error_leaves_the_index_as_it_was(server, library, tmp_path, mon
         real_connect = sqlite3.connect
 
         class FailingDb:
-            def __init__(self, *a):
-                self.db = real_connect(*a)
+            def __init__(self, *a, **kw):
+                self.db = real_connect(*a, **kw)
 
             def executemany(self, *a):
                 raise sqlite3.OperationalError("disk I/O error")

@@ -19,6 +19,7 @@ from client.library.merge import merge
 from client.library.rank import Windows, rank
 from client.library.search import Filters, search_index
 from client.library.walk import Shard, walk
+from tests.conftest import files_of
 from tests.test_index import SAMPLING, check_consistent, library  # noqa: F401 - the fixture
 
 QUERIES = ["a dog running", "someone cooking", "a red ball"]
@@ -51,40 +52,52 @@ def test_shares_are_disjoint_stable_and_cover_the_library(library, tmp_path):  #
         Shard.parse("3/3")
 
 
-def test_three_shards_and_merge_equal_one_process_and_a_killed_shard_rerun_too(server, session, library,  # noqa: F811
-                                                                              tmp_path):
+def test_two_shards_and_merge_equal_one_process_and_a_killed_shard_rerun_too(server, session, library,  # noqa: F811
+                                                                            tmp_path, capsys):
     with Index(tmp_path / "one", "s3d_milnce", SAMPLING, create=True) as index:
         index_videos(session, index, [library])
-    shards = [tmp_path / f"shard-{i}" for i in range(3)]
-    for i in (0, 2):
-        with Index(shards[i], "s3d_milnce", SAMPLING, create=True) as index:
-            index_videos(session, index, [library], shard=Shard(i, 3))
-    # share 1 is killed after its first commit, then re-run with the same command
+    found = walk([library])
+    owned = [sum(Shard(i, 2).owns(found.keys[p]) for p in found.files) for i in range(2)]
+    killed = int(np.argmax(owned))
+    assert owned[killed] >= 3  # one commit each (--flush-every 1): at least three, so a kill after one is mid-run
+    shards = [tmp_path / f"shard-{i}" for i in range(2)]
+    with Index(shards[1 - killed], "s3d_milnce", SAMPLING, create=True) as index:
+        index_videos(session, index, [library], shard=Shard(1 - killed, 2))
     command = [sys.executable, "-m", "client", "--server", f"127.0.0.1:{server.port}",
                "--windows-per-request", "2",  # as the `session` fixture: the same batches, the same float sums
-               "index", str(library), "--index", str(shards[1]), "--flush-every", "1", "--size", "64", "--shard", "1/3"]
+               "index", str(library), "--index", str(shards[killed]), "--flush-every", "1", "--size", "64",
+               "--shard", f"{killed}/2"]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         line = proc.stdout.readline()
-        if line.startswith("committed"):
-            proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
+        assert line.startswith("committed 1 video(s)"), line
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=60) == -signal.SIGKILL  # killed, not finished
     finally:
         proc.kill()
+    with Index(shards[killed], "s3d_milnce", read_only=True) as index:
+        done = len(index.entries())
+    assert 1 <= done < owned[killed]  # the kill fell mid-run
+    capsys.readouterr()
     assert main(command[3:]) == 0
+    summary = capsys.readouterr().out.splitlines()[-1]  # the re-run redid only the rest
+    assert summary.startswith(f"added {owned[killed] - done}, replaced 0, unchanged {done},"), summary
     counts = []
     for folder in shards:
         with Index(folder, "s3d_milnce") as index:
             counts.append(len(index.entries()))
-    assert sum(counts) == 6
+    assert counts == owned
     out = tmp_path / "merged"
     stats = merge(shards, out, "s3d_milnce")
     assert (stats.added, stats.replaced, stats.kept) == (6, 0, 0)
     check_consistent(out, library)
     same_results(session, tmp_path / "one", out)
-    again = merge(shards, out, "s3d_milnce")  # idempotent
-    assert (again.added, again.replaced, again.kept, again.shard_files) == (0, 0, 6, 0)
+    assert main(["--server", f"127.0.0.1:{server.port}", "merge", *map(str, shards), "--index", str(out)]) == 0
+    before = files_of(out)  # merged and its search structure built
+    assert main(["--server", f"127.0.0.1:{server.port}", "merge", *map(str, shards), "--index", str(out)]) == 0
+    assert "added 0, replaced 0, kept 6; 0 shard files" in capsys.readouterr().out
+    assert files_of(out) == before  # a merge that changes nothing: no generation, no rebuild, no file touched
     same_results(session, tmp_path / "one", out)
 
 
@@ -121,6 +134,18 @@ def synthetic() -> tuple[vectors.Parts, Windows]:
     return parts, Windows.join([(videos[i][0], emb[i], spans[i]) for i in range(len(counts))])
 
 
+class Probed:
+    """A faiss index that records the lists each search probed."""
+
+    def __init__(self, ann, probes: list[int]):
+        self.ann, self.probes = ann, probes
+        self.nprobe, self.nlist, self.ntotal = ann.nprobe, ann.nlist, ann.ntotal
+
+    def search(self, queries, k, params):
+        self.probes.append(params.nprobe)
+        return self.ann.search(queries, k, params=params)
+
+
 def assert_same(got, expected) -> None:
     assert [m.video for m in got] == [m.video for m in expected]
     np.testing.assert_allclose([m.score for m in got], [m.score for m in expected], rtol=1e-5)
@@ -143,13 +168,19 @@ def test_the_search_structure_ranks_as_rank_does_and_filters_never_lose(syntheti
     else:  # approximate, re-scored exactly: what it returns is right, and nearly all of the true top 10
         recall = np.mean([len({m.video for m in g} & {m.video for m in e}) / 10 for g, e in zip(got, expected)])
         assert recall >= 0.9 and all(len(g) == 10 for g in got)
-    only = Filters(glob="/lib/b/*", max_duration=2).videos(parts.videos)
+    only = np.flatnonzero([Filters(glob="/lib/b/*", max_duration=2).accepts(*v) for v in parts.videos])
     assert 0 < len(only) < 12  # fewer allowed videos than asked for: every one of them comes back
     kept = Windows.join([(windows.videos[v], windows.embeddings[windows.rows(windows.videos[v])],
                           windows.spans[windows.rows(windows.videos[v])]) for v in only])
-    for g, e in zip(found.search(queries, 12, only), rank(queries, kept, 12)):
+    few = vectors.VectorSearch(tmp_path, nprobe=2)  # 2 lists of 64: the filter's few videos are mostly elsewhere
+    probes = []
+    if kind == "ivf":
+        assert few.ann.nprobe < few.ann.nlist
+        few.ann = Probed(few.ann, probes)
+    for g, e in zip(few.search(queries, 12, only), rank(queries, kept, 12)):
         assert len(g) == len(only)
         assert_same(g, e)
+    assert kind == "exact" or max(probes) > 2  # the search widened to find them
 
 
 def test_the_index_keeps_its_search_structure_fresh(session, library, tmp_path, capsys):  # noqa: F811
@@ -159,7 +190,7 @@ def test_the_index_keeps_its_search_structure_fresh(session, library, tmp_path, 
     assert main([*args, "index", *clips[:3], "--index", str(folder), "--size", "64"]) == 0
     with Index(folder, "s3d_milnce") as index:
         built = vectors.VectorSearch(folder).manifest
-        assert built["videos"] == 3 and index.refresh_search().manifest == built  # fresh: not rebuilt
+        assert built["videos"] == 3 and index.refresh_search() == built  # fresh: not rebuilt
     assert main([*args, "index", *clips, "--index", str(folder), "--size", "64"]) == 0
     assert vectors.VectorSearch(folder).manifest["videos"] == 6
     capsys.readouterr()
@@ -173,5 +204,6 @@ def test_the_index_keeps_its_search_structure_fresh(session, library, tmp_path, 
     assert {m["video"] for m in shown} == short and short
     assert main([*args, "remove", clips[0], "--index", str(folder)]) == 0
     assert vectors.VectorSearch(folder).manifest["videos"] == 5
+    before = files_of(folder)
     assert main([*args, "search", "a dog", "--index", str(folder), "--search", "ivf", "--top", "5"]) == 0
-    assert vectors.VectorSearch(folder).kind == "ivf"
+    assert vectors.VectorSearch(folder).kind == "exact" and files_of(folder) == before  # searched so in memory

@@ -8,8 +8,14 @@ Layout of an index folder:
 
 Durability: a shard is written under a temporary name and renamed, then one SQLite transaction records the
 videos that use it. A run killed at any point leaves either the old or the new state of each video, never half;
-shard files no transaction refers to are swept when the index is next opened. Removing or replacing a video
+shard files no transaction refers to are swept when a writer next opens the index. Removing or replacing a video
 drops its rows from `videos`; its shard rows stay until no video refers to the shard.
+
+Sharing: every change (commit, removal, adoption, search-structure build, sweep) happens under the index's
+writer lock (`lock`), and every file a writer creates is committed or deleted before it lets go, so whatever
+unused file a lock holder finds has no live owner. A change of the entries moves the generation counter in the
+same transaction; a write that changes nothing moves nothing and takes no lock. Readers (`read_only`) open the
+database read-only, read the generation and the entries in one transaction (`snapshot`) and write no file.
 """
 from __future__ import annotations
 
@@ -19,17 +25,19 @@ import os
 import shutil
 import sqlite3
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
+from client.decode.video import Sampling
+from client.defaults import LOCK_WAIT
 from client.files import atomic_write
 from client.library import vectors
-from client.library.vectors import VectorSearch
+from client.library.lock import WriterLock
 from client.library.rank import Windows
-from client.decode.video import Sampling
 
 FORMAT = "s3d-index/1"
 DB = "index.sqlite"
@@ -72,6 +80,11 @@ class Record:
     indexed_at: str
 
 
+def placement(entry: Entry) -> str:
+    """Where an entry's windows are stored: equal placements hold the same vectors (shards are immutable)."""
+    return f"{entry.shard}:{entry.first_row}:{entry.row_count}"
+
+
 def file_sha256(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -82,29 +95,20 @@ def file_sha256(path: str | Path) -> str:
 
 class Index:
     def __init__(self, folder: str | Path, model: str, sampling: Sampling | None = None, create: bool = False,
-                 read_only: bool = False):
+                 read_only: bool = False, lock_wait: float = LOCK_WAIT, log: Callable[[str], None] | None = None):
         """Open (or, with `create`, make) the index; `sampling` must match the one it was built with.
-        `read_only`: for readers (search, the UI, merge's sources) beside a running writer: the database is
-        opened read-only and nothing is swept (a writer's shard between its rename and its commit looks
-        unused)."""
+        `read_only`: for readers (search, the UI, merge's sources): the database is opened read-only and no file
+        is ever written. A writer waits up to `lock_wait` seconds for another writer's change (`log` says once
+        who holds the index)."""
         self.folder = Path(folder)
         if not (self.folder / DB).is_file() and not create:
             raise IndexFolderError(f"{self.folder}: no index here; build one with `index PATH... --index {self.folder}`")
+        self.lock = None if read_only else WriterLock(self.folder, lock_wait, log)
         if read_only:
             self.db = sqlite3.connect(f"{(self.folder / DB).absolute().as_uri()}?mode=ro", uri=True)
-        else:
-            (self.folder / "shards").mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(self.folder / DB)
-            self.db.executescript(SCHEMA)
-        meta = dict(self.db.execute("SELECT key, value FROM meta"))
-        if not meta:
-            if sampling is None:
-                raise IndexFolderError(f"{self.folder}: empty index and no sampling given")
-            with self.db:
-                self.db.executemany("INSERT INTO meta VALUES (?, ?)", [
-                    ("format", FORMAT), ("model", model), ("sampling", json.dumps(asdict(sampling))),
-                    ("created", datetime.now(timezone.utc).isoformat(timespec="seconds"))])
             meta = dict(self.db.execute("SELECT key, value FROM meta"))
+        else:
+            meta = self._open_writer(model, sampling)
         if meta["format"] != FORMAT:
             raise IndexFolderError(f"{self.folder}: index format {meta['format']}, this client reads {FORMAT}")
         if meta["model"] != model:
@@ -114,8 +118,34 @@ class Index:
         if sampling is not None and sampling != self.sampling:
             raise IndexFolderError(f"{self.folder} was built with {self.sampling}; index with the same settings or "
                               f"use another --index folder")
-        if not read_only:
-            self._sweep()
+        if not read_only and self._unused():
+            with self.lock.held():
+                self._sweep()
+
+    def _open_writer(self, model: str, sampling: Sampling | None) -> dict[str, str]:
+        """Connect for writing; a new index gets its tables and settings under the lock (two writers may
+        create the same one at once)."""
+        fresh = not (self.folder / DB).is_file()
+        if fresh:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.folder / DB, timeout=60)
+        meta = dict(self.db.execute("SELECT key, value FROM meta")) if not fresh and self._has_meta() else {}
+        if meta:
+            return meta
+        if sampling is None:
+            raise IndexFolderError(f"{self.folder}: empty index and no sampling given")
+        with self.lock.held():
+            (self.folder / "shards").mkdir(exist_ok=True)
+            self.db.executescript(SCHEMA)
+            if not dict(self.db.execute("SELECT key, value FROM meta")):
+                with self.db:
+                    self.db.executemany("INSERT INTO meta VALUES (?, ?)", [
+                        ("format", FORMAT), ("model", model), ("sampling", json.dumps(asdict(sampling))),
+                        ("created", datetime.now(timezone.utc).isoformat(timespec="seconds"))])
+            return dict(self.db.execute("SELECT key, value FROM meta"))
+
+    def _has_meta(self) -> bool:
+        return self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone() is not None
 
     def close(self) -> None:
         self.db.close()
@@ -126,20 +156,46 @@ class Index:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _sweep(self) -> None:
-        """Delete shard files that no committed video uses (left by a killed run, or fully replaced)."""
+    def _unused(self) -> list[Path]:
+        """Files no committed video or built structure uses: left by a killed writer, or fully replaced. Only
+        a holder of the lock may delete them (before it, they may be another writer's work in progress)."""
         used = {row[0] for row in self.db.execute("SELECT DISTINCT shard FROM videos")}
-        for stale in self.folder.glob(f".{vectors.FOLDER}.*"):  # a search structure build that was killed
-            shutil.rmtree(stale, ignore_errors=True)
-        for file in (self.folder / "shards").iterdir():
+        found = list(self.folder.glob(f".{vectors.FOLDER}.*"))  # search structure builds that were killed
+        shards = self.folder / "shards"
+        for file in shards.iterdir() if shards.is_dir() else ():
             orphan = not file.name.startswith(".") and file.name.split(".")[0] not in used
             if orphan or file.name.endswith(".tmp"):
-                file.unlink()
+                found.append(file)
+        return found
+
+    def _sweep(self) -> None:
+        for path in self._unused():
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
 
     def entries(self) -> dict[str, Entry]:
         rows = self.db.execute("SELECT path, sha256, size, mtime, model_version, duration, shard, first_row, "
                                "row_count FROM videos ORDER BY path")
         return {row[0]: Entry(*row) for row in rows}
+
+    def snapshot(self) -> tuple[str, dict[str, Entry]]:
+        """The generation and the entries it counts, read in one transaction: no commit falls between them."""
+        in_transaction = self.db.in_transaction
+        if not in_transaction:
+            self.db.execute("BEGIN")
+        try:
+            return self.generation(), self.entries()
+        finally:
+            if not in_transaction:
+                self.db.execute("COMMIT")
+
+    def entry(self, path: str) -> Entry | None:
+        """One video's entry as committed now."""
+        row = self.db.execute("SELECT path, sha256, size, mtime, model_version, duration, shard, first_row, "
+                              "row_count FROM videos WHERE path = ?", (path,)).fetchone()
+        return Entry(*row) if row else None
 
     def records(self) -> dict[str, Record]:
         rows = self.db.execute("SELECT path, sha256, size, mtime, model_version, duration, shard, first_row, "
@@ -147,10 +203,12 @@ class Index:
         return {row[0]: Record(Entry(*row[:-1]), row[-1]) for row in rows}
 
     def adopt(self, records: list[Record]) -> None:
-        """Record entries whose shard files are already in place (a merge), keeping when they were indexed;
-        one transaction."""
+        """Record entries whose shard files are already in place (a merge, holding the lock since it brought
+        them), keeping when they were indexed; one transaction, none for no records."""
+        if not records:
+            return
         try:
-            with self.db:
+            with self.lock.held(), self.db:
                 self.db.executemany("INSERT OR REPLACE INTO videos VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                                     [(*asdict(r.entry).values(), r.indexed_at) for r in records])
                 self._bump()
@@ -168,26 +226,34 @@ class Index:
         """Record new videos (their windows written as one shard) and `reused` ones (rows already stored),
         all or nothing: on a write error the shard is deleted, the transaction rolled back, IndexWriteError."""
         rows: list[Entry] = list(reused)
+        if not rows and not entries:
+            return
         shard = uuid.uuid4().hex
         files = [self.folder / "shards" / f"{shard}.{part}.npy" for part in ("embeddings", "spans")]
         try:
-            if entries:
-                vectors = np.concatenate(embeddings).astype(np.float32)
-                atomic_write(files[0], lambda f: np.save(f, vectors))
-                times = np.concatenate(spans).astype(np.float64)
-                atomic_write(files[1], lambda f: np.save(f, times))
-                first = np.cumsum([0] + [len(e) for e in embeddings])
-                rows += [Entry(**{**asdict(e), "shard": shard, "first_row": int(first[i]),
-                                  "row_count": len(embeddings[i])}) for i, e in enumerate(entries)]
-            now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            with self.db:
-                self.db.executemany("INSERT OR REPLACE INTO videos VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                                    [(*asdict(e).values(), now) for e in rows])
-                self._bump()
+            with self.lock.held():
+                self._write(shard, files, entries, embeddings, spans, rows)
         except (OSError, sqlite3.Error) as err:
             for file in files:
                 file.unlink(missing_ok=True)
-            raise self._write_error(err, len(rows)) from None
+            raise self._write_error(err, len(rows) + len(entries)) from None
+
+    def _write(self, shard: str, files: list[Path], entries: list[Entry], embeddings: list[np.ndarray],
+               spans: list[np.ndarray], rows: list[Entry]) -> None:
+        """The shard files, then the transaction that makes them count (the caller holds the lock)."""
+        if entries:
+            matrix = np.concatenate(embeddings).astype(np.float32)
+            atomic_write(files[0], lambda f: np.save(f, matrix))
+            times = np.concatenate(spans).astype(np.float64)
+            atomic_write(files[1], lambda f: np.save(f, times))
+            first = np.cumsum([0] + [len(e) for e in embeddings])
+            rows += [Entry(**{**asdict(e), "shard": shard, "first_row": int(first[i]),
+                              "row_count": len(embeddings[i])}) for i, e in enumerate(entries)]
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        with self.db:
+            self.db.executemany("INSERT OR REPLACE INTO videos VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                [(*asdict(e).values(), now) for e in rows])
+            self._bump()
 
     def _write_error(self, err: Exception, videos: int) -> IndexWriteError:
         return IndexWriteError(f"cannot write to the index at {self.folder} ({err}); it keeps what was committed "
@@ -195,8 +261,10 @@ class Index:
                                f"run the same command again")
 
     def touch(self, path: str, mtime: float) -> None:
+        """Record a new modification time for unchanged bytes (a backup or `rsync -t` touched the file): the
+        entries' vectors are the same, so the generation does not move."""
         try:
-            with self.db:
+            with self.lock.held(), self.db:
                 self.db.execute("UPDATE videos SET mtime = ? WHERE path = ?", (mtime, path))
         except sqlite3.Error as err:
             raise self._write_error(err, 0) from None
@@ -205,11 +273,14 @@ class Index:
         """Forget these files, and every indexed file under these folders; returns how many."""
         targets = [os.path.abspath(p) for p in paths]  # as `index` records them (links not resolved)
         gone = [p for p in self.entries() if any(p == t or p.startswith(t.rstrip("/") + "/") for t in targets)]
-        with self.db:
-            removed = sum(self.db.execute("DELETE FROM videos WHERE path = ?", (p,)).rowcount for p in gone)
-            if removed:
-                self._bump()
-        self._sweep()
+        if not gone:
+            return 0
+        with self.lock.held():
+            with self.db:
+                removed = sum(self.db.execute("DELETE FROM videos WHERE path = ?", (p,)).rowcount for p in gone)
+                if removed:
+                    self._bump()
+            self._sweep()
         return removed
 
     def _bump(self) -> None:
@@ -226,13 +297,23 @@ class Index:
         base = self.folder / "shards" / shard
         return np.load(f"{base}.embeddings.npy", mmap_mode="r"), np.load(f"{base}.spans.npy", mmap_mode="r")
 
-    def refresh_search(self, kind: str | None = None, nprobe: int | None = None) -> VectorSearch:
-        """The search structure of the current entries (`vectors`), rebuilt if missing, stale or of another
-        kind than asked; written atomically. Its manifest decides, before any faiss index is loaded."""
+    def refresh_search(self, kind: str | None = None) -> dict:
+        """Bring the search structure (`vectors`) up to the entries, for writers: left alone when it holds the
+        current generation (and is of the `kind` asked), else built afresh under the lock from entries read in
+        the same transaction as the generation it records. Returns its manifest; its manifest decides, before
+        any faiss index is loaded."""
         built = vectors.read_manifest(self.folder)
         if built and built["generation"] == self.generation() and kind in (None, built["kind"]):
-            return vectors.VectorSearch(self.folder, nprobe)
-        entries = list(self.entries().values())
+            return built
+        with self.lock.held():
+            generation, current = self.snapshot()
+            built = vectors.read_manifest(self.folder)  # another writer may have built it meanwhile
+            if built and built["generation"] == generation and kind in (None, built["kind"]):
+                return built
+            self._build(generation, list(current.values()), kind)
+        return vectors.read_manifest(self.folder)
+
+    def _build(self, generation: str, entries: list[Entry], kind: str | None) -> None:
         cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
         def rows(video: int) -> tuple[np.ndarray, np.ndarray]:
@@ -244,23 +325,27 @@ class Index:
             return emb[entry.first_row: entry.first_row + entry.row_count], \
                 spans[entry.first_row: entry.first_row + entry.row_count]
 
-        parts = vectors.Parts([(e.path, e.duration) for e in entries], rows, [e.row_count for e in entries])
+        parts = vectors.Parts([(e.path, e.duration) for e in entries], rows, [e.row_count for e in entries],
+                              [placement(e) for e in entries])
         try:
-            vectors.build(self.folder, parts, self.generation(), kind)
+            vectors.build(self.folder, parts, generation, kind)
         except OSError as err:
             raise self._write_error(err, 0) from None
-        return vectors.VectorSearch(self.folder, nprobe)
 
     def windows(self) -> Windows:
         """Every indexed window, grouped by video, for ranking."""
+        return Windows.join(self.parts(list(self.entries().values())))
+
+    def parts(self, entries: list[Entry]) -> list[tuple[str, np.ndarray, np.ndarray]]:
+        """(path, embeddings, spans) of each entry: views of the memory-mapped shards, nothing read yet."""
         parts, cache = [], {}
-        for entry in self.entries().values():
+        for entry in entries:
             if entry.shard not in cache:
                 cache[entry.shard] = self._shard(entry.shard)
             emb, spans = cache[entry.shard]
             rows = slice(entry.first_row, entry.first_row + entry.row_count)
             parts.append((entry.path, emb[rows], spans[rows]))
-        return Windows.join(parts)
+        return parts
 
     def model_versions(self) -> set[int]:
         return {row[0] for row in self.db.execute("SELECT DISTINCT model_version FROM videos")}

@@ -4,16 +4,19 @@ Shard files are immutable and named by uuid, so a merge links (or, across file s
 shard files into the target and records the sources' entries there in one SQLite transaction: all of a merge
 or nothing, and no embedding is rewritten. Indexes built with another sampling or model are refused. A path
 present in several indexes keeps its newest entry (by when it was indexed); re-running the same merge finds
-every entry already there and changes nothing.
+every entry already there and changes nothing: no lock taken, no file touched, no generation moved. The sources
+are only read; the target's writer lock is held from the first file brought in to the adoption.
 """
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from client.defaults import LOCK_WAIT
 from client.library.index import Index, IndexFolderError, Record
 
 
@@ -41,7 +44,28 @@ def _bring(source: Path, target: Path) -> None:
     os.replace(tmp, target)
 
 
-def merge(sources: list[Path], out: Path, model: str) -> MergeStats:
+def _wanted(target: Index, newest: dict[str, tuple[Index, Record]]
+            ) -> tuple[dict[str, Record], list[tuple[Index, Record]]]:
+    """The target's records, and the sources' records newer than the target's (or absent from it)."""
+    current = target.records()
+    return current, [(index, record) for path, (index, record) in sorted(newest.items())
+                     if path not in current or record.indexed_at > current[path].indexed_at]
+
+
+def _bring_shards(wanted: list[tuple[Index, Record]], folder: Path) -> int:
+    """Each wanted shard's files into the target's `shards/`, once; how many files were brought."""
+    brought = 0
+    for index, record in {(i.folder, r.entry.shard): (i, r) for i, r in wanted}.values():
+        for part in ("embeddings", "spans"):
+            name = f"{record.entry.shard}.{part}.npy"
+            if not (folder / "shards" / name).exists():
+                _bring(index.folder / "shards" / name, folder / "shards" / name)
+                brought += 1
+    return brought
+
+
+def merge(sources: list[Path], out: Path, model: str, lock_wait: float = LOCK_WAIT,
+          log: Callable[[str], None] | None = None) -> MergeStats:
     if not sources:
         raise IndexFolderError("merge needs at least one shard index")
     opened = [Index(folder, model, read_only=True) for folder in sources]
@@ -57,18 +81,14 @@ def merge(sources: list[Path], out: Path, model: str) -> MergeStats:
                 if path not in newest or record.indexed_at > newest[path][1].indexed_at:
                     newest[path] = (index, record)
         stats = MergeStats()
-        with Index(out, model, sampling, create=True) as target:
-            current = target.records()
-            wanted = [(index, record) for path, (index, record) in sorted(newest.items())
-                      if path not in current or record.indexed_at > current[path].indexed_at]
+        with Index(out, model, sampling, create=True, lock_wait=lock_wait, log=log) as target:
+            current, wanted = _wanted(target, newest)
+            if wanted:  # decided again under the lock: another writer may have brought some meanwhile
+                with target.lock.held():
+                    current, wanted = _wanted(target, newest)
+                    stats.shard_files = _bring_shards(wanted, target.folder)
+                    target.adopt([record for _, record in wanted])
             stats.kept = len(newest) - len(wanted)
-            for index, record in {(i.folder, r.entry.shard): (i, r) for i, r in wanted}.values():
-                for part in ("embeddings", "spans"):
-                    name = f"{record.entry.shard}.{part}.npy"
-                    if not (target.folder / "shards" / name).exists():
-                        _bring(index.folder / "shards" / name, target.folder / "shards" / name)
-                        stats.shard_files += 1
-            target.adopt([record for _, record in wanted])
             stats.replaced = sum(1 for _, r in wanted if r.entry.path in current)
             stats.added = len(wanted) - stats.replaced
         return stats

@@ -12,7 +12,7 @@ from client.decode.video import Sampling
 from client.library.index import Index
 from client.library.rank import Match, Windows, rank
 from client.library.stream import embed_stream
-from client.library.vectors import VectorSearch
+from client.library.view import IndexView, open_view
 from client.transport.session import Session
 
 
@@ -63,16 +63,16 @@ class Filters:
     min_duration: float | None = None  # seconds
     max_duration: float | None = None
 
-    def videos(self, videos: Sequence[tuple[str, float]]) -> np.ndarray | None:
-        """Numbers of the videos that pass (None: no filter, all pass)."""
-        if self == Filters():
-            return None
+    def accepts(self, path: str, duration: float) -> bool:
         folders = [os.path.abspath(u).rstrip("/") + "/" for u in self.under]
-        return np.array([i for i, (path, duration) in enumerate(videos)
-                         if (not folders or any(path.startswith(f) for f in folders))
-                         and (self.glob is None or fnmatch.fnmatchcase(path, self.glob))
-                         and (self.min_duration is None or duration >= self.min_duration)
-                         and (self.max_duration is None or duration <= self.max_duration)], np.int64)
+        return ((not folders or any(path.startswith(f) for f in folders))
+                and (self.glob is None or fnmatch.fnmatchcase(path, self.glob))
+                and (self.min_duration is None or duration >= self.min_duration)
+                and (self.max_duration is None or duration <= self.max_duration))
+
+    def predicate(self) -> Callable[[str, float], bool] | None:
+        """`accepts`, or None when nothing is filtered."""
+        return None if self == Filters() else self.accepts
 
 
 def search(session: Session, queries: Sequence[str], paths: Sequence[str], sampling: Sampling,
@@ -91,19 +91,23 @@ def version_warnings(used: set[int], served: int) -> list[str]:
             f"re-run `index` on the same files to refresh them"]
 
 
-def search_structure(embed_text: EmbedText, queries: Sequence[str], structure: VectorSearch, top: int = 5,
-                     filters: Filters = Filters()) -> Result:
-    """Rank the videos of a loaded search structure for each query (what `search --index` and the UI share)."""
-    allowed = filters.videos(structure.videos)
-    return rank_queries(embed_text, queries, lambda texts: structure.search(texts, top, allowed),
-                        Result(list(queries), []))
+def search_view(embed_text: EmbedText, queries: Sequence[str], view: IndexView, top: int = 5,
+                filters: Filters = Filters()) -> Result:
+    """Rank the videos of an index as a reader sees it (what `search --index` and the UI share); says once when
+    the search structure is behind the index."""
+    result = rank_queries(embed_text, queries, lambda texts: view.search(texts, top, filters.predicate()),
+                          Result(list(queries), []))
+    if view.stale:
+        result.warnings.append(view.stale)
+    return result
 
 
 def search_index(session: Session, queries: Sequence[str], index: Index, top: int = 5,
                  filters: Filters = Filters(), kind: str | None = None, nprobe: int | None = None) -> Result:
-    """Rank the videos of an index for each query through its search structure (exact or approximate, see
-    `vectors`); warns if they were embedded by another model version."""
-    warnings = version_warnings(index.model_versions(), session.ensure_ready())
-    result = search_structure(session.embed_text, queries, index.refresh_search(kind, nprobe), top, filters)
+    """Rank the videos of an index (open for reading) for each query, searched as `kind` asks (exact or
+    approximate, see `vectors`) without writing a file; warns if they were embedded by another model version."""
+    view = open_view(index, kind, nprobe)
+    warnings = version_warnings({e.model_version for e in view.entries.values()}, session.ensure_ready())
+    result = search_view(session.embed_text, queries, view, top, filters)
     result.warnings[:0] = warnings
     return result

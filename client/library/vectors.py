@@ -3,7 +3,9 @@
 `search/` inside the index folder (built in a temporary folder, then renamed into place; rebuilt when missing
 or stale, i.e. when the index's entries changed since: its generation counter moved):
 - `manifest.json`: the index generation it was built from, the kind (`exact` or `ivf`), rows and videos;
-- `videos.json` ([path, duration] by video number), `first.npy` (each video's first row, then the row count),
+- `videos.json` ([path, duration, placement] by video number: the placement names the shard rows the video's
+  windows came from, so a reader can tell which videos still hold), `first.npy` (each video's first row, then
+  the row count),
   `spans.npy` ([rows, 2] seconds), `embeddings.npy` ([rows, D] float32): memory-mapped, never loaded whole;
 - `ivf.faiss` (approximate only): an inverted file of 8-bit scalar-quantized vectors (faiss IVF-SQ8: a quarter
   of the float32 bytes, in memory). Product quantization (IVF-PQ) was weighed: 4-16x smaller still, but its
@@ -15,7 +17,9 @@ ranks on faiss's own SQ8 scores (candidate windows, the best per video) and re-s
 only the best windows of the `RESCORE` x `top` leading videos: a few rows read per query, so the 20 GB matrix of
 10M windows need not sit in the page cache. It widens the candidate list until `top` distinct videos are found
 (or every allowed window was a candidate), so filters never return too few. Approximate is chosen above
-`EXACT_LIMIT` windows; `kind` overrides.
+`EXACT_LIMIT` windows; a writer's `kind` overrides. Readers choose how to search in memory (`VectorSearch`'s
+`kind`: an exact scan of an approximate structure's matrix, or an inverted file trained in memory on an exact
+one) and never write here.
 """
 from __future__ import annotations
 
@@ -52,6 +56,7 @@ class Parts:
     videos: list[tuple[str, float]]
     rows: Callable[[int], tuple[np.ndarray, np.ndarray]]  # video number -> (embeddings [W, D], spans [W, 2])
     counts: list[int]
+    placements: list[str] | None = None  # per video: where its windows are stored in the index
 
 
 def build(folder: Path, parts: Parts, generation: str, kind: str | None = None) -> None:
@@ -71,7 +76,8 @@ def build(folder: Path, parts: Parts, generation: str, kind: str | None = None) 
         matrix.flush()
         spans.flush()
         np.save(tmp / "first.npy", first)
-        (tmp / "videos.json").write_text(json.dumps(parts.videos))
+        placements = parts.placements or [""] * len(parts.videos)
+        (tmp / "videos.json").write_text(json.dumps([[p, d, k] for (p, d), k in zip(parts.videos, placements)]))
         if kind == "ivf":
             _write_ivf(tmp / "ivf.faiss", np.load(tmp / "embeddings.npy", mmap_mode="r"))
         (tmp / "manifest.json").write_text(json.dumps({"generation": generation, "kind": kind, "rows": rows,
@@ -92,6 +98,13 @@ def build(folder: Path, parts: Parts, generation: str, kind: str | None = None) 
 def _write_ivf(path: Path, matrix: np.ndarray) -> None:
     import faiss
 
+    faiss.write_index(_train_ivf(matrix), str(path))
+
+
+def _train_ivf(matrix: np.ndarray):
+    """An IVF-SQ8 inverted file over every row of `matrix` (memory-mapped: read in chunks)."""
+    import faiss
+
     rows, dim = matrix.shape
     lists = ivf_lists(rows)
     index = faiss.index_factory(dim, f"IVF{lists},SQ8", faiss.METRIC_INNER_PRODUCT)
@@ -100,7 +113,7 @@ def _write_ivf(path: Path, matrix: np.ndarray) -> None:
     index.train(np.ascontiguousarray(matrix[np.sort(sample)]))
     for start in range(0, rows, CHUNK):
         index.add(np.ascontiguousarray(matrix[start: start + CHUNK]))
-    faiss.write_index(index, str(path))
+    return index
 
 
 def read_manifest(folder: Path) -> dict | None:
@@ -114,28 +127,29 @@ def read_manifest(folder: Path) -> dict | None:
 class VectorSearch:
     """A built `search/` folder, memory-mapped; answers top videos per query."""
 
-    def __init__(self, folder: Path, nprobe: int | None = None):
+    def __init__(self, folder: Path, nprobe: int | None = None, kind: str | None = None):
         """`nprobe`: inverted lists searched. By default as many as hold ~`SCAN` windows: the cost of a query is
         the codes it scans, so it stays flat as the library grows, while recall grows with it (lists get purer:
         recall@10 0.978 at 1M synthetic windows, 134 of 512 lists; 0.997 at 10M, 54 of 2,048). More are probed
-        when a filter leaves too few candidates."""
+        when a filter leaves too few candidates. `kind`: how to search (default: as built), in memory only.
+        Raises OSError or ValueError when the folder is missing or being replaced (read again)."""
         base = folder / FOLDER
-        self.manifest = read_manifest(folder)
-        self.videos = [tuple(v) for v in json.loads((base / "videos.json").read_text())]
+        self.manifest = json.loads((base / "manifest.json").read_text())
+        listed = json.loads((base / "videos.json").read_text())
+        self.videos = [(v[0], v[1]) for v in listed]
+        self.placements = [v[2] if len(v) > 2 else "" for v in listed]
         self.first = np.load(base / "first.npy")
         self.matrix = np.load(base / "embeddings.npy", mmap_mode="r")
         self.spans = np.load(base / "spans.npy", mmap_mode="r")
         self.owner_of = lambda rows: np.searchsorted(self.first, rows, side="right") - 1
+        self.kind = kind or self.manifest["kind"]
         self.ann = None
-        if self.manifest["kind"] == "ivf":
+        if self.kind == "ivf" and len(self.matrix):
             import faiss
 
-            self.ann = faiss.read_index(str(base / "ivf.faiss"))
+            built = self.manifest["kind"] == "ivf"
+            self.ann = faiss.read_index(str(base / "ivf.faiss")) if built else _train_ivf(self.matrix)
             self.ann.nprobe = min(self.ann.nlist, nprobe or max(1, round(SCAN * self.ann.nlist / self.ann.ntotal)))
-
-    @property
-    def kind(self) -> str:
-        return self.manifest["kind"]
 
     def allowed_rows(self, videos: np.ndarray | None) -> np.ndarray | None:
         """Boolean mask of the rows of the allowed video numbers (None: all)."""

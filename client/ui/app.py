@@ -24,7 +24,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from client.library.index import IndexFolderError
-from client.library.search import Filters, search_structure, version_warnings
+from client.library.search import Filters, search_view, version_warnings
 from client.outputs.report import as_json
 from client.outputs.stills import jpeg_at
 from client.transport.session import ServerError, Session
@@ -75,8 +75,7 @@ def create_app(catalog: Catalog, session: Session, probe: Session) -> Starlette:
                           _number(request, "max_duration", float, low=0))
         snapshot = catalog.current()
         served = session.ensure_ready()
-        result = search_structure(lambda sentences: texts.embed(served, sentences), queries, snapshot.structure,
-                                  top, filters)
+        result = search_view(lambda sentences: texts.embed(served, sentences), queries, snapshot.view, top, filters)
         result.warnings[:0] = version_warnings(snapshot.versions, served)
         return JSONResponse(as_json(result))
 
@@ -93,9 +92,9 @@ def create_app(catalog: Catalog, session: Session, probe: Session) -> Starlette:
         server: dict = {"address": probe.options.address, "model": probe.options.model, "reachable": False}
         try:
             snapshot = catalog.current()
-            index.update(loaded=True, generation=snapshot.generation, videos=len(snapshot.entries),
-                         windows=snapshot.windows, search=snapshot.structure.kind, stale=snapshot.stale,
-                         model_versions=sorted(snapshot.versions))
+            view = snapshot.view
+            index.update(loaded=True, generation=view.generation, videos=len(view.entries), windows=view.windows,
+                         search=view.kind, stale=view.stale, model_versions=sorted(snapshot.versions))
         except (IndexFolderError, OSError, sqlite3.Error) as err:
             index["error"] = str(err)
         try:

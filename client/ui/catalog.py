@@ -1,12 +1,11 @@
 """The index as the search service sees it: loaded once, kept in memory, reloaded when a writer commits.
 
-A writer (`index`, `merge`, `remove`) moves the index's generation counter in each commit and builds the search
+A writer (`index`, `merge`, `remove`) moves the index's generation counter in each commit and rebuilds the search
 structure when it finishes. The service reads the counter (one SQLite row) at most every `check_every` seconds;
-when it moved (or, while the structure is stale, when the structure was rebuilt), the request that noticed loads
-the new state while the others keep answering from the old one.
-It rebuilds the structure itself only while it is small (exact search, up to `EXACT_LIMIT` windows: seconds);
-a large one is rebuilt by the writer at its end, and until then the service answers from the last one built
-and says so in `/api/health`.
+when it moved (or, while the structure is behind, when a writer rebuilt it), the request that noticed loads the
+new state while the others keep answering from the old one. The service is a reader: it never writes a file.
+While the structure is behind, the videos it lacks are scored exactly (`client.library.view`), and
+`/api/health` says so.
 """
 from __future__ import annotations
 
@@ -17,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from client.library import vectors
-from client.library.index import Entry, Index, IndexFolderError, IndexWriteError
-from client.library.vectors import VectorSearch
+from client.library.index import Entry, Index
+from client.library.view import IndexView, open_view
 
 
 class NotServed(Exception):
@@ -31,13 +30,17 @@ class NotServed(Exception):
 
 @dataclass(frozen=True)
 class Snapshot:
-    structure: VectorSearch
-    generation: str  # the index generation the entries were read at
-    entries: dict[str, Entry]  # path -> entry: the only files the service sends
+    view: IndexView  # the entries at one generation, and how to search them
     versions: set[int]  # model versions that embedded the entries
-    stale: str | None  # why the structure is older than the entries, else None
-    windows: int  # of the entries
     roots: list[str]  # real folders whose files may be sent
+
+    @property
+    def generation(self) -> str:
+        return self.view.generation
+
+    @property
+    def entries(self) -> dict[str, Entry]:  # path -> entry: the only files the service sends
+        return self.view.entries
 
 
 class Catalog:
@@ -56,31 +59,12 @@ class Catalog:
             return index.generation()
 
     def load(self) -> Snapshot:
-        """Read the entries and load (or rebuild, while small) the search structure."""
+        """Read the entries and load the search structure as far as it holds them."""
         with Index(self.folder, self.model, read_only=True) as index:
-            generation = index.generation()  # first: a commit after it makes the next check load again
-            entries, versions = index.entries(), index.model_versions()
-            rows = sum(e.row_count for e in entries.values())
-            built, stale = vectors.read_manifest(self.folder), None
-            if built and built["generation"] == generation:
-                structure = VectorSearch(self.folder)
-            else:
-                structure, stale = self._rebuild(index, rows, built)
-        self._snapshot = Snapshot(structure, generation, entries, versions, stale, rows, self._library(entries))
+            view = open_view(index)
+        versions = {e.model_version for e in view.entries.values()}
+        self._snapshot = Snapshot(view, versions, self._library(view.entries))
         return self._snapshot
-
-    def _rebuild(self, index: Index, rows: int, built: dict | None) -> tuple[VectorSearch, str | None]:
-        why = f"the search structure was built before the index's last change ({rows:,} windows now)"
-        if rows <= vectors.EXACT_LIMIT:
-            try:
-                return index.refresh_search(), None
-            except IndexWriteError as err:
-                why += f" and cannot be rebuilt here ({err})"
-        else:
-            why += "; the writer rebuilds it when it finishes (or run `search --index` once)"
-        if built is None:
-            raise IndexFolderError(f"{self.folder}: {why}, and there is none to answer from")
-        return VectorSearch(self.folder), why
 
     def current(self) -> Snapshot:
         """The loaded state; loaded anew first when a writer committed since (checked at most every
@@ -99,10 +83,10 @@ class Catalog:
         return self._snapshot
 
     def _moved(self, snapshot: Snapshot) -> bool:
-        """A writer committed, or (while stale) rebuilt the search structure."""
+        """A writer committed, or (while the structure is behind) rebuilt it."""
         if self.generation() != snapshot.generation:
             return True
-        built = vectors.read_manifest(self.folder) if snapshot.stale else None
+        built = vectors.read_manifest(self.folder) if snapshot.view.stale else None
         return bool(built) and built["generation"] == snapshot.generation
 
     def _library(self, entries: dict[str, Entry]) -> list[str]:
@@ -127,6 +111,13 @@ class Catalog:
             stat = os.stat(real)
         except OSError as err:
             raise NotServed(404, f"{video!r} cannot be read now ({err.strerror}); run index again") from None
-        if (stat.st_size, stat.st_mtime) != (entry.size, entry.mtime):
+        if (stat.st_size, stat.st_mtime) != (entry.size, entry.mtime) and not self._touched(video, stat):
             raise NotServed(409, f"{video!r} changed since it was indexed; run index again to serve it")
         return real
+
+    def _touched(self, video: str, stat: os.stat_result) -> bool:
+        """The file as `index` last recorded it: a re-run that found its bytes unchanged records a new
+        modification time without a new generation, so the loaded entry can be older than the file."""
+        with Index(self.folder, self.model, read_only=True) as index:
+            now = index.entry(video)
+        return now is not None and (stat.st_size, stat.st_mtime) == (now.size, now.mtime)

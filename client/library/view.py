@@ -1,0 +1,83 @@
+"""What a reader searches: the index at one generation, never a file written.
+
+The built search structure (`vectors`) answers for the videos it holds as they are now; the videos it lacks
+(committed since it was built, or a structure that was never built) are scored exactly from their shards, and
+videos it holds that were removed or replaced since are left out. So a reader beside a writer answers correctly
+at every moment, and says once how far the structure is behind; the writer rebuilds it when it finishes.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from client.library import vectors
+from client.library.index import Entry, Index, placement
+from client.library.rank import Match, Windows, rank
+from client.library.vectors import VectorSearch
+
+ATTEMPTS = 3  # reads of a structure that a writer replaced meanwhile
+Allowed = Callable[[str, float], bool]  # (path, duration) -> may this video be returned
+
+
+def _with_windows(index: Index, entries: list[Entry]) -> list[tuple[Entry, np.ndarray, np.ndarray]]:
+    return [(e, emb, spans) for e, (_, emb, spans) in zip(entries, index.parts(entries))]
+
+
+@dataclass
+class IndexView:
+    generation: str
+    entries: dict[str, Entry]
+    structure: VectorSearch | None
+    held: np.ndarray | None  # structure video numbers still current (None: all of them)
+    missing: list[tuple[Entry, np.ndarray, np.ndarray]]  # entries the structure lacks, with their windows
+    stale: str | None  # why the structure is behind the entries, else None
+    windows: int = 0  # of the entries
+
+    @property
+    def kind(self) -> str:
+        return self.structure.kind if self.structure else "exact"
+
+    def search(self, queries: np.ndarray, top: int, allowed: Allowed | None = None) -> list[list[Match]]:
+        """Each query's `top` videos of those `allowed` passes (None: all), by their best window."""
+        found: list[list[Match]] = [[] for _ in queries]
+        if self.structure is not None and len(self.structure.videos):
+            numbers = self.held if self.held is not None else np.arange(len(self.structure.videos))
+            if allowed is not None:
+                numbers = numbers[[allowed(*self.structure.videos[n]) for n in numbers]]
+            whole = self.held is None and allowed is None
+            if len(numbers):
+                found = self.structure.search(queries, top, None if whole else numbers)
+        extra = [(e.path, emb, spans) for e, emb, spans in self.missing if allowed is None or allowed(e.path, e.duration)]
+        if extra:
+            exact = rank(queries, Windows.join(extra), top)
+            found = [sorted(a + b, key=lambda m: -m.score)[:top] for a, b in zip(found, exact)]
+        return found
+
+
+def open_view(index: Index, kind: str | None = None, nprobe: int | None = None) -> IndexView:
+    """The index's entries (one read transaction) and the structure as far as it still holds them."""
+    for attempt in range(ATTEMPTS):
+        generation, entries = index.snapshot()
+        try:
+            structure = VectorSearch(index.folder, nprobe, kind) if vectors.read_manifest(index.folder) else None
+            break
+        except (OSError, ValueError):  # a writer swapped the folder while it was read: read both again
+            if attempt == ATTEMPTS - 1:
+                raise
+    windows = sum(e.row_count for e in entries.values())
+    if structure is None:
+        return IndexView(generation, entries, None, None, _with_windows(index, list(entries.values())),
+                         "no search structure has been built yet" if entries else None, windows)
+    if structure.manifest["generation"] == generation:
+        return IndexView(generation, entries, structure, None, [], None, windows)
+    now = {path: placement(e) for path, e in entries.items()}
+    held = np.array([n for n, ((path, _), where) in enumerate(zip(structure.videos, structure.placements))
+                     if where and now.get(path) == where], np.int64)
+    kept = {structure.videos[n][0] for n in held}
+    missing = _with_windows(index, [e for path, e in entries.items() if path not in kept])
+    stale = (f"the search structure is behind the index (built at generation {structure.manifest['generation']}, "
+             f"now {generation}): {len(missing)} of {len(entries)} videos are scored exactly from their shards "
+             f"until a writer (index, merge, remove) rebuilds it")
+    return IndexView(generation, entries, structure, held, missing, stale, windows)
