@@ -1,5 +1,6 @@
-"""Model figures, measured in one run: stand-in write time and size, forward-pass cost by clip size, and a
-MIL-NCE training step against an inference pass on the same batch.
+"""Model figures, measured in one run: stand-in write time and size, forward-pass cost by clip size, a
+MIL-NCE training step against an inference pass on the same batch, and how sentences sit against windows in
+the trained demo model's space (what the search bench's sentence-shaped queries are calibrated on).
 
 `python -m model.bench` (or `make bench`). Prints tables; ratios are against the 8x64x64 test clip and against
 inference.
@@ -58,6 +59,44 @@ def main() -> None:
                 base = base or ms
                 print(f"{size:8} {f'{t}x{h}x{w}':>12} {ms:11.1f} {ms / base:10.1f}")
     training_step()
+    modality()
+
+
+DEMO_MODULE = Path(__file__).resolve().parent / "demo" / "s3d-demo-tiny"
+
+
+def modality() -> dict[str, float]:
+    """The demo model's held-out sentences against the windows of their videos: the median cosine of a sentence
+    with its video's best window, and the mean cosine between two sentences (their shared offset from the video
+    embeddings: the towers meet only loosely). `client.bench` shapes its sentence-like queries on these."""
+    from client.decode.video import Sampling, load
+    from client.library.evalset import read_sentences
+    from model.corpus import write_corpus
+    from model.hub_format import read_manifest
+
+    module = hub.load(str(DEMO_MODULE))
+    clip = read_manifest(DEMO_MODULE)["sampling"]
+    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
+    with tempfile.TemporaryDirectory() as tmp:
+        world = Path(tmp) / "corpus"
+        write_corpus(world, videos=0)
+        pairs, _ = read_sentences(world / "heldout" / "queries.csv", world / "heldout")
+        windows = {}
+        for video in sorted({v for v, _ in pairs}):
+            frames, _ = load(video, Sampling(frames=clip["frames"], fps=clip["fps"], size=clip["size"]))
+            images = tf.constant(frames, tf.float32) / 255.0
+            windows[video] = unit(module.signatures["video"](images)["video_embedding"].numpy())
+    texts = unit(module.signatures["text"](tf.constant([s for _, s in pairs]))["text_embedding"].numpy())
+    best = np.median([float((windows[v] @ t).max()) for (v, _), t in zip(pairs, texts)])
+    gram = texts @ texts.T
+    between = float(gram[~np.eye(len(texts), dtype=bool)].mean())
+    every = np.concatenate(list(windows.values()))
+    gram = every @ every.T
+    windows_between = float(gram[~np.eye(len(every), dtype=bool)].mean())
+    print(f"\nsentences against windows, demo model, {len(texts)} held-out sentences, {len(every)} windows: "
+          f"best-window cosine (median) {best:.3f}; mean cosine sentence-sentence {between:.3f}, "
+          f"window-window {windows_between:.3f}")
+    return {"best": best, "between": between}
 
 
 def training_step(batch: int = 16, candidates: int = 2) -> None:

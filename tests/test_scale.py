@@ -19,7 +19,7 @@ from client.library.merge import merge
 from client.library.rank import Windows, rank
 from client.library.search import Filters, search_index
 from client.library.walk import Shard, walk
-from tests.conftest import files_of
+from tests.conftest import files_of, write_clip
 from tests.test_index import SAMPLING, check_consistent, library  # noqa: F401 - the fixture
 
 QUERIES = ["a dog running", "someone cooking", "a red ball"]
@@ -158,7 +158,7 @@ def test_the_search_structure_ranks_as_rank_does_and_filters_never_lose(syntheti
     monkeypatch.setattr(vectors, "CHUNK", 1000)  # several chunks, videos across chunk edges
     vectors.build(tmp_path, parts, "fp", kind)
     found = vectors.VectorSearch(tmp_path)
-    assert found.kind == kind and len(found.matrix) == len(windows.embeddings)
+    assert found.kind == kind and found.rows == len(windows.embeddings)
     queries = np.random.default_rng(1).standard_normal((5, 32)).astype(np.float32)
     expected = rank(queries, windows, 10)
     got = found.search(queries, 10)
@@ -175,12 +175,64 @@ def test_the_search_structure_ranks_as_rank_does_and_filters_never_lose(syntheti
     few = vectors.VectorSearch(tmp_path, nprobe=2)  # 2 lists of 64: the filter's few videos are mostly elsewhere
     probes = []
     if kind == "ivf":
-        assert few.ann.nprobe < few.ann.nlist
-        few.ann = Probed(few.ann, probes)
+        [segment] = few.segments
+        assert segment.ann.nprobe < segment.ann.nlist
+        segment.ann = Probed(segment.ann, probes)
     for g, e in zip(few.search(queries, 12, only), rank(queries, kept, 12)):
         assert len(g) == len(only)
         assert_same(g, e)
     assert kind == "exact" or max(probes) > 2  # the search widened to find them
+
+
+def subset(parts: vectors.Parts, numbers) -> vectors.Parts:
+    numbers = list(numbers)
+    return vectors.Parts([parts.videos[v] for v in numbers], lambda i: parts.rows(numbers[i]),
+                         [parts.counts[v] for v in numbers], [f"p{v}" for v in numbers])
+
+
+@pytest.mark.parametrize("kind", ["exact", "ivf"])
+def test_the_structure_grows_and_shrinks_in_place_and_answers_as_a_full_build(synthetic, tmp_path, kind,
+                                                                             monkeypatch):
+    parts, windows = synthetic
+    monkeypatch.setattr(vectors, "MAX_SEGMENTS", 4)
+    vectors.build(tmp_path, subset(parts, range(300)), "1", kind)
+    base = tmp_path / vectors.FOLDER
+    [first] = vectors.read_manifest(tmp_path)["segments"]
+    untouched = files_of(base / first["name"])
+    live = set(range(300))
+    for step, new in enumerate([range(300, 400), range(400, 420), range(420, 440), range(440, 460)]):
+        manifest = vectors.read_manifest(tmp_path)
+        gone = {first["name"]: [step * 7, step * 7 + 1]}  # two videos of the first segment removed each time
+        if step == 2:  # and two of the second, before it is compacted: they must not come back
+            gone[manifest["segments"][1]["name"]] = [0, 5]
+            live -= {300, 305}
+        assert vectors.needs_build(tmp_path, manifest, kind, 0) is None
+        vectors.update(tmp_path, manifest, str(step + 2), subset(parts, new), gone)
+        live = (live | set(new)) - {step * 7, step * 7 + 1}
+    manifest = vectors.read_manifest(tmp_path)
+    assert manifest["generation"] == "5" and len(manifest["segments"]) == 2  # 5 segments: all but one compacted
+    assert manifest["segments"][0]["name"] == first["name"] and manifest["trained_rows"] == (
+        sum(parts.counts[:300]) if kind == "ivf" else 0)  # the codes were added to the lists trained at first
+    assert [p.name for p in base.iterdir() if p.name.startswith(".")] == [] and not vectors.garbage(tmp_path)
+    untouched = {k: v for k, v in untouched.items() if not k.startswith("dead-")}
+    assert {k: v for k, v in files_of(base / first["name"]).items() if not k.startswith("dead-")} == untouched
+    grown = vectors.VectorSearch(tmp_path)
+    assert sorted(int(Path(p).stem) for (p, _), dead in zip(grown.videos, grown.dead) if not dead) == sorted(live)
+    queries = np.random.default_rng(3).standard_normal((5, 32)).astype(np.float32)
+    order = sorted(live)
+    expected = rank(queries, Windows.join([(windows.videos[v], windows.embeddings[windows.rows(windows.videos[v])],
+                                            windows.spans[windows.rows(windows.videos[v])]) for v in order]), 10)
+    got = grown.search(queries, 10)
+    if kind == "exact":
+        for g, e in zip(got, expected):
+            assert_same(g, e)
+    else:
+        recall = np.mean([len({m.video for m in g} & {m.video for m in e}) / 10 for g, e in zip(got, expected)])
+        assert recall >= 0.9
+    more = sum(parts.counts[460:600])
+    reason = vectors.needs_build(tmp_path, manifest, kind, grown.rows + more)
+    assert (reason is not None) == (kind == "ivf")  # +50% of the rows trained on: trained afresh
+    assert "dead share" in vectors.needs_build(tmp_path, {**manifest, "rows": 10}, kind, 10)
 
 
 def test_the_index_keeps_its_search_structure_fresh(session, library, tmp_path, capsys):  # noqa: F811
@@ -191,8 +243,12 @@ def test_the_index_keeps_its_search_structure_fresh(session, library, tmp_path, 
     with Index(folder, "s3d_milnce") as index:
         built = vectors.VectorSearch(folder).manifest
         assert built["videos"] == 3 and index.refresh_search() == built  # fresh: not rebuilt
+    [first] = built["segments"]
+    segment_files = files_of(folder / vectors.FOLDER / first["name"])
     assert main([*args, "index", *clips, "--index", str(folder), "--size", "64"]) == 0
-    assert vectors.VectorSearch(folder).manifest["videos"] == 6
+    grown = vectors.VectorSearch(folder)
+    assert grown.manifest["videos"] == 6 and [s["videos"] for s in grown.manifest["segments"]] == [3, 3]
+    assert files_of(folder / vectors.FOLDER / first["name"]) == segment_files  # grown by a segment, no copy
     capsys.readouterr()
     assert main([*args, "search", "a dog", "--index", str(folder), "--json", "--top", "6",
                  "--under", str(library), "--max-duration", "3"]) == 0
@@ -203,7 +259,18 @@ def test_the_index_keeps_its_search_structure_fresh(session, library, tmp_path, 
         short = {p for p, e in index.entries().items() if e.duration <= 3}
     assert {m["video"] for m in shown} == short and short
     assert main([*args, "remove", clips[0], "--index", str(folder)]) == 0
-    assert vectors.VectorSearch(folder).manifest["videos"] == 5
+    shrunk = vectors.VectorSearch(folder)
+    assert len(shrunk.videos) == 6 and int((~shrunk.dead).sum()) == 5  # marked dead, nothing rewritten
+    assert clips[0] not in {m.video for m in shrunk.search(np.ones((1, 512), np.float32), 6)[0]}
+    write_clip(Path(clips[1]), 70, 20, (80, 64), "MJPG", seed=31)  # new content under the same path
+    assert main([*args, "index", clips[1], "--index", str(folder), "--size", "64"]) == 0
+    replaced = vectors.VectorSearch(folder)
+    live = [p for (p, _), dead in zip(replaced.videos, replaced.dead) if not dead]
+    assert sorted(live) == sorted(clips[1:])  # the old windows dead, the new ones in a segment of their own
+    with Index(folder, "s3d_milnce", read_only=True) as index:
+        assert [m.video for m in replaced.search(np.ones((1, 512), np.float32), 6)[0]].count(clips[1]) == 1
+        expected = rank(np.ones((1, 512), np.float32), index.windows(), 6)[0]
+    assert_same(replaced.search(np.ones((1, 512), np.float32), 6)[0], expected)
     before = files_of(folder)
     assert main([*args, "search", "a dog", "--index", str(folder), "--search", "ivf", "--top", "5"]) == 0
     assert vectors.VectorSearch(folder).kind == "exact" and files_of(folder) == before  # searched so in memory

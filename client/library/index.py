@@ -80,6 +80,11 @@ class Record:
     indexed_at: str
 
 
+def _holds(built: dict | None, generation: str, kind: str | None) -> bool:
+    """A structure of this version's format, at `generation`, of the `kind` asked (None: any)."""
+    return bool(built) and "segments" in built and built["generation"] == generation and kind in (None, built["kind"])
+
+
 def placement(entry: Entry) -> str:
     """Where an entry's windows are stored: equal placements hold the same vectors (shards are immutable)."""
     return f"{entry.shard}:{entry.first_row}:{entry.row_count}"
@@ -161,6 +166,7 @@ class Index:
         a holder of the lock may delete them (before it, they may be another writer's work in progress)."""
         used = {row[0] for row in self.db.execute("SELECT DISTINCT shard FROM videos")}
         found = list(self.folder.glob(f".{vectors.FOLDER}.*"))  # search structure builds that were killed
+        found += vectors.garbage(self.folder)  # and updates
         shards = self.folder / "shards"
         for file in shards.iterdir() if shards.is_dir() else ():
             orphan = not file.name.startswith(".") and file.name.split(".")[0] not in used
@@ -222,25 +228,28 @@ class Index:
         return Entry(*row) if row else None
 
     def commit(self, entries: list[Entry], embeddings: list[np.ndarray], spans: list[np.ndarray],
-               reused: list[Entry] = ()) -> None:
+               reused: list[Entry] = ()) -> list[Entry]:
         """Record new videos (their windows written as one shard) and `reused` ones (rows already stored),
-        all or nothing: on a write error the shard is deleted, the transaction rolled back, IndexWriteError."""
-        rows: list[Entry] = list(reused)
-        if not rows and not entries:
-            return
+        all or nothing: on a write error the shard is deleted, the transaction rolled back, IndexWriteError.
+        Returns the reused entries left out because another writer removed their rows meanwhile."""
+        if not reused and not entries:
+            return []
         shard = uuid.uuid4().hex
         files = [self.folder / "shards" / f"{shard}.{part}.npy" for part in ("embeddings", "spans")]
-        try:
-            with self.lock.held():
-                self._write(shard, files, entries, embeddings, spans, rows)
-        except (OSError, sqlite3.Error) as err:
-            for file in files:
-                file.unlink(missing_ok=True)
-            raise self._write_error(err, len(rows) + len(entries)) from None
+        with self.lock.held():
+            kept = [e for e in reused if (self.folder / "shards" / f"{e.shard}.embeddings.npy").is_file()]
+            try:
+                self._write(shard, files, entries, embeddings, spans, kept)
+            except (OSError, sqlite3.Error) as err:
+                for file in files:
+                    file.unlink(missing_ok=True)
+                raise self._write_error(err, len(reused) + len(entries)) from None
+        return [e for e in reused if e not in kept]
 
     def _write(self, shard: str, files: list[Path], entries: list[Entry], embeddings: list[np.ndarray],
                spans: list[np.ndarray], rows: list[Entry]) -> None:
         """The shard files, then the transaction that makes them count (the caller holds the lock)."""
+        rows = list(rows)
         if entries:
             matrix = np.concatenate(embeddings).astype(np.float32)
             atomic_write(files[0], lambda f: np.save(f, matrix))
@@ -299,21 +308,50 @@ class Index:
 
     def refresh_search(self, kind: str | None = None) -> dict:
         """Bring the search structure (`vectors`) up to the entries, for writers: left alone when it holds the
-        current generation (and is of the `kind` asked), else built afresh under the lock from entries read in
-        the same transaction as the generation it records. Returns its manifest; its manifest decides, before
-        any faiss index is loaded."""
+        current generation (and is of the `kind` asked), else, under the lock, updated by what changed (or built
+        afresh when it must be) from entries read in the same transaction as the generation it records. Returns
+        its manifest, which decides before any faiss index is loaded."""
         built = vectors.read_manifest(self.folder)
-        if built and built["generation"] == self.generation() and kind in (None, built["kind"]):
+        if _holds(built, self.generation(), kind):
             return built
         with self.lock.held():
             generation, current = self.snapshot()
             built = vectors.read_manifest(self.folder)  # another writer may have built it meanwhile
-            if built and built["generation"] == generation and kind in (None, built["kind"]):
+            if _holds(built, generation, kind):
                 return built
             self._build(generation, list(current.values()), kind)
         return vectors.read_manifest(self.folder)
 
     def _build(self, generation: str, entries: list[Entry], kind: str | None) -> None:
+        """Update the structure by what changed since it was built, or build it afresh when it must be
+        (`vectors.needs_build`); the caller holds the lock."""
+        built = vectors.read_manifest(self.folder)
+        try:
+            if vectors.needs_build(self.folder, built, kind, sum(e.row_count for e in entries)):
+                vectors.build(self.folder, self._segment_parts(entries), generation, kind)
+                return
+            base = self.folder / vectors.FOLDER
+            segments = [vectors.Segment(base / s["name"], s["dead"]) for s in built["segments"]]
+            videos = [v for seg in segments for v in seg.videos]
+            current = {e.path: placement(e) for e in entries}
+            held = vectors.still_held(videos, [k for seg in segments for k in seg.placements],
+                                      np.concatenate([seg.dead for seg in segments]), current)
+            kept = {videos[n][0] for n in held}
+            removed, live = {}, np.zeros(len(videos), bool)
+            live[held] = True
+            offset = 0
+            for s, seg in zip(built["segments"], segments):
+                gone = [v for v in range(len(seg.videos)) if not seg.dead[v] and not live[offset + v]]
+                if gone:
+                    removed[s["name"]] = gone
+                offset += len(seg.videos)
+            added = [e for e in entries if e.path not in kept]
+            vectors.update(self.folder, built, generation, self._segment_parts(added), removed)
+        except OSError as err:
+            raise self._write_error(err, 0) from None
+
+    def _segment_parts(self, entries: list[Entry]) -> vectors.Parts:
+        """The windows of `entries` as a segment's parts, read shard by shard as the segment is written."""
         cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
         def rows(video: int) -> tuple[np.ndarray, np.ndarray]:
@@ -325,12 +363,8 @@ class Index:
             return emb[entry.first_row: entry.first_row + entry.row_count], \
                 spans[entry.first_row: entry.first_row + entry.row_count]
 
-        parts = vectors.Parts([(e.path, e.duration) for e in entries], rows, [e.row_count for e in entries],
-                              [placement(e) for e in entries])
-        try:
-            vectors.build(self.folder, parts, generation, kind)
-        except OSError as err:
-            raise self._write_error(err, 0) from None
+        return vectors.Parts([(e.path, e.duration) for e in entries], rows, [e.row_count for e in entries],
+                             [placement(e) for e in entries])
 
     def windows(self) -> Windows:
         """Every indexed window, grouped by video, for ranking."""

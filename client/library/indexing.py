@@ -121,7 +121,9 @@ def index_videos(session: Session, index: Index, paths: Iterable[str | Path], fl
     stats = Stats()
     todo, reused = plan(index, paths, version, stats, shard)
     if reused:
-        index.commit([], [], [], reused)
+        for entry in index.commit([], [], [], reused):  # its rows were removed by another writer meanwhile
+            stats.reused -= 1
+            stats.failed.append((entry.path, "its content's stored windows were removed meanwhile; run index again"))
     pending: list[tuple[Entry, np.ndarray, np.ndarray]] = []
 
     def flush() -> None:

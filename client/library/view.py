@@ -56,16 +56,28 @@ class IndexView:
         return found
 
 
-def open_view(index: Index, kind: str | None = None, nprobe: int | None = None) -> IndexView:
-    """The index's entries (one read transaction) and the structure as far as it still holds them."""
+def open_view(index: Index, kind: str | None = None, nprobe: int | None = None,
+              loaded: VectorSearch | None = None) -> IndexView:
+    """The index's entries (one read transaction) and the structure as far as it still holds them. `loaded`: a
+    structure loaded before: kept whole if unchanged, else its segments still named are reused, so a reload
+    after a commit costs the entries and what changed, not every faiss file."""
     for attempt in range(ATTEMPTS):
-        generation, entries = index.snapshot()
         try:
-            structure = VectorSearch(index.folder, nprobe, kind) if vectors.read_manifest(index.folder) else None
-            break
-        except (OSError, ValueError):  # a writer swapped the folder while it was read: read both again
-            if attempt == ATTEMPTS - 1:
+            return _view(index, kind, nprobe, loaded)
+        except (OSError, KeyError, ValueError, RuntimeError):  # a writer changed a file while it was read (faiss
+            if attempt == ATTEMPTS - 1:                        # says RuntimeError): read everything again
                 raise
+    raise AssertionError("unreachable")
+
+
+def _view(index: Index, kind: str | None, nprobe: int | None, loaded: VectorSearch | None) -> IndexView:
+    generation, entries = index.snapshot()
+    built = vectors.read_manifest(index.folder)
+    structure = None
+    if loaded is not None and built == loaded.manifest:
+        structure = loaded
+    elif built and "segments" in built:  # one of an older version's format is not used: a writer rebuilds it
+        structure = VectorSearch(index.folder, nprobe, kind, loaded)
     windows = sum(e.row_count for e in entries.values())
     if structure is None:
         return IndexView(generation, entries, None, None, _with_windows(index, list(entries.values())),
@@ -73,8 +85,7 @@ def open_view(index: Index, kind: str | None = None, nprobe: int | None = None) 
     if structure.manifest["generation"] == generation:
         return IndexView(generation, entries, structure, None, [], None, windows)
     now = {path: placement(e) for path, e in entries.items()}
-    held = np.array([n for n, ((path, _), where) in enumerate(zip(structure.videos, structure.placements))
-                     if where and now.get(path) == where], np.int64)
+    held = vectors.still_held(structure.videos, structure.placements, structure.dead, now)
     kept = {structure.videos[n][0] for n in held}
     missing = _with_windows(index, [e for path, e in entries.items() if path not in kept])
     stale = (f"the search structure is behind the index (built at generation {structure.manifest['generation']}, "

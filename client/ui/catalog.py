@@ -1,7 +1,7 @@
 """The index as the search service sees it: loaded once, kept in memory, reloaded when a writer commits.
 
-A writer (`index`, `merge`, `remove`) moves the index's generation counter in each commit and rebuilds the search
-structure when it finishes. The service reads the counter (one SQLite row) at most every `check_every` seconds;
+A writer (`index`, `merge`, `remove`) moves the index's generation counter in each commit and brings the search
+structure up to date when it finishes. The service reads the counter (one SQLite row) at most every `check_every` seconds;
 when it moved (or, while the structure is behind, when a writer rebuilt it), the request that noticed loads the
 new state while the others keep answering from the old one. The service is a reader: it never writes a file.
 While the structure is behind, the videos it lacks are scored exactly (`client.library.view`), and
@@ -60,8 +60,9 @@ class Catalog:
 
     def load(self) -> Snapshot:
         """Read the entries and load the search structure as far as it holds them."""
+        before = self._snapshot.view.structure if self._snapshot else None
         with Index(self.folder, self.model, read_only=True) as index:
-            view = open_view(index)
+            view = open_view(index, loaded=before)
         versions = {e.model_version for e in view.entries.values()}
         self._snapshot = Snapshot(view, versions, self._library(view.entries))
         return self._snapshot
@@ -111,13 +112,13 @@ class Catalog:
             stat = os.stat(real)
         except OSError as err:
             raise NotServed(404, f"{video!r} cannot be read now ({err.strerror}); run index again") from None
-        if (stat.st_size, stat.st_mtime) != (entry.size, entry.mtime) and not self._touched(video, stat):
+        if (stat.st_size, stat.st_mtime) != (entry.size, entry.mtime) and not self._touched(entry, stat):
             raise NotServed(409, f"{video!r} changed since it was indexed; run index again to serve it")
         return real
 
-    def _touched(self, video: str, stat: os.stat_result) -> bool:
-        """The file as `index` last recorded it: a re-run that found its bytes unchanged records a new
-        modification time without a new generation, so the loaded entry can be older than the file."""
+    def _touched(self, loaded: Entry, stat: os.stat_result) -> bool:
+        """The file as `index` last recorded it, with the loaded entry's content: a re-run that found its bytes
+        unchanged records a new modification time without a new generation, so the loaded entry can be older."""
         with Index(self.folder, self.model, read_only=True) as index:
-            now = index.entry(video)
-        return now is not None and (stat.st_size, stat.st_mtime) == (now.size, now.mtime)
+            now = index.entry(loaded.path)
+        return now is not None and now.sha256 == loaded.sha256 and (stat.st_size, stat.st_mtime) == (now.size, now.mtime)
