@@ -4,7 +4,9 @@ Layout of an index folder:
 - `index.sqlite`: table `meta` (format, model name, sampling settings as JSON) and table `videos`
   (path, sha256, size, mtime, model version, duration, shard, first row, row count, indexed at);
 - `shards/<id>.embeddings.npy` [rows, 512] float32 and `shards/<id>.spans.npy` [rows, 2] (start, end seconds):
-  immutable; a video's windows are rows `first .. first + count` of its shard.
+  immutable; a video's windows are rows `first .. first + count` of its shard;
+- `meta.generation`: a counter moved by every change of the entries; `search/`: the search structure
+  (`vectors`), which records the generation it holds; `writer.lock`: the writers' lock (`lock`).
 
 Durability: a shard is written under a temporary name and renamed, then one SQLite transaction records the
 videos that use it. A run killed at any point leaves either the old or the new state of each video, never half;
