@@ -239,6 +239,7 @@ def run_eval(args: argparse.Namespace, session: Session, sampling: Sampling) -> 
         with _writer(args, args.index, sampling if not (args.index / "index.sqlite").is_file() else None,
                      create=True) as index:
             result = evaluate(session, evalset, args.protocol, args.windows, index=index, errors=errors)
+            index.refresh_search()  # a writer that added videos brings the search structure up to them
     else:
         result = evaluate(session, evalset, args.protocol, args.windows, sampling, errors=errors)
     result.excluded += [Path(v).stem for v, _ in errors]

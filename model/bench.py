@@ -59,10 +59,61 @@ def main() -> None:
                 base = base or ms
                 print(f"{size:8} {f'{t}x{h}x{w}':>12} {ms:11.1f} {ms / base:10.1f}")
     training_step()
+    batchnorm()
     modality()
 
 
-DEMO_MODULE = Path(__file__).resolve().parent / "demo" / "s3d-demo-tiny"
+def batchnorm(steps: int = 16, lr: float = 1e-4) -> None:
+    """Why training needs `MIN_BATCHNORM_VALUES`: on fixed batches of 4 narrated clips (two corpus seeds, three
+    batches each), the loss after `steps` Adam steps from the same start, and how the gradient of conv1's
+    BatchNorm offset compares with the loss's slope along it (central differences, step 1e-3)."""
+    import tempfile as temp
+
+    from model.clips import ClipSampling, FrameCache, Sampler
+    from model.corpus import write_corpus
+    from model.loss import milnce_loss
+    from model.narration import read_dataset
+    from model.train import batchnorm_values
+
+    print(f"\n{'BatchNorm, batch 4':20} {'values':>6} {'loss drop over ' + str(steps) + ' steps (min-max)':>32} "
+          f"{'|grad| / slope of conv1 offset':>31}")
+    with temp.TemporaryDirectory() as tmp:
+        for frames, size in ((8, 32), (16, 64)):
+            sampling = ClipSampling(frames, 10, size)
+            drops, ratios = [], []
+            for seed in (5, 11):
+                world = Path(tmp) / f"world{seed}"
+                if not world.exists():
+                    write_corpus(world, videos=6, heldout=4, story_events=2, seed=seed)
+                settings = Settings(str(world / "train"), "tiny", 100, 4, sampling, 2, lr, 7, None)
+                data = read_dataset(world / "train")
+                module, _ = initial_module(settings, [line.text for v in data.videos for line in v.lines])
+                sampler = Sampler(data.videos, FrameCache(Path(tmp) / f"frames{seed}-{size}", sampling).frames,
+                                  sampling, 2, 7)
+                net = Network(module.config, vocabulary_table(words=module.vocabulary))
+                for step in range(3):
+                    assign(net, module.weights)
+                    batch = sampler.batch(step, 4)
+                    clips, texts = tf.constant(batch.clips, tf.float32) / 255.0, tf.constant(batch.texts)
+                    loss = lambda: milnce_loss(net.video(clips, training=True)["video_embedding"],  # noqa: E731
+                                               tf.reshape(net.text(texts)["text_embedding"], [4, 2, -1]))
+                    offset = net.video.conv1.bn.beta
+                    with tf.GradientTape() as tape:
+                        value = loss()
+                    grad = tape.gradient(value, offset)
+                    nudge = grad / tf.norm(grad) * 1e-3
+                    offset.assign_add(nudge)
+                    up = float(loss())
+                    offset.assign_sub(2 * nudge)
+                    down = float(loss())
+                    offset.assign_add(nudge)
+                    ratios.append(float(tf.norm(grad)) / max(abs(up - down) / 2e-3, 1e-9))
+                    trainer = Trainer(net, settings, freeze_words=False)
+                    losses = [trainer.step(batch.clips, batch.texts, lr) for _ in range(steps)]
+                    drops.append(1 - np.mean(losses[-3:]) / losses[0])
+            print(f"  {f'{frames}x{size}x{size}':18} {batchnorm_values(4, sampling):6} "
+                  f"{f'{100 * min(drops):.0f}-{100 * max(drops):.0f}%':>32} "
+                  f"{f'{min(ratios):.0f}-{max(ratios):.0f}x':>31}")
 
 
 def modality() -> dict[str, float]:
@@ -71,7 +122,7 @@ def modality() -> dict[str, float]:
     embeddings: the towers meet only loosely). `client.bench` shapes its sentence-like queries on these."""
     from client.decode.video import Sampling, load
     from client.library.evalset import read_sentences
-    from model.corpus import write_corpus
+    from model.corpus import DEMO_MODULE, write_corpus
     from model.hub_format import read_manifest
 
     module = hub.load(str(DEMO_MODULE))
@@ -83,7 +134,8 @@ def modality() -> dict[str, float]:
         pairs, _ = read_sentences(world / "heldout" / "queries.csv", world / "heldout")
         windows = {}
         for video in sorted({v for v, _ in pairs}):
-            frames, _ = load(video, Sampling(frames=clip["frames"], fps=clip["fps"], size=clip["size"]))
+            frames, _ = load(video, Sampling(frames=clip["frames"], fps=clip["fps"], size=clip["size"],
+                                             stride=clip["frames"] / clip["fps"]))
             images = tf.constant(frames, tf.float32) / 255.0
             windows[video] = unit(module.signatures["video"](images)["video_embedding"].numpy())
     texts = unit(module.signatures["text"](tf.constant([s for _, s in pairs]))["text_embedding"].numpy())

@@ -30,6 +30,8 @@ EVENT_SECONDS = 4.0
 GAP_SECONDS = 1.0
 MAX_SHIFT = 2.0  # narration lines start up to this many seconds before or after their event
 TRAIN_VIDEOS = 400  # enough variety that the tiny network learns the attributes rather than the videos
+# The committed demo model: the tiny network trained on this world (`make demo-model`); `make demo` serves it.
+DEMO_MODULE = Path(__file__).resolve().parent / "demo" / "s3d-demo-tiny"
 
 COLOURS = {"red": (40, 40, 220), "blue": (220, 70, 30), "yellow": (0, 215, 250), "purple": (180, 40, 150)}  # BGR
 OBJECTS = ("ball", "box", "triangle")

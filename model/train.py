@@ -29,8 +29,8 @@ from tqdm import tqdm
 from client.decode.video import Sampling, load
 from client.files import atomic_write
 from client.library.evalset import read_sentences
+from client.library.evaluate import clip_scores
 from client.library.metrics import ranks, summary
-from client.library.rank import best_per_video
 from model.clips import ClipSampling, FrameCache, Sampler, usable
 from model.config import SIZES
 from model.hub_format import Module, read_module, write_module
@@ -42,9 +42,9 @@ from model.vocab import build_vocabulary
 from model.weights import assign, snapshot, standin_weights
 
 CHECKPOINT, LOG, RUN = "checkpoint.npz", "log.csv", "run.json"
-# Training-mode BatchNorm needs this many values per channel in its deepest layers. Measured on fixed batches
-# of the tiny network: with 4 (batch 4 of 8x32x32 clips) the early layers' gradients are hundreds of times the
-# loss's real slope and the loss only wanders; from 16 up it falls smoothly (README, "Training").
+# Training-mode BatchNorm needs this many values per channel in its deepest layers. On fixed batches of the tiny
+# network (`python -m model.bench`, README "Training"): with 4 (batch 4 of 8x32x32 clips) the early layers'
+# gradients are up to 10^5 times the loss's real slope and the loss only wanders; with 32 it falls steadily.
 MIN_BATCHNORM_VALUES = 16
 
 
@@ -280,13 +280,9 @@ def heldout_figures(net: Network, queries_csv: Path, sampling: ClipSampling) -> 
     videos = sorted({v for v, _ in pairs})
     window = Sampling(frames=sampling.frames, fps=sampling.fps, size=sampling.size,
                       stride=sampling.frames / sampling.fps)
-    embeddings, owner = [], []
-    for i, video in enumerate(videos):
-        frames, _ = load(video, window)
-        embeddings.append(net.video(tf.constant(frames, tf.float32) / 255.0)["video_embedding"].numpy())
-        owner += [i] * len(frames)
+    embeddings = [net.video(tf.constant(load(video, window)[0], tf.float32) / 255.0)["video_embedding"].numpy()
+                  for video in videos]
     text = net.text(tf.constant([s for _, s in pairs]))["text_embedding"].numpy()
-    best, _ = best_per_video(text @ np.concatenate(embeddings).T, np.asarray(owner))
-    figures = summary(ranks(best, np.array([videos.index(v) for v, _ in pairs])))
+    figures = summary(ranks(clip_scores(text, embeddings), np.array([videos.index(v) for v, _ in pairs])))
     return {"queries": len(pairs), "videos": len(videos), "chance_R@1": 1 / len(videos),
             "missing": missing, **figures}

@@ -5,7 +5,8 @@ on the narrated demo corpus (`python -m model corpus`). This script exports it i
 server, writes the corpus's held-out clips and story video (never seen in training), indexes them with the
 sampling the served model reports, and then
 - ranks the held-out clips for their queries: the `held-out text->video R@1` line, against chance;
-- searches the story video for its events: the moment each query lands on, against the known one;
+- searches the story video for its events: the moment each query lands on, against the known one (IoU);
+both measured by the library's `evaluate`, the code of the `eval` verb;
 - prints a table of a few queries and writes an HTML report.
 It is a small world (four colours, three shapes, four motions, four places), not general video.
 """
@@ -18,18 +19,19 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from client.outputs import html_report
 from client.defaults import MODEL_NAME, UI_PORT
-from client.library.evalset import read_sentences
+from client.library.evalset import load_evalset, read_sentences
+from client.library.evaluate import Evaluation, evaluate
 from client.library.index import Index
 from client.library.indexing import index_videos
-from client.library.metrics import ranks, summary
-from client.library.rank import Windows, best_per_video, rank
+from client.library.metrics import iou
+from client.library.rank import Windows, rank
 from client.outputs.report import as_table
 from client.library.search import Result, search_index
 from client.transport.session import Options, Session
@@ -51,35 +53,50 @@ def start_server(model_dir: Path) -> tuple[subprocess.Popen, str]:
     return proc, line.split("gRPC ")[1].split(";")[0].split(",")[0].strip()
 
 
-def subset(windows: Windows, keep: set[str]) -> Windows:
-    """The windows of the videos in `keep`, in the same order."""
-    rows = np.isin(windows.owner, [i for i, v in enumerate(windows.videos) if v in keep])
-    videos = [v for v in windows.videos if v in keep]
-    owner = np.searchsorted(videos, np.array(windows.videos)[windows.owner[rows]]) if videos else windows.owner[rows]
-    return Windows(videos, windows.embeddings[rows], owner, windows.spans[rows])
+@dataclass
+class Demo:
+    """What the demo measured: the held-out clips' retrieval and the story's moments, both by `eval`'s code."""
+
+    heldout: Evaluation  # text->video over the held-out clips, each scoring as its best window
+    story: Evaluation  # each event's sentence searched inside the story video: moment metrics
+    shown: Result  # a few held-out queries against the whole index, for the table and the report
+    moments: Result  # each event's best window in the story video
+    events: list[tuple[str, float, float]]  # (sentence, start, end) of each narrated event
+    pairs: list[tuple[str, str]]  # (video, sentence) of the held-out clips
+    indexed: str  # the index run's summary
 
 
-def heldout_line(session: Session, windows: Windows, pairs: list[tuple[str, str]]) -> str:
-    """Text->video recall over the held-out clips only, each clip scoring as its best window."""
-    clips = subset(windows, {v for v, _ in pairs})
-    best, _ = best_per_video(session.embed_text([s for _, s in pairs]) @ clips.embeddings.T, clips.owner)
-    figures = summary(ranks(best, np.array([clips.videos.index(v) for v, _ in pairs])))
-    return (f"held-out text->video R@1 {figures['R@1']:.2f}, R@5 {figures['R@5']:.2f} "
-            f"(chance {1 / len(clips.videos):.2f}) over {len(pairs)} queries")
+def run(model_dir: Path, out: Path) -> Demo:
+    """Serve `model_dir` on the embedded server, index the corpus's held-out clips and story under `out`, and
+    measure them with the library's `evaluate` (the `eval` verb's code)."""
+    world = out / "corpus"
+    if not world.exists():
+        from model.corpus import write_corpus
 
-
-def story_moments(session: Session, windows: Windows, story: Path, rows: list[dict]) -> tuple[Result, list[str]]:
-    """Each story event searched inside the story video: the best window against the known span."""
-    only = subset(windows, {str(story)})
-    queries = [r["text"] for r in rows]
-    matches = rank(session.embed_text(queries), only, 1)
-    lines = []
-    for row, (match,) in zip(rows, matches):
-        start, end = float(row["start"]), float(row["end"])
-        hit = start <= (match.start + match.end) / 2 <= end  # the matching window is centred in the event
-        lines.append(f"  {'ok  ' if hit else 'MISS'} {row['text']!r}: {match.start:.1f}-{match.end:.1f} s "
-                     f"(narrated event at {start:.1f}-{end:.1f} s)")
-    return Result(queries, matches), lines
+        write_corpus(world, videos=0)  # the held-out clips and the story: the demo model never saw them
+    heldout_csv, story_csv = world / "heldout" / "queries.csv", world / "story" / "story.csv"
+    pairs, _ = read_sentences(heldout_csv, heldout_csv.parent)
+    with open(story_csv, newline="") as f:
+        events = [(row["text"], float(row["start"]), float(row["end"])) for row in csv.DictReader(f)]
+    story = (world / "story" / "story.webm").resolve()
+    server, address = start_server(model_dir)
+    try:
+        with Session(Options(address=address)) as session:
+            sampling = model_sampling(session.preprocessing())
+            sampling = replace(sampling, stride=sampling.stride / 2)  # half-window steps: finer moments
+            with Index(out / "index", MODEL_NAME, sampling, create=True) as index:
+                stats = index_videos(session, index, [world / "heldout", world / "story"])
+                index.refresh_search()  # as `index` does when it finishes: the page (`make ui`) reads it
+                heldout = evaluate(session, load_evalset(heldout_csv, heldout_csv.parent), index=index)
+                moments = evaluate(session, load_evalset(story_csv, story_csv.parent), index=index)
+                shown = search_index(session, [s for _, s in pairs[:SHOWN]], index, top=3)
+                windows = Windows.join(index.parts([index.entry(str(story))]))
+            queries = [text for text, _, _ in events]
+            best = Result(queries, rank(session.embed_text(queries), windows, 1))
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
+    return Demo(heldout, moments, shown, best, events, pairs, stats.summary())  # `moments`: the story's evaluation
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,46 +108,26 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     verbose(argv)  # the server it starts inherits the choice
     start = time.perf_counter()
-    world = args.out / "corpus"
-    if not world.exists():
-        from model.corpus import write_corpus
-
-        write_corpus(world, videos=0)  # the held-out clips and the story: the demo model never saw them
-    heldout_csv, story_csv = world / "heldout" / "queries.csv", world / "story" / "story.csv"
-    pairs, _ = read_sentences(heldout_csv, heldout_csv.parent)
-    with open(story_csv, newline="") as f:
-        story_rows = list(csv.DictReader(f))
-    story = (world / "story" / "story.webm").resolve()
-    print(f"demo: {len(pairs)} held-out clips and a {len(story_rows)}-event story video in {world}")
-    server, address = start_server(args.model_dir)
-    print(f"demo: embedded server on {address} serving {args.model_dir}")
-    try:
-        with Session(Options(address=address)) as session:
-            sampling = model_sampling(session.preprocessing())
-            sampling = replace(sampling, stride=sampling.stride / 2)  # half-window steps: finer moments
-            print(f"demo: the served model asks for {sampling.frames} frames at {sampling.fps:g} fps, "
-                  f"{sampling.size}x{sampling.size}")
-            with Index(args.out / "index", MODEL_NAME, sampling, create=True) as index:
-                stats = index_videos(session, index, [world / "heldout", world / "story"])
-                print(f"demo: index {args.out / 'index'}: {stats.summary()}")
-                windows = index.windows()
-                shown = search_index(session, [s for _, s in pairs[:SHOWN]], index, top=3)
-            summary_line = heldout_line(session, windows, pairs)
-            moments, moment_lines = story_moments(session, windows, story, story_rows)
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=60)
-    print(as_table(shown), end="")
-    for (video, sentence), matches in zip(pairs, shown.matches):
+    demo = run(args.model_dir, args.out)
+    print(f"demo: {len(demo.pairs)} held-out clips and a {len(demo.events)}-event story video, served from "
+          f"{args.model_dir}; index {args.out / 'index'}: {demo.indexed}")
+    print(as_table(demo.shown), end="")
+    for (video, sentence), matches in zip(demo.pairs, demo.shown.matches):
         print(f"  {'ok  ' if matches and matches[0].video == video else 'MISS'} {sentence!r} -> "
               f"{Path(matches[0].video).name if matches else '-'} (answer {Path(video).name})")
     print("story moments (each event's query searched inside the story video):")
-    print("\n".join(moment_lines))
+    for (text, start_s, end_s), (match,) in zip(demo.events, demo.moments.matches):
+        overlap = float(iou(np.array([[match.start, match.end]]), np.array([[start_s, end_s]]))[0])
+        print(f"  IoU {overlap:.2f} {text!r}: {match.start:.1f}-{match.end:.1f} s (narrated event at "
+              f"{start_s:.1f}-{end_s:.1f} s)")
     report = args.out / "report.html"
-    combined = Result(shown.queries + moments.queries, shown.matches + moments.matches)
+    combined = Result(demo.shown.queries + demo.moments.queries, demo.shown.matches + demo.moments.matches)
     html_report.write(report, html_report.render(combined, "S3D MIL-NCE demo: the tiny model trained on the "
                                                            "narrated demo world"))
-    print(summary_line)
+    t2v, story = demo.heldout.text_to_video, demo.story.moments
+    print(f"held-out text->video R@1 {t2v['R@1']:.2f}, R@5 {t2v['R@5']:.2f} (chance {1 / demo.heldout.videos:.2f}) "
+          f"over {demo.heldout.queries} queries; story moments R@1 at IoU>=0.3 {story['R@1,IoU>=0.3']:.2f}, "
+          f"IoU>=0.5 {story['R@1,IoU>=0.5']:.2f}, mIoU {story['mIoU']:.2f}")
     print(f"demo: wrote {report}; done in {time.perf_counter() - start:.1f} s")
     print(f"demo: to search it on a web page, run `make serve MODEL_DIR={args.model_dir}` in one terminal and "
           f"`make ui INDEX={args.out / 'index'}` in another, then open http://localhost:{UI_PORT}/")

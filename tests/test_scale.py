@@ -139,7 +139,7 @@ class Probed:
 
     def __init__(self, ann, probes: list[int]):
         self.ann, self.probes = ann, probes
-        self.nprobe, self.nlist, self.ntotal = ann.nprobe, ann.nlist, ann.ntotal
+        self.nlist, self.ntotal = ann.nlist, ann.ntotal
 
     def search(self, queries, k, params):
         self.probes.append(params.nprobe)
@@ -176,7 +176,7 @@ def test_the_search_structure_ranks_as_rank_does_and_filters_never_lose(syntheti
     probes = []
     if kind == "ivf":
         [segment] = few.segments
-        assert segment.ann.nprobe < segment.ann.nlist
+        assert segment.nprobe < segment.ann.nlist
         segment.ann = Probed(segment.ann, probes)
     for g, e in zip(few.search(queries, 12, only), rank(queries, kept, 12)):
         assert len(g) == len(only)
@@ -214,6 +214,13 @@ def test_the_structure_grows_and_shrinks_in_place_and_answers_as_a_full_build(sy
     assert manifest["segments"][0]["name"] == first["name"] and manifest["trained_rows"] == (
         sum(parts.counts[:300]) if kind == "ivf" else 0)  # the codes were added to the lists trained at first
     assert [p.name for p in base.iterdir() if p.name.startswith(".")] == [] and not vectors.garbage(tmp_path)
+    planted = [base / ".s-killed.tmp", base / "s-unnamed", base / first["name"] / "dead-1.npy",
+               base / "trained-old.faiss"]  # what killed or superseded writes leave
+    for path in planted:
+        path.mkdir() if path.suffix == "" or path.suffix == ".tmp" else path.write_bytes(b"x")
+    assert sorted(vectors.garbage(tmp_path)) == sorted(planted)
+    vectors.collect(tmp_path)
+    assert not any(p.exists() for p in planted) and vectors.VectorSearch(tmp_path).rows
     untouched = {k: v for k, v in untouched.items() if not k.startswith("dead-")}
     assert {k: v for k, v in files_of(base / first["name"]).items() if not k.startswith("dead-")} == untouched
     grown = vectors.VectorSearch(tmp_path)

@@ -162,6 +162,13 @@ def moments(text: np.ndarray, evalset: EvalSet, windows: Windows) -> dict[str, f
     return moment_summary(np.array(overlaps))
 
 
+def clip_scores(text: np.ndarray, per_clip: list[np.ndarray]) -> np.ndarray:
+    """[queries, clips]: each clip scoring as its best window (its one row under `mean`), as `search` ranks."""
+    owner = np.concatenate([np.full(len(e), n) for n, e in enumerate(per_clip)])
+    scores, _ = best_per_video(text @ np.concatenate(per_clip).T, owner)
+    return scores
+
+
 def evaluate(session: Session, evalset: EvalSet, protocol: str = "max", count: int = 10,
              sampling: Sampling | None = None, index: Index | None = None,
              errors: list[tuple[str, str]] | None = None) -> Evaluation:
@@ -184,9 +191,7 @@ def evaluate(session: Session, evalset: EvalSet, protocol: str = "max", count: i
     renumber = {old: new for new, old in enumerate(keep)}
     queries = [(s, renumber[t]) for s, t in zip(evalset.sentences, evalset.truth) if t in renumber]
     text = session.embed_text([s for s, _ in queries])
-    stacked = np.concatenate([per_clip[i] for i in keep])
-    owner = np.concatenate([np.full(len(per_clip[i]), n) for n, i in enumerate(keep)])
-    scores, _ = best_per_video(text @ stacked.T, owner)  # [queries, clips]
+    scores = clip_scores(text, [per_clip[i] for i in keep])
     truth = np.array([t for _, t in queries])
     mask = np.zeros(scores.shape, bool)
     mask[np.arange(len(truth)), truth] = True

@@ -339,14 +339,18 @@ class Index:
             held = vectors.still_held(videos, [k for seg in segments for k in seg.placements],
                                       np.concatenate([seg.dead for seg in segments]), current)
             kept = {videos[n][0] for n in held}
-            removed, live = {}, np.zeros(len(videos), bool)
+            removed, live, dying = {}, np.zeros(len(videos), bool), 0
             live[held] = True
             offset = 0
             for s, seg in zip(built["segments"], segments):
                 gone = [v for v in range(len(seg.videos)) if not seg.dead[v] and not live[offset + v]]
                 if gone:
                     removed[s["name"]] = gone
+                    dying += int(np.diff(seg.first)[gone].sum())
                 offset += len(seg.videos)
+            if vectors.needs_build(self.folder, built, kind, sum(e.row_count for e in entries), dying):
+                vectors.build(self.folder, self._segment_parts(entries), generation, kind)
+                return
             added = [e for e in entries if e.path not in kept]
             vectors.update(self.folder, built, generation, self._segment_parts(added), removed)
         except OSError as err:

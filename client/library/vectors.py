@@ -199,8 +199,9 @@ def dead_rows(folder: Path, manifest: dict) -> int:
     return total
 
 
-def needs_build(folder: Path, manifest: dict | None, kind: str | None, rows_after: int) -> str | None:
-    """Why the structure must be built afresh rather than updated, or None."""
+def needs_build(folder: Path, manifest: dict | None, kind: str | None, rows_after: int, dying: int = 0) -> str | None:
+    """Why the structure must be built afresh rather than updated, or None. `dying`: rows this update would
+    mark dead."""
     if manifest is None or "segments" not in manifest:
         return "none built yet (or by an older version)"
     wanted = kind or auto_kind(rows_after)
@@ -208,7 +209,7 @@ def needs_build(folder: Path, manifest: dict | None, kind: str | None, rows_afte
         return f"{manifest['kind']} -> {wanted}"
     if wanted == "ivf" and rows_after > manifest["trained_rows"] * (1 + RETRAIN_SHARE):
         return f"{rows_after:,} rows against {manifest['trained_rows']:,} trained on"
-    if dead_rows(folder, manifest) > DEAD_SHARE * max(1, manifest["rows"]):
+    if dead_rows(folder, manifest) + dying > DEAD_SHARE * max(1, manifest["rows"]):
         return "removed rows pass the dead share"
     return None
 
@@ -296,16 +297,15 @@ class Segment:
             self.dead[np.load(path / dead)] = True
         self.owner_of = lambda rows: np.searchsorted(self.first, rows, side="right") - 1
         self.path, self.dead_file = path, dead
-        self.ann = None
+        self.ann, self.nprobe = None, 1
 
     def with_dead(self, dead: str | None) -> Segment:
-        """This segment (its maps and codes shared) with the dead videos of file `dead`."""
-        if dead == self.dead_file:
-            return self
+        """A copy of this segment (its maps and codes shared, never changed) with the dead videos of `dead`."""
         other = copy.copy(self)
-        other.dead, other.dead_file = np.zeros(len(self.videos), bool), dead
-        if dead:
-            other.dead[np.load(self.path / dead)] = True
+        if dead != self.dead_file:
+            other.dead, other.dead_file = np.zeros(len(self.videos), bool), dead
+            if dead:
+                other.dead[np.load(self.path / dead)] = True
         return other
 
     def allowed_rows(self, videos: np.ndarray | None) -> np.ndarray | None:
@@ -380,7 +380,7 @@ class Segment:
             sel = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bitmap))
         if not allowed:
             return []
-        k, nprobe = min(allowed, top * CANDIDATES), self.ann.nprobe
+        k, nprobe = min(allowed, top * CANDIDATES), self.nprobe
         while True:
             params = faiss.SearchParametersIVF(sel=sel, nprobe=nprobe)
             scores, found = self.ann.search(query[None], k, params=params)
@@ -413,8 +413,10 @@ class VectorSearch:
         (read again)."""
         base = folder / FOLDER
         self.manifest = json.loads((base / "manifest.json").read_text())
-        before = {seg.path.name: seg for seg in loaded.segments} if loaded and loaded.kind == (
-            kind or self.manifest["kind"]) and loaded.manifest.get("trained") == self.manifest.get("trained") else {}
+        self.kind = kind or self.manifest["kind"]
+        reuse = loaded and loaded.kind == self.kind and self.manifest["kind"] == self.kind and \
+            loaded.manifest.get("trained") == self.manifest.get("trained")  # not inverted files made in memory
+        before = {seg.path.name: seg for seg in loaded.segments} if reuse else {}
         self.segments = [before[s["name"]].with_dead(s["dead"]) if s["name"] in before
                          else Segment(base / s["name"], s["dead"]) for s in self.manifest["segments"]]
         self.videos = [v for seg in self.segments for v in seg.videos]
@@ -422,7 +424,6 @@ class VectorSearch:
         self.offsets = np.cumsum([0, *(len(seg.videos) for seg in self.segments)])
         self.dead = np.concatenate([seg.dead for seg in self.segments]) if self.segments else np.zeros(0, bool)
         self.rows = sum(len(seg.matrix) for seg in self.segments)
-        self.kind = kind or self.manifest["kind"]
         if self.kind == "ivf" and self.rows:
             self._load_ivf(nprobe)
 
@@ -438,8 +439,8 @@ class VectorSearch:
                 seg.ann = _codes(trained, seg.matrix)
         nlist = self.segments[0].ann.nlist
         probes = min(nlist, nprobe or max(1, round(SCAN * nlist / self.rows)))
-        for seg in self.segments:
-            seg.ann.nprobe = probes
+        for seg in self.segments:  # on the segment, not its shared faiss index: a structure still answering
+            seg.nprobe = probes    # from the same segments keeps its own
 
     def search(self, queries: np.ndarray, top: int, videos: np.ndarray | None = None) -> list[list[Match]]:
         """For each query, the `top` live videos (of `videos`, video numbers across segments; None: all) by
