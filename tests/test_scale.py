@@ -242,6 +242,20 @@ def test_the_structure_grows_and_shrinks_in_place_and_answers_as_a_full_build(sy
     assert "dead share" in vectors.needs_build(tmp_path, {**manifest, "rows": 10}, kind, 10)
 
 
+def test_a_reload_reuses_the_segments_still_named_and_leaves_the_old_structure_as_it_was(synthetic, tmp_path):
+    parts, _ = synthetic
+    vectors.build(tmp_path, subset(parts, range(200)), "1", "ivf")
+    old = vectors.VectorSearch(tmp_path, nprobe=4)
+    manifest = vectors.read_manifest(tmp_path)
+    vectors.update(tmp_path, manifest, "2", subset(parts, range(200, 260)), {manifest["segments"][0]["name"]: [3]})
+    new = vectors.VectorSearch(tmp_path, loaded=old)
+    assert new.segments[0] is not old.segments[0] and new.segments[0].ann is old.segments[0].ann  # codes shared
+    assert new.dead[3] and not old.dead[3] and old.segments[0].nprobe == 4  # the old one answers as before
+    queries = np.random.default_rng(5).standard_normal((4, 32)).astype(np.float32)
+    for got, fresh in zip(new.search(queries, 10), vectors.VectorSearch(tmp_path).search(queries, 10)):
+        assert_same(got, fresh)
+
+
 def test_the_index_keeps_its_search_structure_fresh(session, library, tmp_path, capsys):  # noqa: F811
     folder = tmp_path / "idx"
     clips = sorted(map(str, library.iterdir()))
