@@ -235,3 +235,20 @@ def test_two_writers_a_page_and_a_search_loop_share_one_index(server, session, l
     assert json.loads((folder / "search" / "manifest.json").read_text())["generation"] == generation
     assert not [p for p in folder.rglob("*") if p.name.startswith(".") or p.name.endswith(".tmp")]
     capsys.readouterr()
+
+
+def test_a_reader_that_meets_a_file_a_writer_just_replaced_reads_again(indexed, monkeypatch):
+    from client.library import view
+
+    real, calls = view.VectorSearch, []
+
+    def replaced_once(*args, **kwargs):  # the first read finds a segment the writer's update just collected
+        calls.append(1)
+        if len(calls) == 1:
+            raise FileNotFoundError("search/s-old/embeddings.npy")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(view, "VectorSearch", replaced_once)
+    with Index(indexed, MODEL, read_only=True) as index:
+        found = view.open_view(index)
+    assert len(calls) == 2 and found.structure is not None and not found.stale

@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS videos (
     row_count INTEGER NOT NULL, indexed_at TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS videos_sha256 ON videos (sha256);
 """
+ENTRY = "path, sha256, size, mtime, model_version, duration, shard, first_row, row_count"  # an Entry's columns
 
 
 class IndexFolderError(Exception):
@@ -184,8 +185,7 @@ class Index:
                 path.unlink(missing_ok=True)
 
     def entries(self) -> dict[str, Entry]:
-        rows = self.db.execute("SELECT path, sha256, size, mtime, model_version, duration, shard, first_row, "
-                               "row_count FROM videos ORDER BY path")
+        rows = self.db.execute(f"SELECT {ENTRY} FROM videos ORDER BY path")
         return {row[0]: Entry(*row) for row in rows}
 
     def snapshot(self) -> tuple[str, dict[str, Entry]]:
@@ -201,13 +201,11 @@ class Index:
 
     def entry(self, path: str) -> Entry | None:
         """One video's entry as committed now."""
-        row = self.db.execute("SELECT path, sha256, size, mtime, model_version, duration, shard, first_row, "
-                              "row_count FROM videos WHERE path = ?", (path,)).fetchone()
+        row = self.db.execute(f"SELECT {ENTRY} FROM videos WHERE path = ?", (path,)).fetchone()
         return Entry(*row) if row else None
 
     def records(self) -> dict[str, Record]:
-        rows = self.db.execute("SELECT path, sha256, size, mtime, model_version, duration, shard, first_row, "
-                               "row_count, indexed_at FROM videos")
+        rows = self.db.execute(f"SELECT {ENTRY}, indexed_at FROM videos")
         return {row[0]: Record(Entry(*row[:-1]), row[-1]) for row in rows}
 
     def adopt(self, records: list[Record]) -> None:
@@ -224,8 +222,7 @@ class Index:
             raise self._write_error(err, len(records)) from None
 
     def by_hash(self, sha256: str, model_version: int) -> Entry | None:
-        row = self.db.execute("SELECT path, sha256, size, mtime, model_version, duration, shard, first_row, row_count "
-                              "FROM videos WHERE sha256 = ? AND model_version = ? LIMIT 1",
+        row = self.db.execute(f"SELECT {ENTRY} FROM videos WHERE sha256 = ? AND model_version = ? LIMIT 1",
                               (sha256, model_version)).fetchone()
         return Entry(*row) if row else None
 
@@ -329,32 +326,34 @@ class Index:
         (`vectors.needs_build`); the caller holds the lock."""
         built = vectors.read_manifest(self.folder)
         try:
-            if vectors.needs_build(self.folder, built, kind, sum(e.row_count for e in entries)):
-                vectors.build(self.folder, self._segment_parts(entries), generation, kind)
-                return
-            base = self.folder / vectors.FOLDER
-            segments = [vectors.Segment(base / s["name"], s["dead"]) for s in built["segments"]]
-            videos = [v for seg in segments for v in seg.videos]
-            current = {e.path: placement(e) for e in entries}
-            held = vectors.still_held(videos, [k for seg in segments for k in seg.placements],
-                                      np.concatenate([seg.dead for seg in segments]), current)
-            kept = {videos[n][0] for n in held}
-            removed, live, dying = {}, np.zeros(len(videos), bool), 0
-            live[held] = True
-            offset = 0
-            for s, seg in zip(built["segments"], segments):
-                gone = [v for v in range(len(seg.videos)) if not seg.dead[v] and not live[offset + v]]
-                if gone:
-                    removed[s["name"]] = gone
-                    dying += int(np.diff(seg.first)[gone].sum())
-                offset += len(seg.videos)
+            kept, removed, dying = self._changes(built, entries) if built and "segments" in built else (set(), {}, 0)
             if vectors.needs_build(self.folder, built, kind, sum(e.row_count for e in entries), dying):
                 vectors.build(self.folder, self._segment_parts(entries), generation, kind)
-                return
-            added = [e for e in entries if e.path not in kept]
-            vectors.update(self.folder, built, generation, self._segment_parts(added), removed)
+            else:
+                added = [e for e in entries if e.path not in kept]
+                vectors.update(self.folder, built, generation, self._segment_parts(added), removed)
         except OSError as err:
             raise self._write_error(err, 0) from None
+
+    def _changes(self, built: dict, entries: list[Entry]) -> tuple[set[str], dict[str, list[int]], int]:
+        """Against the built structure: the paths it still holds as they are now, the videos it holds that
+        were removed or replaced (segment name -> their numbers), and how many rows those have."""
+        base = self.folder / vectors.FOLDER
+        segments = [vectors.Segment(base / s["name"], s["dead"]) for s in built["segments"]]
+        videos = [v for seg in segments for v in seg.videos]
+        held = vectors.still_held(videos, [k for seg in segments for k in seg.placements],
+                                  np.concatenate([seg.dead for seg in segments]),
+                                  {e.path: placement(e) for e in entries})
+        live = np.zeros(len(videos), bool)
+        live[held] = True
+        removed, dying, offset = {}, 0, 0
+        for s, seg in zip(built["segments"], segments):
+            gone = [v for v in range(len(seg.videos)) if not seg.dead[v] and not live[offset + v]]
+            if gone:
+                removed[s["name"]] = gone
+                dying += int(np.diff(seg.first)[gone].sum())
+            offset += len(seg.videos)
+        return {videos[n][0] for n in held}, removed, dying
 
     def _segment_parts(self, entries: list[Entry]) -> vectors.Parts:
         """The windows of `entries` as a segment's parts, read shard by shard as the segment is written."""

@@ -61,13 +61,12 @@ def open_view(index: Index, kind: str | None = None, nprobe: int | None = None,
     """The index's entries (one read transaction) and the structure as far as it still holds them. `loaded`: a
     structure loaded before: kept whole if unchanged, else its segments still named are reused, so a reload
     after a commit costs the entries and what changed, not every faiss file."""
-    for attempt in range(ATTEMPTS):
+    for _ in range(ATTEMPTS - 1):
         try:
             return _view(index, kind, nprobe, loaded)
         except (OSError, KeyError, ValueError, RuntimeError):  # a writer changed a file while it was read (faiss
-            if attempt == ATTEMPTS - 1:                        # says RuntimeError): read everything again
-                raise
-    raise AssertionError("unreachable")
+            pass                                               # says RuntimeError): read everything again
+    return _view(index, kind, nprobe, loaded)
 
 
 def _view(index: Index, kind: str | None, nprobe: int | None, loaded: VectorSearch | None) -> IndexView:
