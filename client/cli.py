@@ -25,7 +25,7 @@ from client.library.lock import LockTimeout
 from client.library.indexing import index_videos
 from client.outputs.report import as_json, as_table
 from client.library.merge import merge
-from client.library.search import Filters, search, search_index
+from client.library.search import Filters, Like, LikeError, search, search_index
 from client.library.vectors import EXACT_LIMIT, SCAN
 from client.library.walk import Shard
 from client.transport.session import Options, ServerError, Session
@@ -45,6 +45,13 @@ def _sampling_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", type=int, help=f"frames per window (default: the model's, else {FRAMES})")
     parser.add_argument("--fps", type=float, help=f"sampling rate of segments (default: the model's, else {FPS:g})")
     parser.add_argument("--size", type=int, help=f"frame height and width (default: the model's, else {SIZE})")
+
+
+def _like(text: str) -> Like:
+    try:
+        return Like.parse(text)
+    except LikeError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _shard(text: str) -> Shard:
@@ -74,12 +81,17 @@ def parser() -> argparse.ArgumentParser:
                    help="sentences sent in one request (at most the server's max_batch_size)")
     p.add_argument("--concurrency", type=int, default=4, help="requests in flight at once")
     verbs = p.add_subparsers(dest="command", required=True)
-    search = verbs.add_parser("search", help="rank videos (files, or an index) for text queries")
-    search.add_argument("queries", nargs="+", metavar="QUERY")
+    search = verbs.add_parser("search", help="rank videos (files, or an index) for text queries or moments")
+    search.add_argument("queries", nargs="*", metavar="QUERY", help="text to search for (optional with --like)")
+    search.add_argument("--like", action="append", default=[], type=_like, metavar="VIDEO@SECONDS",
+                        help="search with a moment of a video instead of text (VIDEO@SECONDS or VIDEO@START-END; "
+                             "repeatable): the moments that look like it, the moment itself left out")
     where = search.add_mutually_exclusive_group(required=True)
     where.add_argument("--videos", nargs="+", metavar="FILE", help="video files to decode and rank now")
     where.add_argument("--index", type=Path, metavar="DIR", help="an index built with `index`")
-    search.add_argument("--top", type=int, default=5, help="matches per query")
+    search.add_argument("--top", type=int, default=5, help="videos per query")
+    search.add_argument("--moments", type=int, default=1, metavar="K",
+                        help="moments per video, best first, never overlapping (default 1)")
     search.add_argument("--json", action="store_true", help="print JSON instead of a table")
     search.add_argument("--html", type=Path, metavar="FILE", help="also write a self-contained HTML report")
     search.add_argument("--float", action="store_true", help="send float32 frames (4x bigger) instead of uint8")
@@ -162,6 +174,8 @@ def _writer(args: argparse.Namespace, folder: Path, sampling: Sampling | None = 
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.command == "search":
+        _check_search(args)
     if args.command == "remove":
         with _writer(args, args.index) as index:
             print(f"removed {index.remove(args.paths)} video(s) from {args.index}")
@@ -216,10 +230,11 @@ def run(args: argparse.Namespace) -> int:
         if args.index:
             with Index(args.index, args.model, read_only=True) as index:
                 filters = Filters(tuple(args.under), args.glob, args.min_duration, args.max_duration)
-                result = search_index(session, args.queries, index, args.top, filters, args.search, args.nprobe)
+                result = search_index(session, args.queries, index, args.top, filters, args.search, args.nprobe,
+                                      args.moments, args.like)
         else:
             session.ensure_ready()
-            result = search(session, args.queries, args.videos, sampling, args.top)
+            result = search(session, args.queries, args.videos, sampling, args.top, args.moments, args.like)
     print(json.dumps(as_json(result), indent=2) if args.json else as_table(result), end="\n" if args.json else "")
     if args.html:
         html_report.write(args.html, html_report.render(result))
@@ -227,6 +242,13 @@ def run(args: argparse.Namespace) -> int:
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     return _report_errors(result.errors)
+
+
+def _check_search(args: argparse.Namespace) -> None:
+    if not args.queries and not args.like:
+        raise ValueError("search needs a QUERY (text) or --like VIDEO@SECONDS")
+    if args.top < 1 or args.moments < 1:
+        raise ValueError("--top and --moments must be at least 1")
 
 
 def run_eval(args: argparse.Namespace, session: Session, sampling: Sampling) -> int:

@@ -212,7 +212,8 @@ def test_search_scores_equal_the_source_module_in_process(server, standin, clips
         assert [m.video for m in matches] == order
         for m in matches:
             assert m.score == pytest.approx(expected[m.video][q][0], abs=1e-4)
-            assert (m.start, m.end) == pytest.approx(expected[m.video][q][1])
+            assert m.moments[0].window == pytest.approx(expected[m.video][q][1])  # the best window, inside
+            assert m.start <= m.moments[0].window[0] and m.moments[0].window[1] <= m.end  # the moment grown round it
 
 
 def test_cli_search_json_reports_bad_files_and_goes_on(server, clips, tmp_path, capsys):
@@ -226,7 +227,7 @@ def test_cli_search_json_reports_bad_files_and_goes_on(server, clips, tmp_path, 
     assert [r["query"] for r in doc["results"]] == ["playing guitar", "zzzqqq"]
     matches = doc["results"][0]["matches"]
     assert len(matches) == 2 and matches[0]["score"] >= matches[1]["score"]
-    assert set(matches[0]) == {"video", "score", "start", "end"}
+    assert set(matches[0]) == {"video", "score", "start", "end", "window", "moments"}
     assert {e["video"] for e in doc["errors"]} == {str(tmp_path / "broken.mp4"), str(tmp_path / "empty.avi")}
     assert "warning: query 'zzzqqq' has no word the model knows" in err
     assert main(["--server", f"127.0.0.1:{server.port}", "search", "dog", "--videos", clips[2]]) == 0

@@ -128,14 +128,16 @@ def test_the_cli_prints_the_documented_json(server, labelled, capsys):
             "--frames", "8", "--size", "64"]
     assert client_main(args + ["--csv", str(labelled / "sentences.csv")]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert list(out) == ["queries", "videos", "excluded", "protocol", "text_to_video", "video_to_text", "moments"]
-    assert (out["queries"], out["videos"], out["excluded"], out["moments"]) == (4, 3, ["missing"], None)
+    assert list(out) == ["queries", "videos", "excluded", "protocol", "text_to_video", "video_to_text", "moments",
+                         "best_window"]
+    assert (out["queries"], out["videos"], out["excluded"], out["moments"], out["best_window"]) == \
+        (4, 3, ["missing"], None, None)
     assert out["protocol"] == {"name": "max", "windows": None, "frames": 8, "fps": 10.0, "size": 64}
     assert list(out["text_to_video"]) == ["R@1", "R@5", "R@10", "MdR", "MnR"]
     assert out["text_to_video"]["R@5"] == 1.0  # 3 clips: every true clip is in the top 5
     assert client_main(args + ["--csv", str(labelled / "segments.csv"), "--protocol", "mean", "--windows", "2"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert list(out["moments"]) == ["R@1,IoU>=0.3", "R@1,IoU>=0.5", "R@1,IoU>=0.7", "mIoU"]
+    assert list(out["moments"]) == list(out["best_window"]) == ["R@1,IoU>=0.3", "R@1,IoU>=0.5", "R@1,IoU>=0.7", "mIoU"]
     assert out["protocol"]["windows"] == 2
 
 

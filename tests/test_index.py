@@ -12,6 +12,7 @@ import pytest
 from client.outputs import html_report
 from client.library.index import Index, IndexFolderError
 from client.library.indexing import index_videos
+from client.library.moments import Moment
 from client.library.rank import Match
 from client.library.search import Result, search_index
 
@@ -114,14 +115,16 @@ def test_an_index_refuses_other_settings_or_models(session, library, tmp_path):
 def test_html_report_escapes_everything_and_shows_the_moment(library, tmp_path):
     clip = str(library / "clip1.avi")
     hostile = "<script>alert(1)</script>"
-    result = Result([hostile, "dogs"], [[Match(clip, 4.25, 1.6, 4.8)], []],
+    moments = (Moment(1.6, 4.8, 4.25, (1.6, 3.2)), Moment(6.4, 8.0, 2.5, (6.4, 8.0)))
+    result = Result([hostile, "dogs"], [[Match(clip, moments)], []],
                     errors=[(str(tmp_path / "<b>bad</b>.mp4"), "cannot be opened")], warnings=[f"query {hostile!r}"])
     page = html_report.render(result)
     assert "<script>" not in page and "<b>bad</b>" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "&lt;b&gt;bad&lt;/b&gt;" in page
     assert "4.250" in page and "1.6-4.8 s" in page and 'src="data:image/jpeg;base64,' in page
+    assert "also 6.4-8.0 s (2.500)" in page  # the video's second moment
     mp4 = write_clip(tmp_path / "x.mp4", 30, 10, (64, 64), "mp4v", seed=3)
-    page = html_report.render(Result(["q"], [[Match(str(mp4), 1.0, 0.0, 3.0)]]))
+    page = html_report.render(Result(["q"], [[Match(str(mp4), (Moment(0.0, 3.0, 1.0, (0.0, 1.6)),))]]))
     assert f'src="{mp4.as_uri()}#t=0.0,3.0"></video>' in page and '<video controls preload=none poster="data:' in page
     out = tmp_path / "report.html"
     html_report.write(out, page)

@@ -2,7 +2,8 @@
 
 reader (`client.library.evalset`) -> clip windows by protocol -> embeddings (any TF Serving) -> the full query x clip
 score matrix -> text->video and video->text R@1/5/10, median and mean rank; for segment sets, moment metrics
-(each query searched inside its whole video, the best window's span against the annotated one).
+(each query searched inside its whole video: its best moment's span, and the best window's alone, against the
+annotated one).
 
 Protocols, named in the output:
 - `max`: every window of the clip (stride = one window, the last aligned to the clip's end); a clip scores as
@@ -27,6 +28,7 @@ from client.library.evalset import Clip, EvalSet
 from client.library.index import Index
 from client.library.indexing import index_videos
 from client.library.metrics import iou, moment_summary, ranks, summary
+from client.library.moments import find, inside
 from client.library.rank import Windows, best_per_video
 from client.library.search import embed_videos
 from client.transport.session import Session
@@ -43,7 +45,8 @@ class Evaluation:
     protocol: dict
     text_to_video: dict[str, float]
     video_to_text: dict[str, float]
-    moments: dict[str, float] | None
+    moments: dict[str, float] | None  # the best moment (`client.library.moments`) against the annotation
+    best_window: dict[str, float] | None  # the best window alone: what moments add
     text_ranks: np.ndarray  # per query, for the report
     scores: np.ndarray  # [queries, clips]
     sentences: list[str]
@@ -52,7 +55,8 @@ class Evaluation:
 
     def as_json(self) -> dict:
         return {"queries": self.queries, "videos": self.videos, "excluded": self.excluded, "protocol": self.protocol,
-                "text_to_video": self.text_to_video, "video_to_text": self.video_to_text, "moments": self.moments}
+                "text_to_video": self.text_to_video, "video_to_text": self.video_to_text, "moments": self.moments,
+                "best_window": self.best_window}
 
 
 def duration(path: str, fps: float) -> float:
@@ -141,25 +145,23 @@ def from_index(index: Index, evalset: EvalSet) -> tuple[list[np.ndarray | None],
             out.append(None)
             continue
         if clip.start is not None:
-            centres = windows.spans[rows].mean(axis=1)
-            inside = rows[(centres >= clip.start) & (centres <= clip.end)]
-            rows = inside if len(inside) else rows[[np.argmin(np.abs(centres - (clip.start + clip.end) / 2))]]
+            rows = rows[inside(windows.spans[rows], clip.start, clip.end)]
         out.append(np.asarray(windows.embeddings[rows]))
     return out, windows
 
 
-def moments(text: np.ndarray, evalset: EvalSet, windows: Windows) -> dict[str, float]:
-    """Each segment's sentence searched inside its whole video: IoU of the best window with the annotation."""
-    overlaps = []
+def moments(text: np.ndarray, evalset: EvalSet, windows: Windows) -> tuple[dict[str, float], dict[str, float]]:
+    """Each segment's sentence searched inside its whole video: IoU with the annotation of the best moment, and
+    of the best window alone."""
+    found, truth = [], []
     for sentence, t in zip(text, evalset.truth):
         clip = evalset.clips[t]
         rows = windows.rows(clip.video)
-        if len(rows) == 0:
-            overlaps.append(0.0)
-            continue
-        best = rows[int(np.argmax(windows.embeddings[rows] @ sentence))]
-        overlaps.append(float(iou(windows.spans[best][None], np.array([[clip.start, clip.end]]))[0]))
-    return moment_summary(np.array(overlaps))
+        best = find(windows.embeddings[rows], windows.spans[rows], sentence)[0] if len(rows) else None
+        found.append([(best.start, best.end), best.window] if best else [(0.0, 0.0)] * 2)
+        truth.append((clip.start, clip.end))
+    spans, truth = np.array(found), np.array(truth)
+    return moment_summary(iou(spans[:, 0], truth)), moment_summary(iou(spans[:, 1], truth))
 
 
 def clip_scores(text: np.ndarray, per_clip: list[np.ndarray]) -> np.ndarray:
@@ -196,19 +198,19 @@ def evaluate(session: Session, evalset: EvalSet, protocol: str = "max", count: i
     mask = np.zeros(scores.shape, bool)
     mask[np.arange(len(truth)), truth] = True
     text_ranks = ranks(scores, truth)
-    moment_figures = None
+    moment_figures = window_figures = None
     if evalset.segments:
         kept = replace(evalset, clips=[evalset.clips[i] for i in keep], truth=list(truth),
                        sentences=[s for s, _ in queries])
         if whole is None:
             whole = embed_videos(session, sorted({c.video for c in kept.clips}), sampling, errors)
-        moment_figures = moments(text, kept, whole)
+        moment_figures, window_figures = moments(text, kept, whole)
     return Evaluation(
         queries=len(queries), videos=len(keep), excluded=list(evalset.excluded),
         protocol={"name": protocol, "windows": count if protocol == "mean" else None, "frames": sampling.frames,
                   "fps": sampling.fps, "size": sampling.size},
         text_to_video=summary(text_ranks), video_to_text=summary(ranks(scores.T, mask.T)),
-        moments=moment_figures, text_ranks=text_ranks, scores=scores, sentences=[s for s, _ in queries],
+        moments=moment_figures, best_window=window_figures, text_ranks=text_ranks, scores=scores, sentences=[s for s, _ in queries],
         clips=[evalset.clips[i] for i in keep], truth=list(truth))
 
 

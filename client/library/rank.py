@@ -1,17 +1,32 @@
-"""Ranking: raw dot-product scores (the model's own similarity), a video scoring as its best window."""
+"""Ranking: raw dot-product scores (the model's own similarity), a video scoring as its best window, found at
+its moments (`moments`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
 
+from client.library.moments import Moment, find
+
 
 @dataclass(frozen=True)
 class Match:
     video: str
-    score: float
-    start: float  # seconds: the best window's span
-    end: float
+    moments: tuple[Moment, ...]  # best first; the first holds the video's best window
+
+    @property
+    def score(self) -> float:
+        """The video's best window's score: what ranks it."""
+        return self.moments[0].score
+
+    @property
+    def start(self) -> float:
+        """Seconds: the best moment's span."""
+        return self.moments[0].start
+
+    @property
+    def end(self) -> float:
+        return self.moments[0].end
 
 
 @dataclass
@@ -45,8 +60,9 @@ def best_per_video(scores: np.ndarray, owner: np.ndarray) -> tuple[np.ndarray, n
     return np.maximum.reduceat(scores, starts, axis=1), starts
 
 
-def rank(queries: np.ndarray, windows: Windows, top: int) -> list[list[Match]]:
-    """For each query embedding [Q, D], the `top` videos by their best window's score, best first."""
+def rank(queries: np.ndarray, windows: Windows, top: int, moments: int = 1) -> list[list[Match]]:
+    """For each query embedding [Q, D], the `top` videos by their best window's score, best first, each with up
+    to `moments` moments."""
     if not windows.videos:
         return [[] for _ in range(len(queries))]
     scores = queries.astype(np.float32) @ windows.embeddings.T  # [Q, N]
@@ -59,8 +75,8 @@ def rank(queries: np.ndarray, windows: Windows, top: int) -> list[list[Match]]:
         chosen = chosen[np.argsort(-best[q, chosen], kind="stable")]
         matches = []
         for v in chosen:
-            row = starts[v] + int(np.argmax(scores[q, starts[v]: ends[v]]))
-            start, end = windows.spans[row]
-            matches.append(Match(windows.videos[windows.owner[row]], float(best[q, v]), float(start), float(end)))
-        results.append(matches)
+            rows = slice(starts[v], ends[v])
+            found = find(windows.embeddings[rows], windows.spans[rows], queries[q], moments)
+            matches.append(Match(windows.videos[windows.owner[starts[v]]], tuple(found)))
+        results.append(sorted(matches, key=lambda m: -m.score))  # as its moments score it (the same order, or a tie)
     return results

@@ -10,6 +10,7 @@ import numpy as np
 
 from client.decode.video import Sampling
 from client.library.index import Index
+from client.library.moments import Moment, inside
 from client.library.rank import Match, Windows, rank
 from client.library.stream import embed_stream
 from client.library.view import IndexView, open_view
@@ -42,15 +43,77 @@ def unknown_word_queries(queries: Sequence[str], embeddings: np.ndarray, empty: 
 
 
 EmbedText = Callable[[Sequence[str]], np.ndarray]  # sentences -> [N, D]: `Session.embed_text`, or a cache of it
+Ranker = Callable[[np.ndarray, int, int], list[list[Match]]]  # (query embeddings, videos, moments each) -> matches
+Source = Callable[[str], tuple[np.ndarray, np.ndarray]]  # video -> its window embeddings [W, D] and spans [W, 2]
 
 
-def rank_queries(embed_text: EmbedText, queries: Sequence[str], ranker: Callable[[np.ndarray], list[list[Match]]],
-                 result: Result) -> Result:
-    """Embed the queries, rank with `ranker` (query embeddings -> matches), warn about queries with no known word."""
-    texts = embed_text([*queries, ""])
-    result.matches = ranker(texts[:-1])
-    result.warnings += [f"query {q!r} has no word the model knows: its ranking means nothing"
-                        for q in unknown_word_queries(queries, texts[:-1], texts[-1])]
+class LikeError(ValueError):
+    """A `--like` (or `like=`) that cannot be used; the message names it and says what to give."""
+
+
+@dataclass(frozen=True)
+class Like:
+    """A moment of a video used as the query (video -> video, in the model's one space): `VIDEO@SECONDS` (the
+    window centred nearest to that second) or `VIDEO@START-END` (the windows centred inside, averaged). The
+    moment itself is left out of the answer: a moment of the same video overlapping it is dropped, so the list
+    shows the other places that look like it (other moments of its own video included)."""
+
+    video: str
+    start: float
+    end: float
+
+    @classmethod
+    def parse(cls, text: str) -> Like:
+        video, at, when = text.rpartition("@")
+        start, dash, end = when.partition("-")
+        try:
+            begin = float(start)
+            finish = float(end) if dash else begin
+        except ValueError:
+            begin = finish = float("nan")
+        if not (video and at and 0 <= begin <= finish):
+            raise LikeError(f"like {text!r}: give VIDEO@SECONDS or VIDEO@START-END (seconds, start before end), "
+                            f"e.g. clip.mp4@12.5")
+        return cls(video, begin, finish)
+
+    def __str__(self) -> str:
+        return f"like {self.video}@{self.start:g}" + (f"-{self.end:g}" if self.end > self.start else "")
+
+    def same_video(self, path: str) -> bool:
+        return os.path.abspath(path) == os.path.abspath(self.video)
+
+    def embedding(self, embeddings: np.ndarray, spans: np.ndarray) -> np.ndarray:
+        """The moment's embedding: the mean of its windows'."""
+        return np.asarray(embeddings[inside(spans, self.start, self.end)], np.float32).mean(axis=0)
+
+    def others(self, matches: list[Match], top: int, moments: int) -> list[Match]:
+        """`matches` (asked for one more video and moment than wanted) without this moment itself: its video
+        keeps its other moments, ranked by the best of them."""
+        kept = []
+        for m in matches:
+            rest = [x for x in m.moments if not (self.same_video(m.video) and self.overlaps(x))][:moments]
+            if rest:
+                kept.append(Match(m.video, tuple(rest)))
+        return sorted(kept, key=lambda m: -m.score)[:top]
+
+    def overlaps(self, moment: Moment) -> bool:
+        if self.end > self.start:
+            return moment.start < self.end and moment.end > self.start
+        return moment.start <= self.start <= moment.end
+
+
+def rank_queries(embed_text: EmbedText, queries: Sequence[str], likes: Sequence[Like], source: Source,
+                 ranker: Ranker, top: int, moments: int, result: Result) -> Result:
+    """Rank for each text query (embedded, warned about when no word of it is known) and each moment (`source`
+    gives its video's windows), with `ranker`."""
+    if queries:
+        texts = embed_text([*queries, ""])
+        result.matches += ranker(texts[:-1], top, moments)
+        result.warnings += [f"query {q!r} has no word the model knows: its ranking means nothing"
+                            for q in unknown_word_queries(queries, texts[:-1], texts[-1])]
+    if likes:
+        found = ranker(np.stack([like.embedding(*source(like.video)) for like in likes]), top + 1, moments + 1)
+        result.matches += [like.others(matches, top, moments) for like, matches in zip(likes, found)]
     return result
 
 
@@ -75,12 +138,34 @@ class Filters:
         return None if self == Filters() else self.accepts
 
 
-def search(session: Session, queries: Sequence[str], paths: Sequence[str], sampling: Sampling,
-           top: int = 5) -> Result:
-    """Rank video files (decoded and embedded now) for each query."""
-    result = Result(list(queries), [])
+def _labels(queries: Sequence[str], likes: Sequence[Like]) -> list[str]:
+    return [*queries, *map(str, likes)]
+
+
+def search(session: Session, queries: Sequence[str], paths: Sequence[str], sampling: Sampling, top: int = 5,
+           moments: int = 1, likes: Sequence[Like] = ()) -> Result:
+    """Rank video files (decoded and embedded now) for each query; a liked video not among them is embedded
+    too, as a query only."""
+    result = Result(_labels(queries, likes), [])
     windows = embed_videos(session, paths, sampling, result.errors)
-    return rank_queries(session.embed_text, queries, lambda texts: rank(texts, windows, top), result)
+
+    def source(video: str) -> tuple[np.ndarray, np.ndarray]:
+        rows = next((windows.rows(p) for p in windows.videos if os.path.abspath(p) == os.path.abspath(video)), [])
+        if len(rows):
+            return windows.embeddings[rows], windows.spans[rows]
+        return embed_one(session, video, sampling)
+
+    return rank_queries(session.embed_text, queries, likes, source,
+                        lambda found, count, each: rank(found, windows, count, each), top, moments, result)
+
+
+def embed_one(session: Session, video: str, sampling: Sampling) -> tuple[np.ndarray, np.ndarray]:
+    """One video decoded and embedded now (a liked moment's video outside the searched ones)."""
+    errors: list[tuple[str, str]] = []
+    windows = embed_videos(session, [video], sampling, errors)
+    if errors:
+        raise LikeError(f"like {video}: {errors[0][1]}")
+    return windows.embeddings, windows.spans
 
 
 def version_warnings(used: set[int], served: int) -> list[str]:
@@ -91,23 +176,46 @@ def version_warnings(used: set[int], served: int) -> list[str]:
             f"re-run `index` on the same files to refresh them"]
 
 
+def indexed(view: IndexView) -> Source:
+    """A liked moment's windows from the index (the UI's source: only indexed videos)."""
+    def source(video: str) -> tuple[np.ndarray, np.ndarray]:
+        found = view.windows_of(os.path.abspath(video))
+        if found is None:
+            raise LikeError(f"like {video}: not a video of this index; give a path the index holds")
+        return found
+    return source
+
+
 def search_view(embed_text: EmbedText, queries: Sequence[str], view: IndexView, top: int = 5,
-                filters: Filters = Filters()) -> Result:
+                filters: Filters = Filters(), moments: int = 1, likes: Sequence[Like] = (),
+                source: Source | None = None) -> Result:
     """Rank the videos of an index as a reader sees it (what `search --index` and the UI share); says once when
-    the search structure is behind the index."""
-    result = rank_queries(embed_text, queries, lambda texts: view.search(texts, top, filters.predicate()),
-                          Result(list(queries), []))
+    the search structure is behind the index. A liked moment's windows come from `source` (default: the
+    index's)."""
+    result = rank_queries(embed_text, queries, likes, source or indexed(view),
+                          lambda found, count, each: view.search(found, count, filters.predicate(), each),
+                          top, moments, Result(_labels(queries, likes), []))
     if view.stale:
         result.warnings.append(view.stale)
     return result
 
 
 def search_index(session: Session, queries: Sequence[str], index: Index, top: int = 5,
-                 filters: Filters = Filters(), kind: str | None = None, nprobe: int | None = None) -> Result:
+                 filters: Filters = Filters(), kind: str | None = None, nprobe: int | None = None,
+                 moments: int = 1, likes: Sequence[Like] = ()) -> Result:
     """Rank the videos of an index (open for reading) for each query, searched as `kind` asks (exact or
-    approximate, see `vectors`) without writing a file; warns if they were embedded by another model version."""
+    approximate, see `vectors`) without writing a file; warns if they were embedded by another model version.
+    A liked video the index lacks is decoded and embedded now with the index's sampling."""
     view = open_view(index, kind, nprobe)
+    from_index = indexed(view)
+
+    def source(video: str) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            return from_index(video)
+        except LikeError:
+            return embed_one(session, video, index.sampling)
+
     warnings = version_warnings({e.model_version for e in view.entries.values()}, session.ensure_ready())
-    result = search_view(session.embed_text, queries, view, top, filters)
+    result = search_view(session.embed_text, queries, view, top, filters, moments, likes, source)
     result.warnings[:0] = warnings
     return result

@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from client.files import atomic_write
+from client.library.moments import find
 from client.library.rank import Match
 
 EXACT_LIMIT = 250_000  # windows: above, an exact scan costs more than ~50 ms a query on 2 cores
@@ -316,14 +317,16 @@ class Segment:
         keep[videos] = True
         return np.repeat(keep, np.diff(self.first))
 
-    def search(self, queries: np.ndarray, top: int, videos: np.ndarray | None = None) -> list[list[Match]]:
-        """For each query, the `top` videos (of `videos`, video numbers; None: all) by their best window."""
+    def search(self, queries: np.ndarray, top: int, videos: np.ndarray | None = None,
+               moments: int = 1) -> list[list[Match]]:
+        """For each query, the `top` videos (of `videos`, video numbers; None: all) by their best window, each
+        with up to `moments` moments."""
         if not len(self.matrix):
             return [[] for _ in queries]
         mask = self.allowed_rows(videos)
         if self.ann is None:
-            return self._exact(queries, top, mask)
-        return [self._approximate(q, top, mask) for q in queries]
+            return self._exact(queries, top, mask, moments)
+        return [self._approximate(q, top, mask, moments) for q in queries]
 
     def _best_rows(self, rows: np.ndarray, scores: np.ndarray, limit: int) -> np.ndarray:
         """Of `rows` (scored by `scores`), the best row of each video, for the `limit` best videos, best first."""
@@ -331,16 +334,18 @@ class Segment:
         _, firsts = np.unique(self.owner_of(rows[order]), return_index=True)
         return rows[order[np.sort(firsts)[:limit]]]
 
-    def _matches(self, rows: np.ndarray, scores: np.ndarray) -> list[Match]:
-        """One match per row (each of another video), best score first."""
-        order = np.argsort(-scores, kind="stable")
+    def _matches(self, rows: np.ndarray, query: np.ndarray, moments: int) -> list[Match]:
+        """One match per row's video (each row of another video), its moments found from all of the video's
+        windows scored exactly (read for these videos only), best score first."""
         matches = []
-        for row, score in zip(rows[order], scores[order]):
-            start, end = self.spans[row]
-            matches.append(Match(self.videos[int(self.owner_of(row))][0], float(score), float(start), float(end)))
-        return matches
+        for row in rows:
+            video = int(self.owner_of(row))
+            first, end = self.first[video], self.first[video + 1]
+            found = find(self.matrix[first:end], self.spans[first:end], query, moments)
+            matches.append(Match(self.videos[video][0], tuple(found)))
+        return sorted(matches, key=lambda m: -m.score)
 
-    def _exact(self, queries: np.ndarray, top: int, mask: np.ndarray | None) -> list[list[Match]]:
+    def _exact(self, queries: np.ndarray, top: int, mask: np.ndarray | None, moments: int) -> list[list[Match]]:
         """Every video's best window for every query, from one chunked scan of the memory-mapped matrix (the
         matrix is read once however many queries); then the top videos."""
         best = np.full((len(queries), len(self.videos)), -np.inf, np.float32)
@@ -364,10 +369,10 @@ class Segment:
         for q in range(len(queries)):
             found = np.flatnonzero(np.isfinite(best[q]))
             chosen = found[np.argsort(-best[q, found], kind="stable")[:top]]
-            results.append(self._matches(best_row[q, chosen], best[q, chosen]))
+            results.append(self._matches(best_row[q, chosen], queries[q], moments))
         return results
 
-    def _approximate(self, query: np.ndarray, top: int, mask: np.ndarray | None) -> list[Match]:
+    def _approximate(self, query: np.ndarray, top: int, mask: np.ndarray | None, moments: int) -> list[Match]:
         """faiss candidates ranked on their SQ8 scores, the leading videos' best windows re-scored exactly; more
         candidates (and lists probed) until `top` videos are found, else an exact scan of the allowed rows: a
         filter never returns fewer videos than it allows."""
@@ -388,14 +393,14 @@ class Segment:
             got = int(keep.sum())
             best = self._best_rows(found[0][keep], scores[0][keep], top * RESCORE)
             if len(best) >= top or got == allowed:
-                best = np.sort(best)
-                return self._matches(best, np.asarray(self.matrix[best]) @ query)[:top]
+                rescored = np.asarray(self.matrix[np.sort(best)]) @ query
+                return self._matches(np.sort(best)[np.argsort(-rescored, kind="stable")[:top]], query, moments)
             if got == k:
                 k = min(allowed, k * 2)
             elif nprobe < self.ann.nlist:  # the probed lists ran out: probe more
                 nprobe = min(self.ann.nlist, nprobe * 2)
             else:
-                return self._exact(query[None], top, mask)[0]
+                return self._exact(query[None], top, mask, moments)[0]
 
 
 class VectorSearch:
@@ -442,9 +447,17 @@ class VectorSearch:
         for seg in self.segments:  # on the segment, not its shared faiss index: a structure still answering
             seg.nprobe = probes    # from the same segments keeps its own
 
-    def search(self, queries: np.ndarray, top: int, videos: np.ndarray | None = None) -> list[list[Match]]:
+    def windows_of(self, number: int) -> tuple[np.ndarray, np.ndarray]:
+        """Video `number`'s window embeddings [W, D] and spans [W, 2], read from its segment."""
+        at = int(np.searchsorted(self.offsets, number, side="right")) - 1
+        seg, local = self.segments[at], number - self.offsets[at]
+        rows = slice(seg.first[local], seg.first[local + 1])
+        return np.asarray(seg.matrix[rows]), np.asarray(seg.spans[rows])
+
+    def search(self, queries: np.ndarray, top: int, videos: np.ndarray | None = None,
+               moments: int = 1) -> list[list[Match]]:
         """For each query, the `top` live videos (of `videos`, video numbers across segments; None: all) by
-        their best window."""
+        their best window, each with up to `moments` moments."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         allowed = ~self.dead
         if videos is not None:
@@ -457,6 +470,6 @@ class VectorSearch:
             local = None if whole else np.flatnonzero(allowed[start:end])
             if local is not None and not len(local):
                 continue
-            for q, matches in enumerate(seg.search(queries, top, local)):
+            for q, matches in enumerate(seg.search(queries, top, local, moments)):
                 found[q] += matches
         return [sorted(matches, key=lambda m: -m.score)[:top] for matches in found]

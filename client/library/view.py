@@ -39,8 +39,10 @@ class IndexView:
     def kind(self) -> str:
         return self.structure.kind if self.structure else "exact"
 
-    def search(self, queries: np.ndarray, top: int, allowed: Allowed | None = None) -> list[list[Match]]:
-        """Each query's `top` videos of those `allowed` passes (None: all), by their best window."""
+    def search(self, queries: np.ndarray, top: int, allowed: Allowed | None = None,
+               moments: int = 1) -> list[list[Match]]:
+        """Each query's `top` videos of those `allowed` passes (None: all), by their best window, each with up
+        to `moments` moments."""
         found: list[list[Match]] = [[] for _ in queries]
         if self.structure is not None and len(self.structure.videos):
             numbers = self.held if self.held is not None else np.arange(len(self.structure.videos))
@@ -48,12 +50,25 @@ class IndexView:
                 numbers = numbers[[allowed(*self.structure.videos[n]) for n in numbers]]
             whole = self.held is None and allowed is None
             if len(numbers):
-                found = self.structure.search(queries, top, None if whole else numbers)
+                found = self.structure.search(queries, top, None if whole else numbers, moments)
         extra = [(e.path, emb, spans) for e, emb, spans in self.missing if allowed is None or allowed(e.path, e.duration)]
         if extra:
-            exact = rank(queries, Windows.join(extra), top)
+            exact = rank(queries, Windows.join(extra), top, moments)
             found = [sorted(a + b, key=lambda m: -m.score)[:top] for a, b in zip(found, exact)]
         return found
+
+    def windows_of(self, path: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """A video's window embeddings [W, D] and spans [W, 2] as this view holds them (None: not indexed)."""
+        for entry, embeddings, spans in self.missing:
+            if entry.path == path:
+                return np.asarray(embeddings), np.asarray(spans)
+        if self.structure is None or path not in self.entries:
+            return None
+        numbers = self.held if self.held is not None else np.flatnonzero(~self.structure.dead)
+        for n in numbers:
+            if self.structure.videos[n][0] == path:
+                return self.structure.windows_of(int(n))
+        return None
 
 
 def open_view(index: Index, kind: str | None = None, nprobe: int | None = None,

@@ -27,6 +27,7 @@ def as_table(ev: Evaluation) -> str:
         lines.append(f"  {name:<15}" + "".join(f"{_cell(m, figures[m]):>8}" for m in METRICS))
     if ev.moments:
         lines.append("  moments        " + ", ".join(f"{k} {100 * v:.1f}" for k, v in ev.moments.items()))
+        lines.append("  (best window   " + ", ".join(f"{k} {100 * v:.1f}" for k, v in ev.best_window.items()) + ")")
     lines.append(f"  chance R@1     {100 / max(1, ev.videos):>8.1f}")
     return "\n".join(lines) + "\n"
 

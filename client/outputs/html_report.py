@@ -1,6 +1,6 @@
 """A self-contained HTML page of search results: per query, the ranked videos with their scores, a
-thumbnail of the matching moment and a <video> that starts there (where the browser can play the file).
-Every text from outside (queries, paths, errors) is escaped.
+thumbnail of the best moment, the video's other moments, and a <video> that plays the best one (where the
+browser can play the file). Every text from outside (queries, paths, errors) is escaped.
 """
 from __future__ import annotations
 
@@ -50,8 +50,10 @@ def render(result: Result, title: str = "Text-to-video search") -> str:
                 uri = e(Path(m.video).resolve().as_uri())
                 poster = f' poster="{thumb}"' if thumb else ""
                 player = f'<video controls preload=none{poster} src="{uri}#t={m.start:.1f},{m.end:.1f}"></video>'
+            more = "".join(f"<div class=note>also {x.start:.1f}-{x.end:.1f} s ({x.score:.3f})</div>"
+                           for x in m.moments[1:])
             parts.append(f"<tr><td>{rank}</td><td class=score>{m.score:.3f}</td>"
-                         f"<td>{m.start:.1f}-{m.end:.1f} s{image}</td>"
+                         f"<td>{m.start:.1f}-{m.end:.1f} s{image}{more}</td>"
                          f"<td>{player}<div class=path>{e(m.video)}</div></td></tr>")
         parts.append("</table>")
     if result.errors:

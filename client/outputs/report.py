@@ -1,13 +1,26 @@
 """Writers for search results: an aligned text table and the JSON document."""
 from __future__ import annotations
 
+from client.library.moments import Moment
+from client.library.rank import Match
 from client.library.search import Result
+
+
+def _moment(m: Moment) -> dict:
+    return {"start": round(m.start, 3), "end": round(m.end, 3), "score": round(m.score, 6),
+            "window": {"start": round(m.window[0], 3), "end": round(m.window[1], 3)}}
+
+
+def _match(m: Match) -> dict:
+    """`start`/`end`: the best moment's span; `score` and `window`: the video's best window, which ranks it;
+    `moments`: every moment found, best first (the first is the one above)."""
+    best = _moment(m.moments[0])
+    return {"video": m.video, **best, "moments": [best, *map(_moment, m.moments[1:])]}
 
 
 def as_json(result: Result) -> dict:
     return {
-        "results": [{"query": q, "matches": [{"video": m.video, "score": round(m.score, 6), "start": round(m.start, 3),
-                                              "end": round(m.end, 3)} for m in matches]}
+        "results": [{"query": q, "matches": [_match(m) for m in matches]}
                     for q, matches in zip(result.queries, result.matches)],
         "errors": [{"video": video, "error": why} for video, why in result.errors],
         "warnings": list(result.warnings),
@@ -19,8 +32,9 @@ def as_table(result: Result) -> str:
     for query, matches in zip(result.queries, result.matches):
         lines.append(f"query: {query}")
         rows = [("rank", "score", "video", "moment")]
-        rows += [(str(i), f"{m.score:.3f}", m.video, f"{m.start:.1f}-{m.end:.1f} s")
-                 for i, m in enumerate(matches, start=1)]
+        for i, m in enumerate(matches, start=1):  # a video's further moments on lines of their own
+            rows += [(str(i) if n == 0 else "", f"{x.score:.3f}", m.video if n == 0 else "",
+                      f"{x.start:.1f}-{x.end:.1f} s") for n, x in enumerate(m.moments)]
         widths = [max(len(r[c]) for r in rows) for c in range(4)]
         for row in rows:
             lines.append("  " + "  ".join(cell.rjust(w) if c < 2 else cell.ljust(w)
