@@ -18,6 +18,7 @@ from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
 from client.transport import protos
 from client.bench import colab_loader
 from client.cli import main
+from client.library.index import Index
 from client.library.rank import Windows, rank
 from client.library.search import search
 from client.transport.session import Options, ServerError, Session
@@ -233,6 +234,59 @@ def test_cli_search_json_reports_bad_files_and_goes_on(server, clips, tmp_path, 
     assert main(["--server", f"127.0.0.1:{server.port}", "search", "dog", "--videos", clips[2]]) == 0
     table = capsys.readouterr().out
     assert table.splitlines()[0] == "query: dog" and "rank" in table.splitlines()[1] and clips[2] in table
+
+
+def write_scenes(path, scenes: list[int | None], seconds: float = 3, fps: int = 20, size=(80, 64)) -> str:
+    """A clip of scenes: noise (None) or a flat grey level each, `seconds` long."""
+    import cv2
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, size)
+    for grey in scenes:
+        rng = np.random.default_rng(1)
+        for _ in range(int(seconds * fps)):
+            writer.write(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8) if grey is None
+                         else np.full((size[1], size[0], 3), grey, np.uint8))
+    writer.release()
+    return str(path)
+
+
+def test_cli_moments_and_more_like_this_with_and_without_an_index(server, clips, tmp_path, capsys):
+    scenes = write_scenes(tmp_path / "scenes.avi", [None, 40, None, 200, None])  # several places alike
+    twin = tmp_path / "twin.avi"
+    twin.write_bytes(open(scenes, "rb").read())  # the same pictures under another name
+    videos = [*clips, scenes, str(twin)]
+    common = ["--server", f"127.0.0.1:{server.port}"]
+    flags = ["--size", "64", "--stride", "0.8"]
+    assert main([*common, "index", *videos, "--index", str(tmp_path / "index"), *flags]) == 0
+    capsys.readouterr()
+    with Index(tmp_path / "index", "s3d_milnce", read_only=True) as index:
+        [(_, embeddings, spans)] = index.parts([index.entry(scenes)])
+        chosen = int(np.argmax(np.linalg.norm(embeddings, axis=1)))  # no window scores higher against it
+        at, window = float(spans[chosen].mean()), {"start": spans[chosen][0], "end": spans[chosen][1]}
+    like = ["--like", f"{scenes}@{at:g}", "--top", "5", "--moments", "2", "--json"]
+    assert main([*common, "search", *like, "--videos", *videos, *flags]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    [found] = doc["results"]
+    assert found["query"] == f"like {scenes}@{at:g}"
+    assert [m["score"] for m in found["matches"]] == sorted((m["score"] for m in found["matches"]), reverse=True)
+    own, copy = (next(m for m in found["matches"] if m["video"] == v) for v in (scenes, str(twin)))
+    assert copy["window"] == pytest.approx(window)  # the copy's best moment is the one asked about...
+    outside = lambda x: not x["start"] <= at <= x["end"]  # noqa: E731
+    assert all(map(outside, own["moments"]))  # ...which its own video leaves out,
+    assert own["moments"][0] == copy["moments"][1]  # keeping the others
+    for match in found["matches"]:
+        moments = match["moments"]
+        assert 1 <= len(moments) <= 2 and moments[0] == {k: match[k] for k in ("start", "end", "score", "window")}
+        assert len(moments) < 2 or moments[0]["end"] <= moments[1]["start"] or moments[1]["end"] <= moments[0]["start"]
+    assert main([*common, "search", *like, "--index", str(tmp_path / "index")]) == 0
+    assert json.loads(capsys.readouterr().out) == doc  # the same answer from the index's windows
+    assert main([*common, "search", "--like", f"{tmp_path / 'gone.avi'}@1", "--videos", *clips]) == 2
+    assert capsys.readouterr().err.startswith(f"error: like {tmp_path / 'gone.avi'}: ")
+    with pytest.raises(SystemExit):
+        main([*common, "search", "--like", scenes, "--videos", *clips])
+    assert "give VIDEO@SECONDS or VIDEO@START-END" in capsys.readouterr().err
+    assert main([*common, "search", "--videos", *clips]) == 2
+    assert capsys.readouterr().err == "error: search needs a QUERY (text) or --like VIDEO@SECONDS\n"
 
 
 def test_cli_frames_status_metadata_and_an_unreachable_server(server, clips, tmp_path, capsys):

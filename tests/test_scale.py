@@ -149,7 +149,8 @@ class Probed:
 def assert_same(got, expected) -> None:
     assert [m.video for m in got] == [m.video for m in expected]
     np.testing.assert_allclose([m.score for m in got], [m.score for m in expected], rtol=1e-5)
-    assert [(m.start, m.end) for m in got] == [(m.start, m.end) for m in expected]
+    assert [[(x.start, x.end, x.window) for x in m.moments] for m in got] == \
+        [[(x.start, x.end, x.window) for x in m.moments] for m in expected]
 
 
 @pytest.mark.parametrize("kind", ["exact", "ivf"])
@@ -160,8 +161,9 @@ def test_the_search_structure_ranks_as_rank_does_and_filters_never_lose(syntheti
     found = vectors.VectorSearch(tmp_path)
     assert found.kind == kind and found.rows == len(windows.embeddings)
     queries = np.random.default_rng(1).standard_normal((5, 32)).astype(np.float32)
-    expected = rank(queries, windows, 10)
-    got = found.search(queries, 10)
+    expected = rank(queries, windows, 10, moments=3)  # windows overlap (3.2 s, 1.6 s apart): levels and shares
+    got = found.search(queries, 10, moments=3)
+    assert max(len(m.moments) for g in got for m in g) > 1
     if kind == "exact":
         for g, e in zip(got, expected):
             assert_same(g, e)
@@ -178,7 +180,7 @@ def test_the_search_structure_ranks_as_rank_does_and_filters_never_lose(syntheti
         [segment] = few.segments
         assert segment.nprobe < segment.ann.nlist
         segment.ann = Probed(segment.ann, probes)
-    for g, e in zip(few.search(queries, 12, only), rank(queries, kept, 12)):
+    for g, e in zip(few.search(queries, 12, only, moments=2), rank(queries, kept, 12, moments=2)):
         assert len(g) == len(only)
         assert_same(g, e)
     assert kind == "exact" or max(probes) > 2  # the search widened to find them

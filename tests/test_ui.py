@@ -80,6 +80,19 @@ def test_filters_are_the_clis(client, server, world, capsys):
     assert {Path(m["video"]).name for m in answer["results"][0]["matches"]} == {"clip1.webm"}
 
 
+def test_more_like_this_and_several_moments_are_the_clis(client, server, world, capsys):
+    video = str(world / "library" / "clip1.webm")
+    args = ["--like", f"{video}@2.5", "--top", "3", "--moments", "2", "--json"]
+    expected = cli_json(server, "search", "a dog", *args, "--index", str(world / "index"), capsys=capsys)
+    answer = client.get("/api/search", params={"q": "a dog", "like": f"{video}@2.5", "top": "3", "moments": "2"})
+    assert answer.status_code == 200 and answer.json() == expected
+    assert [r["query"] for r in expected["results"]] == ["a dog", f"like {video}@2.5"]
+    for text, status in ((f"{video}", 400), (f"{world / 'library' / 'nothere.webm'}@1", 400)):
+        refused = client.get("/api/search", params={"like": text})
+        assert refused.status_code == status and "like" in refused.json()["error"]
+    assert client.get("/api/search", params={"q": "x", "moments": "0"}).status_code == 400
+
+
 def test_repeated_queries_are_embedded_once(client):
     client.get("/api/search", params={"q": "a cat on a sofa"})
     before = client.session.requests
@@ -290,8 +303,8 @@ def test_the_page_searches_and_plays_the_moment(page, world, tmp_path):
     page.keyboard.type("someone playing a guitar")
     page.keyboard.press("Enter")
     page.wait_for_selector(".moment")
-    cards = page.locator(".moment")
-    assert cards.count() == 5  # every video of the index, top 10
+    assert page.locator(".card").count() == 5  # every video of the index, top 10
+    cards = page.locator(".moment:not(.extra)")
     assert page.evaluate("[...document.querySelectorAll('.moment img')].every(i => i.src.includes('/api/still'))")
     later = page.evaluate("[...document.querySelectorAll('.moment')].findIndex(c => Number(c.dataset.start) > 0)")
     assert later >= 0, "every best window starts at 0: the click below would prove nothing"
@@ -320,6 +333,15 @@ def test_the_page_searches_and_plays_the_moment(page, world, tmp_path):
     page.wait_for_function(f"window.seeks.length > {seeks}")
     assert page.evaluate("seeks[seeks.length - 1]") == pytest.approx(second, abs=0.3)
     assert page.evaluate("document.querySelector('[aria-current=true]') === document.activeElement")
+    shown = {"video": cards.nth(1).get_attribute("data-video"), "start": float(cards.nth(1).get_attribute("data-start")),
+             "end": float(cards.nth(1).get_attribute("data-end"))}
+    page.locator(".like").nth(1).click()  # more like this: the moments that look like the second card's
+    page.wait_for_function("location.search.includes('like=')")
+    page.wait_for_selector(".moment")
+    found = page.evaluate("[...document.querySelectorAll('.moment')].map(b => ({...b.dataset}))")
+    assert found and not any(f["video"] == shown["video"] and float(f["start"]) < shown["end"]
+                             and float(f["end"]) > shown["start"] for f in found)  # the moment itself is left out
+    assert page.input_value("#q") == "" and "moments like" in page.inner_text("#status")
     page.screenshot(path=str(tmp_path / "page.png"))
     assert (tmp_path / "page.png").stat().st_size > 1000
     assert not errors, errors

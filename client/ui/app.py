@@ -1,7 +1,8 @@
 """The search service: a JSON API over an index and the page that uses it (Starlette, served by uvicorn).
 
-- `GET /api/search?q=TEXT[&q=...]&top=K[&under=FOLDER][&glob=PATTERN][&min_duration=S][&max_duration=S]`:
-  the document `search --index --json` prints, ranked the same way;
+- `GET /api/search?q=TEXT[&q=...][&like=VIDEO@SECONDS|VIDEO@START-END][&top=K][&moments=K][&under=FOLDER]
+  [&glob=PATTERN][&min_duration=S][&max_duration=S]`: the document `search --index --json` prints, ranked the
+  same way; `like` searches with a moment of an indexed video (more like this), q or like at least once;
 - `GET /api/videos`: the indexed videos; `GET /api/health`: index loaded, model server reachable, versions
   (503 when not ready; `?probe=live` answers 200 while the process serves);
 - `GET /api/media?video=PATH` (HTTP range requests) and `GET /api/still?video=PATH&t=SECONDS` (a JPEG): only
@@ -24,7 +25,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from client.library.index import IndexFolderError
-from client.library.search import Filters, search_view, version_warnings
+from client.library.search import Filters, Like, LikeError, search_view, version_warnings
 from client.outputs.report import as_json
 from client.outputs.stills import jpeg_at
 from client.transport.session import ServerError, Session
@@ -33,6 +34,7 @@ from client.ui.texts import TextCache
 
 STATIC = Path(__file__).parent / "static"
 MAX_TOP = 100  # videos a query may ask for
+MAX_MOMENTS = 20  # moments per video
 STILL = 240  # pixels, square
 UNREACHABLE = ("UNAVAILABLE", "DEADLINE_EXCEEDED")  # gRPC codes that mean no model server answered
 
@@ -67,15 +69,24 @@ def create_app(catalog: Catalog, session: Session, probe: Session) -> Starlette:
 
     def search(request: Request) -> Response:
         queries = [q for q in request.query_params.getlist("q") if q.strip()]
-        if not queries:
-            raise BadRequest("q= is missing: give the text to search for (q may repeat)")
+        try:
+            likes = [Like.parse(text) for text in request.query_params.getlist("like")]
+        except LikeError as err:
+            raise BadRequest(str(err)) from None
+        if not queries and not likes:
+            raise BadRequest("q= is missing: give the text to search for, or like=VIDEO@SECONDS (both may repeat)")
         top = _number(request, "top", int, 5, 1, MAX_TOP)
+        moments = _number(request, "moments", int, 1, 1, MAX_MOMENTS)
         filters = Filters(tuple(request.query_params.getlist("under")), request.query_params.get("glob") or None,
                           _number(request, "min_duration", float, low=0),
                           _number(request, "max_duration", float, low=0))
         snapshot = catalog.current()
         served = session.ensure_ready()
-        result = search_view(lambda sentences: texts.embed(served, sentences), queries, snapshot.view, top, filters)
+        try:
+            result = search_view(lambda sentences: texts.embed(served, sentences), queries, snapshot.view, top,
+                                 filters, moments, likes)
+        except LikeError as err:
+            raise BadRequest(str(err)) from None
         result.warnings[:0] = version_warnings(snapshot.versions, served)
         return JSONResponse(as_json(result))
 

@@ -1,7 +1,9 @@
-// The search page: asks /api/search, shows moments, plays the chosen one from its start. No outside resources.
+// The search page: asks /api/search for text or for a moment ("more like this"), shows each video's moments,
+// plays the chosen one from its start. No outside resources.
 "use strict";
 const $ = (id) => document.getElementById(id);
 const form = $("search"), box = $("q"), count = $("top"), results = $("results"), player = $("player");
+const MOMENTS = 3; // asked per video: the best one on the card, the others listed under it
 let moment = null; // {video, start, end} being shown
 
 const seconds = (s) => `${s.toFixed(1)} s`;
@@ -25,12 +27,19 @@ async function getJson(url) {
   return body;
 }
 
-function card(match, rank) {
-  const item = document.createElement("li");
+function momentButton(video, m, className) {
   const button = document.createElement("button");
   button.type = "button";
-  button.className = "moment";
-  Object.assign(button.dataset, {video: match.video, start: match.start, end: match.end});
+  button.className = className;
+  Object.assign(button.dataset, {video, start: m.start, end: m.end});
+  button.addEventListener("click", () => play(button));
+  return button;
+}
+
+function card(match, rank) {
+  const item = document.createElement("li");
+  item.className = "card";
+  const button = momentButton(match.video, match, "moment");
   const still = document.createElement("img");
   still.loading = "lazy";
   still.alt = `Frame of ${fileName(match.video)} at ${seconds((match.start + match.end) / 2)}`;
@@ -46,8 +55,25 @@ function card(match, rank) {
   meta.title = match.video;
   text.append(name, document.createElement("br"), meta);
   button.append(still, text);
-  button.addEventListener("click", () => play(button));
-  item.append(button);
+  const actions = document.createElement("div");
+  actions.className = "actions";
+  for (const other of match.moments.slice(1)) {
+    const extra = momentButton(match.video, other, "moment extra");
+    extra.textContent = `${other.start.toFixed(1)}–${other.end.toFixed(1)} s`;
+    extra.title = `also here, score ${other.score.toFixed(3)}`;
+    actions.append(extra);
+  }
+  const like = document.createElement("button");
+  like.type = "button";
+  like.className = "like";
+  like.textContent = "More like this";
+  like.title = `Moments that look like ${fileName(match.video)} ${match.start.toFixed(1)}–${match.end.toFixed(1)} s`;
+  like.addEventListener("click", () => {
+    box.value = "";
+    search(true, `${match.video}@${match.start.toFixed(2)}-${match.end.toFixed(2)}`);
+  });
+  actions.append(like);
+  item.append(button, actions);
   return item;
 }
 
@@ -74,17 +100,20 @@ function render(doc) {
   }
 }
 
-async function search(push = true) {
+// A text query, or `like` (VIDEO@START-END): the moments that look like that one.
+async function search(push = true, like = null) {
   const query = box.value.trim();
-  if (!query) return;
-  if (push) history.pushState(null, "", api("/", {q: query, top: count.value}));
-  $("status").textContent = `Searching for “${query}”…`;
+  if (!query && !like) return;
+  const asked = like ? {like, top: count.value} : {q: query, top: count.value};
+  const label = like ? `moments like ${fileName(like)}` : `“${query}”`;
+  if (push) history.pushState(null, "", api("/", asked));
+  $("status").textContent = `Searching for ${label}…`;
   try {
-    const doc = await getJson(api("/api/search", {q: query, top: count.value}));
+    const doc = await getJson(api("/api/search", {...asked, moments: MOMENTS}));
     showError("");
     render(doc);
     const found = doc.results.reduce((n, r) => n + r.matches.length, 0);
-    $("status").textContent = `${found} moment${found === 1 ? "" : "s"} for “${query}”`;
+    $("status").textContent = `${found} video${found === 1 ? "" : "s"} for ${label}`;
   } catch (err) {
     showError(err.message);
     $("status").textContent = "";
@@ -159,14 +188,14 @@ function fromAddress() {
   const params = new URLSearchParams(location.search);
   box.value = params.get("q") || "";
   if (params.get("top")) count.value = params.get("top");
-  if (box.value) search(false);
+  if (box.value || params.get("like")) search(false, box.value ? null : params.get("like"));
 }
 
 window.addEventListener("popstate", fromAddress);
 
 getJson("/api/health").then((health) => {
   const index = health.index;
-  $("status").textContent ||= `${index.videos} videos, ${index.windows} moments indexed · model version ` +
+  $("status").textContent ||= `${index.videos} videos, ${index.windows} windows indexed · model version ` +
     `${health.model_server.version}`;
   if (health.warnings.length) showError(health.warnings.join(" "));
 }).catch((err) => showError(err.message));
