@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCK) | cksum | cut -d
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help setup lock browser test ui k8s-check image client-image demo demo-model corpus standin model export serve bench clean
+.PHONY: help setup lock browser test ui k8s-check image client-image demo demo-model moments corpus standin model export serve bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -56,6 +56,10 @@ DEMO_TRAIN      = $(PY) -m model train --data $(CORPUS)/train --heldout $(CORPUS
 demo: setup ## the main job, offline: serve the trained demo model, search held-out clips and a story video, write out/demo/report.html
 	@ls -d $(DEMO_MODEL_DIR)/[0-9]* >/dev/null 2>&1 || $(PY) -m export --source $(DEMO_MODULE) --model-dir $(DEMO_MODEL_DIR)
 	$(PY) -m serving.demo --model-dir $(DEMO_MODEL_DIR)
+
+moments: setup ## moment figures of the demo model on the held-out clips and stories of corpus seeds 0-4: the best window alone against moments
+	@ls -d $(DEMO_MODEL_DIR)/[0-9]* >/dev/null 2>&1 || $(PY) -m export --source $(DEMO_MODULE) --model-dir $(DEMO_MODEL_DIR)
+	$(PY) -m serving.demo --model-dir $(DEMO_MODEL_DIR) --out out/moments --seeds 0 1 2 3 4
 
 corpus: $(CORPUS)/corpus.json ## generate the narrated demo world (out/corpus: train/, heldout/, story/)
 

@@ -25,7 +25,8 @@ from client.library.lock import LockTimeout
 from client.library.indexing import index_videos
 from client.outputs.report import as_json, as_table
 from client.library.merge import merge
-from client.library.search import Filters, Like, LikeError, search, search_index
+from client.library.like import Like, LikeError
+from client.library.search import Filters, search, search_index
 from client.library.vectors import EXACT_LIMIT, SCAN
 from client.library.walk import Shard
 from client.transport.session import Options, ServerError, Session

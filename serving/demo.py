@@ -5,9 +5,12 @@ on the narrated demo corpus (`python -m model corpus`). This script exports it i
 server, writes the corpus's held-out clips and story video (never seen in training), indexes them with the
 sampling the served model reports, and then
 - ranks the held-out clips for their queries: the `held-out text->video R@1` line, against chance;
-- searches the story video for its events: the moment each query lands on, against the known one (IoU);
+- searches the story video for its events: the moment each query lands on, against the known one (IoU), beside
+  the best window alone;
 both measured by the library's `evaluate`, the code of the `eval` verb;
 - prints a table of a few queries and writes an HTML report.
+`--seeds 0 1 2 ...` measures the same on the held-out clips and stories of several corpus seeds instead (`make
+moments`), one line per seed and their mean.
 It is a small world (four colours, three shapes, four motions, four places), not general video.
 """
 from __future__ import annotations
@@ -30,7 +33,7 @@ from client.library.evalset import load_evalset, read_sentences
 from client.library.evaluate import Evaluation, evaluate
 from client.library.index import Index
 from client.library.indexing import index_videos
-from client.library.metrics import iou
+from client.library.metrics import IOU_AT, iou
 from client.library.rank import Windows, rank
 from client.outputs.report import as_table
 from client.library.search import Result, search_index
@@ -60,20 +63,20 @@ class Demo:
     heldout: Evaluation  # text->video over the held-out clips, each scoring as its best window
     story: Evaluation  # each event's sentence searched inside the story video: moment metrics
     shown: Result  # a few held-out queries against the whole index, for the table and the report
-    moments: Result  # each event's best window in the story video
+    moments: Result  # each event's best moment in the story video
     events: list[tuple[str, float, float]]  # (sentence, start, end) of each narrated event
     pairs: list[tuple[str, str]]  # (video, sentence) of the held-out clips
     indexed: str  # the index run's summary
 
 
-def run(model_dir: Path, out: Path) -> Demo:
-    """Serve `model_dir` on the embedded server, index the corpus's held-out clips and story under `out`, and
-    measure them with the library's `evaluate` (the `eval` verb's code)."""
+def run(model_dir: Path, out: Path, seed: int = 0) -> Demo:
+    """Serve `model_dir` on the embedded server, index the held-out clips and story of the corpus of `seed` under
+    `out`, and measure them with the library's `evaluate` (the `eval` verb's code)."""
     world = out / "corpus"
     if not world.exists():
         from model.corpus import write_corpus
 
-        write_corpus(world, videos=0)  # the held-out clips and the story: the demo model never saw them
+        write_corpus(world, videos=0, seed=seed)  # the held-out clips and the story: the demo model never saw them
     heldout_csv, story_csv = world / "heldout" / "queries.csv", world / "story" / "story.csv"
     pairs, _ = read_sentences(heldout_csv, heldout_csv.parent)
     with open(story_csv, newline="") as f:
@@ -99,15 +102,45 @@ def run(model_dir: Path, out: Path) -> Demo:
     return Demo(heldout, moments, shown, best, events, pairs, stats.summary())  # `moments`: the story's evaluation
 
 
+def figures(demo: Demo) -> str:
+    """The demo's measured line: held-out retrieval, and the story's moments beside the best window alone."""
+    t2v, moments, window = demo.heldout.text_to_video, demo.story.moments, demo.story.best_window
+    spans = lambda f: "/".join(f"{f[f'R@1,IoU>={t}']:.2f}" for t in IOU_AT) + f", mIoU {f['mIoU']:.2f}"  # noqa: E731
+    return (f"held-out text->video R@1 {t2v['R@1']:.2f}, R@5 {t2v['R@5']:.2f} (chance {1 / demo.heldout.videos:.2f}) "
+            f"over {demo.heldout.queries} queries; story moments R@1 at IoU>={'/'.join(map(str, IOU_AT))} "
+            f"{spans(moments)} (the best window alone: {spans(window)})")
+
+
+def over_seeds(model_dir: Path, out: Path, seeds: list[int]) -> None:
+    """The demo's figures on the held-out clips and story of each corpus seed, and their mean."""
+    header = ["seed", "held-out R@1", *(f"{name} {k}" for name in ("window", "moment")
+                                        for k in (*(f"IoU>={t}" for t in IOU_AT), "mIoU"))]
+    rows = []
+    for seed in seeds:
+        demo = run(model_dir, out / f"seed-{seed}", seed)
+        rows.append([demo.heldout.text_to_video["R@1"], *demo.story.best_window.values(), *demo.story.moments.values()])
+        print(f"seed {seed}: {figures(demo)}", flush=True)
+    print("  ".join(header))
+    for label, row in [*zip(map(str, seeds), rows), ("mean", np.mean(rows, axis=0))]:
+        print("  ".join(f"{v:.2f}".rjust(len(h)) if n else label.rjust(len(h))
+                        for n, (h, v) in enumerate(zip(header, [0, *row]))))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m serving.demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-dir", type=Path, default=Path("out") / "demo" / "models" / MODEL_NAME)
     parser.add_argument("--out", type=Path, default=Path("out") / "demo")
+    parser.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
+                        help="measure the held-out clips and stories of these corpus seeds (under OUT/seed-N)")
     add_verbose_flag(parser)
     args = parser.parse_args(argv)
     verbose(argv)  # the server it starts inherits the choice
     start = time.perf_counter()
+    if args.seeds:
+        over_seeds(args.model_dir, args.out, args.seeds)
+        print(f"demo: {len(args.seeds)} seeds in {time.perf_counter() - start:.1f} s")
+        return 0
     demo = run(args.model_dir, args.out)
     print(f"demo: {len(demo.pairs)} held-out clips and a {len(demo.events)}-event story video, served from "
           f"{args.model_dir}; index {args.out / 'index'}: {demo.indexed}")
@@ -124,10 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     combined = Result(demo.shown.queries + demo.moments.queries, demo.shown.matches + demo.moments.matches)
     html_report.write(report, html_report.render(combined, "S3D MIL-NCE demo: the tiny model trained on the "
                                                            "narrated demo world"))
-    t2v, story = demo.heldout.text_to_video, demo.story.moments
-    print(f"held-out text->video R@1 {t2v['R@1']:.2f}, R@5 {t2v['R@5']:.2f} (chance {1 / demo.heldout.videos:.2f}) "
-          f"over {demo.heldout.queries} queries; story moments R@1 at IoU>=0.3 {story['R@1,IoU>=0.3']:.2f}, "
-          f"IoU>=0.5 {story['R@1,IoU>=0.5']:.2f}, mIoU {story['mIoU']:.2f}")
+    print(figures(demo))
     print(f"demo: wrote {report}; done in {time.perf_counter() - start:.1f} s")
     print(f"demo: to search it on a web page, run `make serve MODEL_DIR={args.model_dir}` in one terminal and "
           f"`make ui INDEX={args.out / 'index'}` in another, then open http://localhost:{UI_PORT}/")

@@ -251,19 +251,19 @@ def write_scenes(path, scenes: list[int | None], seconds: float = 3, fps: int = 
 
 
 def test_cli_moments_and_more_like_this_with_and_without_an_index(server, clips, tmp_path, capsys):
-    scenes = write_scenes(tmp_path / "scenes.avi", [None, 40, None, 200, None])  # several places alike
+    scenes = write_scenes(tmp_path / "scenes.avi", [None, 40, None, 40, None], seconds=4)  # it repeats every 8 s
     twin = tmp_path / "twin.avi"
     twin.write_bytes(open(scenes, "rb").read())  # the same pictures under another name
     videos = [*clips, scenes, str(twin)]
     common = ["--server", f"127.0.0.1:{server.port}"]
     flags = ["--size", "64", "--stride", "0.8"]
-    assert main([*common, "index", *videos, "--index", str(tmp_path / "index"), *flags]) == 0
+    assert main([*common, "index", *videos[:-1], "--index", str(tmp_path / "index"), *flags]) == 0  # not the twin
     capsys.readouterr()
     with Index(tmp_path / "index", "s3d_milnce", read_only=True) as index:
         [(_, embeddings, spans)] = index.parts([index.entry(scenes)])
         chosen = int(np.argmax(np.linalg.norm(embeddings, axis=1)))  # no window scores higher against it
         at, window = float(spans[chosen].mean()), {"start": spans[chosen][0], "end": spans[chosen][1]}
-    like = ["--like", f"{scenes}@{at:g}", "--top", "5", "--moments", "2", "--json"]
+    like = ["--like", f"{scenes}@{at:g}", "--top", "5", "--moments", "1", "--json"]
     assert main([*common, "search", *like, "--videos", *videos, *flags]) == 0
     doc = json.loads(capsys.readouterr().out)
     [found] = doc["results"]
@@ -273,15 +273,29 @@ def test_cli_moments_and_more_like_this_with_and_without_an_index(server, clips,
     assert copy["window"] == pytest.approx(window)  # the copy's best moment is the one asked about...
     outside = lambda x: not x["start"] <= at <= x["end"]  # noqa: E731
     assert all(map(outside, own["moments"]))  # ...which its own video leaves out,
-    assert own["moments"][0] == copy["moments"][1]  # keeping the others
-    for match in found["matches"]:
+    assert own["moments"][0]["window"] != copy["window"]  # keeping its next one
+    assert all(m["moments"] == [{k: m[k] for k in ("start", "end", "score", "window")}] for m in found["matches"])
+    indexed = ["--index", str(tmp_path / "index")]
+    assert main([*common, "search", *like[:2], "--like", f"{twin}@{at:g}", *like[2:], *indexed]) == 0
+    from_index, decoded = json.loads(capsys.readouterr().out)["results"]
+    assert from_index["matches"] == [m for m in found["matches"] if m["video"] != str(twin)]  # as from the files
+    same = next(m for m in decoded["matches"] if m["video"] == scenes)  # nothing of it left out now
+    assert same["score"] == pytest.approx(copy["score"]), \
+        "the twin (not indexed), decoded with the index's sampling, finds the same moment as the indexed one"
+    assert main([*common, "search", *like, *indexed, "--glob", "*/noise*"]) == 0  # filters hold for a like too
+    assert {m["video"] for m in json.loads(capsys.readouterr().out)["results"][0]["matches"]} == set(clips)
+    assert main([*common, "search", "dogs", "--moments", "3", "--json", *indexed]) == 0
+    for match in json.loads(capsys.readouterr().out)["results"][0]["matches"]:
         moments = match["moments"]
-        assert 1 <= len(moments) <= 2 and moments[0] == {k: match[k] for k in ("start", "end", "score", "window")}
-        assert len(moments) < 2 or moments[0]["end"] <= moments[1]["start"] or moments[1]["end"] <= moments[0]["start"]
-    assert main([*common, "search", *like, "--index", str(tmp_path / "index")]) == 0
-    assert json.loads(capsys.readouterr().out) == doc  # the same answer from the index's windows
-    assert main([*common, "search", "--like", f"{tmp_path / 'gone.avi'}@1", "--videos", *clips]) == 2
-    assert capsys.readouterr().err.startswith(f"error: like {tmp_path / 'gone.avi'}: ")
+        assert 1 <= len(moments) <= 3 and moments[0] == {k: match[k] for k in ("start", "end", "score", "window")}
+        assert [x["score"] for x in moments] == sorted((x["score"] for x in moments), reverse=True)
+        spans = sorted((x["start"], x["end"]) for x in moments)
+        assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
+    gone = tmp_path / "gone.avi"
+    assert main([*common, "search", "dogs", "--like", f"{gone}@1", "--videos", *clips, "--json"]) == 1
+    out, err = capsys.readouterr()
+    assert [len(r["matches"]) for r in json.loads(out)["results"]] == [3, 0]  # the text query still answered
+    assert f"\nerror: {gone}: no such file\n" in err
     with pytest.raises(SystemExit):
         main([*common, "search", "--like", scenes, "--videos", *clips])
     assert "give VIDEO@SECONDS or VIDEO@START-END" in capsys.readouterr().err

@@ -12,11 +12,12 @@ from client.library.moments import Moment, find
 @dataclass(frozen=True)
 class Match:
     video: str
-    moments: tuple[Moment, ...]  # best first; the first holds the video's best window
+    moments: tuple[Moment, ...]  # best first (by their best window)
 
     @property
     def score(self) -> float:
-        """The video's best window's score: what ranks it."""
+        """The best moment's best window's score, which ranks the video: its best window (for a like, the best
+        outside the moment asked about)."""
         return self.moments[0].score
 
     @property

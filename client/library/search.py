@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from client.decode.video import Sampling
+from client.decode.video import Sampling, VideoError
 from client.library.index import Index
-from client.library.moments import Moment, inside
+from client.library.like import Like, LikeError, Source
 from client.library.rank import Match, Windows, rank
 from client.library.stream import embed_stream
 from client.library.view import IndexView, open_view
@@ -44,76 +44,29 @@ def unknown_word_queries(queries: Sequence[str], embeddings: np.ndarray, empty: 
 
 EmbedText = Callable[[Sequence[str]], np.ndarray]  # sentences -> [N, D]: `Session.embed_text`, or a cache of it
 Ranker = Callable[[np.ndarray, int, int], list[list[Match]]]  # (query embeddings, videos, moments each) -> matches
-Source = Callable[[str], tuple[np.ndarray, np.ndarray]]  # video -> its window embeddings [W, D] and spans [W, 2]
-
-
-class LikeError(ValueError):
-    """A `--like` (or `like=`) that cannot be used; the message names it and says what to give."""
-
-
-@dataclass(frozen=True)
-class Like:
-    """A moment of a video used as the query (video -> video, in the model's one space): `VIDEO@SECONDS` (the
-    window centred nearest to that second) or `VIDEO@START-END` (the windows centred inside, averaged). The
-    moment itself is left out of the answer: a moment of the same video overlapping it is dropped, so the list
-    shows the other places that look like it (other moments of its own video included)."""
-
-    video: str
-    start: float
-    end: float
-
-    @classmethod
-    def parse(cls, text: str) -> Like:
-        video, at, when = text.rpartition("@")
-        start, dash, end = when.partition("-")
-        try:
-            begin = float(start)
-            finish = float(end) if dash else begin
-        except ValueError:
-            begin = finish = float("nan")
-        if not (video and at and 0 <= begin <= finish):
-            raise LikeError(f"like {text!r}: give VIDEO@SECONDS or VIDEO@START-END (seconds, start before end), "
-                            f"e.g. clip.mp4@12.5")
-        return cls(video, begin, finish)
-
-    def __str__(self) -> str:
-        return f"like {self.video}@{self.start:g}" + (f"-{self.end:g}" if self.end > self.start else "")
-
-    def same_video(self, path: str) -> bool:
-        return os.path.abspath(path) == os.path.abspath(self.video)
-
-    def embedding(self, embeddings: np.ndarray, spans: np.ndarray) -> np.ndarray:
-        """The moment's embedding: the mean of its windows'."""
-        return np.asarray(embeddings[inside(spans, self.start, self.end)], np.float32).mean(axis=0)
-
-    def others(self, matches: list[Match], top: int, moments: int) -> list[Match]:
-        """`matches` (asked for one more video and moment than wanted) without this moment itself: its video
-        keeps its other moments, ranked by the best of them."""
-        kept = []
-        for m in matches:
-            rest = [x for x in m.moments if not (self.same_video(m.video) and self.overlaps(x))][:moments]
-            if rest:
-                kept.append(Match(m.video, tuple(rest)))
-        return sorted(kept, key=lambda m: -m.score)[:top]
-
-    def overlaps(self, moment: Moment) -> bool:
-        if self.end > self.start:
-            return moment.start < self.end and moment.end > self.start
-        return moment.start <= self.start <= moment.end
 
 
 def rank_queries(embed_text: EmbedText, queries: Sequence[str], likes: Sequence[Like], source: Source,
                  ranker: Ranker, top: int, moments: int, result: Result) -> Result:
-    """Rank for each text query (embedded, warned about when no word of it is known) and each moment (`source`
-    gives its video's windows), with `ranker`."""
+    """Rank for each text query (embedded, warned about when no word of it is known) and each liked moment
+    (`source` gives its video's windows), with `ranker`; a like whose video cannot be read gets no matches and
+    an error."""
     if queries:
         texts = embed_text([*queries, ""])
         result.matches += ranker(texts[:-1], top, moments)
         result.warnings += [f"query {q!r} has no word the model knows: its ranking means nothing"
                             for q in unknown_word_queries(queries, texts[:-1], texts[-1])]
-    if likes:
-        found = ranker(np.stack([like.embedding(*source(like.video)) for like in likes]), top + 1, moments + 1)
-        result.matches += [like.others(matches, top, moments) for like, matches in zip(likes, found)]
+    asked = []
+    for like in likes:
+        try:
+            asked.append((like, *like.resolve(*source(like))))
+        except VideoError as err:  # its file cannot be read: said with the other files, the rest goes on
+            why = (like.video, str(err).removeprefix(f"{like.video}: "))
+            result.errors += [] if why in result.errors else [why]
+    found = iter(ranker(np.stack([e for _, e, _ in asked]), top + 1, moments + 1) if asked else [])
+    resolved = {like: itself for like, _, itself in asked}
+    result.matches += [like.others(next(found), resolved[like], top, moments) if like in resolved else []
+                       for like in likes]
     return result
 
 
@@ -149,22 +102,26 @@ def search(session: Session, queries: Sequence[str], paths: Sequence[str], sampl
     result = Result(_labels(queries, likes), [])
     windows = embed_videos(session, paths, sampling, result.errors)
 
-    def source(video: str) -> tuple[np.ndarray, np.ndarray]:
-        rows = next((windows.rows(p) for p in windows.videos if os.path.abspath(p) == os.path.abspath(video)), [])
+    def source(like: Like) -> tuple[np.ndarray, np.ndarray]:
+        rows = next((windows.rows(p) for p in windows.videos if like.same_video(p)), [])
         if len(rows):
             return windows.embeddings[rows], windows.spans[rows]
-        return embed_one(session, video, sampling)
+        failed = next((why for p, why in result.errors if like.same_video(p)), None)
+        if failed:  # one of the videos searched, already found unreadable
+            raise VideoError(f"{like.video}: {failed}")
+        return embed_one(session, like.video, sampling)
 
     return rank_queries(session.embed_text, queries, likes, source,
                         lambda found, count, each: rank(found, windows, count, each), top, moments, result)
 
 
 def embed_one(session: Session, video: str, sampling: Sampling) -> tuple[np.ndarray, np.ndarray]:
-    """One video decoded and embedded now (a liked moment's video outside the searched ones)."""
+    """One video decoded and embedded now (a liked moment's video outside the searched ones); VideoError if it
+    cannot be read."""
     errors: list[tuple[str, str]] = []
     windows = embed_videos(session, [video], sampling, errors)
     if errors:
-        raise LikeError(f"like {video}: {errors[0][1]}")
+        raise VideoError(f"{video}: {errors[0][1]}")
     return windows.embeddings, windows.spans
 
 
@@ -178,10 +135,10 @@ def version_warnings(used: set[int], served: int) -> list[str]:
 
 def indexed(view: IndexView) -> Source:
     """A liked moment's windows from the index (the UI's source: only indexed videos)."""
-    def source(video: str) -> tuple[np.ndarray, np.ndarray]:
-        found = view.windows_of(os.path.abspath(video))
+    def source(like: Like) -> tuple[np.ndarray, np.ndarray]:
+        found = view.windows_of(os.path.abspath(like.video))
         if found is None:
-            raise LikeError(f"like {video}: not a video of this index; give a path the index holds")
+            raise LikeError(f"like {like.video}: not a video of this index; give a path the index holds")
         return found
     return source
 
@@ -209,11 +166,11 @@ def search_index(session: Session, queries: Sequence[str], index: Index, top: in
     view = open_view(index, kind, nprobe)
     from_index = indexed(view)
 
-    def source(video: str) -> tuple[np.ndarray, np.ndarray]:
+    def source(like: Like) -> tuple[np.ndarray, np.ndarray]:
         try:
-            return from_index(video)
-        except LikeError:
-            return embed_one(session, video, index.sampling)
+            return from_index(like)
+        except LikeError:  # not indexed: decoded with the index's sampling
+            return embed_one(session, like.video, index.sampling)
 
     warnings = version_warnings({e.model_version for e in view.entries.values()}, session.ensure_ready())
     result = search_view(session.embed_text, queries, view, top, filters, moments, likes, source)

@@ -26,7 +26,8 @@ Exact search scans the memory-mapped matrices in chunks: each video's best windo
 ranks on faiss's own SQ8 scores (candidate windows, the best per video) and re-scores exactly, from the matrix,
 only the best windows of the `RESCORE` x `top` leading videos: a few rows read per query, so the 20 GB matrix of
 10M windows need not sit in the page cache. It widens the candidate list until `top` distinct videos are found
-(or every allowed window was a candidate), so filters never return too few. Each segment is searched with the
+(or every allowed window was a candidate), so filters never return too few. Either way the `top` videos' own
+windows are then read and scored to find their moments (`client.library.moments`). Each segment is searched with the
 same lists probed, and the best videos of all are kept. Approximate is chosen above `EXACT_LIMIT` windows; a
 writer's `kind` overrides. Readers choose how to search in memory (`VectorSearch`'s `kind`: an exact scan of an
 approximate structure's matrices, or inverted files trained in memory over an exact one) and never write here.

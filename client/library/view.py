@@ -8,7 +8,7 @@ at every moment, and says once how far the structure is behind; the writer rebui
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -34,6 +34,7 @@ class IndexView:
     missing: list[tuple[Entry, np.ndarray, np.ndarray]]  # entries the structure lacks, with their windows
     stale: str | None  # why the structure is behind the entries, else None
     windows: int = 0  # of the entries
+    _numbers: dict[str, int] | None = field(default=None, repr=False)  # path -> structure video number, when asked
 
     @property
     def kind(self) -> str:
@@ -64,11 +65,11 @@ class IndexView:
                 return np.asarray(embeddings), np.asarray(spans)
         if self.structure is None or path not in self.entries:
             return None
-        numbers = self.held if self.held is not None else np.flatnonzero(~self.structure.dead)
-        for n in numbers:
-            if self.structure.videos[n][0] == path:
-                return self.structure.windows_of(int(n))
-        return None
+        if self._numbers is None:  # once per view: a large index has many videos to look through
+            numbers = self.held if self.held is not None else np.flatnonzero(~self.structure.dead)
+            self._numbers = {self.structure.videos[n][0]: int(n) for n in numbers}
+        number = self._numbers.get(path)
+        return None if number is None else self.structure.windows_of(number)
 
 
 def open_view(index: Index, kind: str | None = None, nprobe: int | None = None,

@@ -12,8 +12,9 @@ def _moment(m: Moment) -> dict:
 
 
 def _match(m: Match) -> dict:
-    """`start`/`end`: the best moment's span; `score` and `window`: the video's best window, which ranks it;
-    `moments`: every moment found, best first (the first is the one above)."""
+    """`start`/`end`: the best moment's span; `score` and `window`: its best window, which ranks the video (the
+    video's best window; for a like, the best outside the moment asked about); `moments`: every moment found,
+    best first (the first is the one above)."""
     best = _moment(m.moments[0])
     return {"video": m.video, **best, "moments": [best, *map(_moment, m.moments[1:])]}
 

@@ -25,7 +25,8 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from client.library.index import IndexFolderError
-from client.library.search import Filters, Like, LikeError, search_view, version_warnings
+from client.library.like import Like, LikeError
+from client.library.search import Filters, search_view, version_warnings
 from client.outputs.report import as_json
 from client.outputs.stills import jpeg_at
 from client.transport.session import ServerError, Session
