@@ -1,6 +1,6 @@
 """`python -m client`: see client.cli."""
 import sys
 
-from client.cli import main
+from s3d_retrieval.client.cli import main
 
 sys.exit(main())

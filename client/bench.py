@@ -28,15 +28,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from client.transport import protos
-from client.defaults import FPS, FRAMES, MODEL_NAME, SIZE
-from client.library import vectors
-from client.decode.samples import real_clips, synthetic_clips
-from client.transport.tensors import to_proto
-from client.decode.video import Sampling, load
-from client.library.stream import embed_stream
-from client.memory import release_big_blocks
-from client.transport.session import Options, Session
+from s3d_retrieval.client.transport import protos
+from s3d_retrieval.client.defaults import FPS, FRAMES, MODEL_NAME, SIZE
+from s3d_retrieval.client.library import vectors
+from s3d_retrieval.client.decode.samples import real_clips, synthetic_clips
+from s3d_retrieval.client.transport.tensors import to_proto
+from s3d_retrieval.client.decode.video import Sampling, load
+from s3d_retrieval.client.library.stream import embed_stream
+from s3d_retrieval.client.memory import release_big_blocks
+from s3d_retrieval.client.transport.session import Options, Session
 
 
 SEARCH_SIZES = [1_000_000, 10_000_000]
@@ -110,7 +110,7 @@ def imports() -> None:
             runs.append(time.perf_counter() - start)
         return min(runs)
 
-    ours, official = seconds("client.cli"), seconds("tensorflow_serving.apis.prediction_service_pb2_grpc")
+    ours, official = seconds("s3d_retrieval.client.cli"), seconds("tensorflow_serving.apis.prediction_service_pb2_grpc")
     print(f"\n{'import, s (fresh process)':34} {'client.cli':>12} {'tf_serving':>11} {'ratio':>6}")
     if official is None:
         print(f"  {'':32} {ours:12.2f} {'(absent)':>11}")
@@ -228,7 +228,7 @@ def search_at_scale(sizes: list[int]) -> None:
             build = time.perf_counter() - start
             segment = folder / vectors.FOLDER / "s-synthetic"
             size = ((segment / "ivf.faiss").stat().st_size) / 1e6
-            held = json.loads(subprocess.run([sys.executable, "-m", "client.bench", "search-memory", str(folder)],
+            held = json.loads(subprocess.run([sys.executable, "-m", "s3d_retrieval.client.bench", "search-memory", str(folder)],
                                              check=True, capture_output=True, text=True).stdout)["held_mib"]
             for nprobe in (None, 32):  # the default (lists holding ~SCAN windows), then few lists
                 ivf = vectors.VectorSearch(folder, nprobe)

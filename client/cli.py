@@ -12,26 +12,26 @@ from pathlib import Path
 
 import numpy as np
 
-from client.defaults import (FPS, FRAMES, GRPC_PORT, LOCK_WAIT, MODEL_NAME, SENTENCES_PER_REQUEST, SIZE, UI_PORT,
+from s3d_retrieval.client.defaults import (FPS, FRAMES, GRPC_PORT, LOCK_WAIT, MODEL_NAME, SENTENCES_PER_REQUEST, SIZE, UI_PORT,
                              WINDOWS_PER_REQUEST)
-from client.outputs import eval_report
-from client.outputs import html_report
-from client.library.evalset import EvalSetError, load_evalset
-from client.library.evaluate import PROTOCOLS, evaluate
-from client.files import atomic_write
-from client.memory import release_big_blocks
-from client.library.index import Index, IndexFolderError, IndexWriteError
-from client.library.lock import LockTimeout
-from client.library.indexing import index_videos
-from client.outputs.report import as_json, as_table
-from client.library.merge import merge
-from client.library.like import Like, LikeError
-from client.library.search import Filters, search, search_index
-from client.library.vectors import EXACT_LIMIT, SCAN
-from client.library.walk import Shard
-from client.transport.session import Options, ServerError, Session
-from client.transport.tensors import dtype_name
-from client.decode.video import Sampling, VideoError, load, model_sampling
+from s3d_retrieval.client.outputs import eval_report
+from s3d_retrieval.client.outputs import html_report
+from s3d_retrieval.client.library.evalset import EvalSetError, load_evalset
+from s3d_retrieval.client.library.evaluate import PROTOCOLS, evaluate
+from s3d_retrieval.client.files import atomic_write
+from s3d_retrieval.client.memory import release_big_blocks
+from s3d_retrieval.client.library.index import Index, IndexFolderError, IndexWriteError
+from s3d_retrieval.client.library.lock import LockTimeout
+from s3d_retrieval.client.library.indexing import index_videos
+from s3d_retrieval.client.outputs.report import as_json, as_table
+from s3d_retrieval.client.library.merge import merge
+from s3d_retrieval.client.library.like import Like, LikeError
+from s3d_retrieval.client.library.search import Filters, search, search_index
+from s3d_retrieval.client.library.vectors import EXACT_LIMIT, SCAN
+from s3d_retrieval.client.library.walk import Shard
+from s3d_retrieval.client.transport.session import Options, ServerError, Session
+from s3d_retrieval.client.transport.tensors import dtype_name
+from s3d_retrieval.client.decode.video import Sampling, VideoError, load, model_sampling
 
 INDEX_WAIT = 300.0  # seconds an index run rides out an unavailable server (a restart, a rolling update)
 SHORT_WAIT = 10.0  # the other verbs answer a person: fail soon
@@ -184,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "ui":
         try:
-            from client.ui.server import serve
+            from s3d_retrieval.client.ui.server import serve
         except ImportError as err:
             raise ValueError(f"the ui verb needs the [ui] extra ({err}): pip install 's3d-retrieval[ui]' "
                              f"(or '.[ui]' in a checkout)") from None

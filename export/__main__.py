@@ -9,8 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from client.defaults import FRAMES, HUB_HANDLE, MODEL_NAME, SIZE
-from model.quiet import add_verbose_flag, quiet_tensorflow
+from s3d_retrieval.client.defaults import FRAMES, HUB_HANDLE, MODEL_NAME, SIZE
+from s3d_retrieval.model.quiet import add_verbose_flag, quiet_tensorflow
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -33,8 +33,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     quiet_tensorflow(argv)
-    from export.pipeline import export_model  # imports TensorFlow: only once the arguments are good
-    from export.source import ExportError
+    from s3d_retrieval.export.pipeline import export_model  # imports TensorFlow: only once the arguments are good
+    from s3d_retrieval.export.source import ExportError
 
     try:
         result = export_model(args.source, args.model_dir, args.version, args.model_name,

@@ -12,14 +12,14 @@ import tensorflow as tf
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import saved_model_pb2
 
-from client.defaults import FPS, FRAMES, MODEL_NAME, SIZE
-from client.files import folder_bytes
-from export.servable import write_servable
-from model.hub_format import read_manifest
-from export.source import ExportError, open_source
-from export.verify import TOLERANCE, check_preprocessing, parity, replay_warmup
-from export.versions import choose_version, publish, staging_dir
-from export.warmup import WARMUP, warmup_logs, write_warmup
+from s3d_retrieval.client.defaults import FPS, FRAMES, MODEL_NAME, SIZE
+from s3d_retrieval.client.files import folder_bytes
+from s3d_retrieval.export.servable import write_servable
+from s3d_retrieval.model.hub_format import read_manifest
+from s3d_retrieval.export.source import ExportError, open_source
+from s3d_retrieval.export.verify import TOLERANCE, check_preprocessing, parity, replay_warmup
+from s3d_retrieval.export.versions import choose_version, publish, staging_dir
+from s3d_retrieval.export.warmup import WARMUP, warmup_logs, write_warmup
 
 MANIFEST = "manifest.json"
 

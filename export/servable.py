@@ -17,9 +17,9 @@ import tensorflow as tf
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow.python.saved_model import loader_impl
 
-from client.defaults import (DEFAULT_SIGNATURE, INPUT_KEYS, PREPROCESSING_OUTPUT, PREPROCESSING_SIGNATURE,
+from s3d_retrieval.client.defaults import (DEFAULT_SIGNATURE, INPUT_KEYS, PREPROCESSING_OUTPUT, PREPROCESSING_SIGNATURE,
                              TEXT_OUTPUT, TEXT_SIGNATURE, VIDEO_OUTPUTS, VIDEO_SIGNATURE, VIDEO_UINT8_SIGNATURE)
-from export.source import Source
+from s3d_retrieval.export.source import Source
 
 SCOPE = "module"
 # uint8 -> [0, 1] by table: bit-identical to a client's float32 `frames / 255`, which an in-graph division is

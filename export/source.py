@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
-from client.defaults import INPUT_KEYS, TEXT_OUTPUT, TEXT_SIGNATURE, VIDEO_OUTPUTS, VIDEO_SIGNATURE
+from s3d_retrieval.client.defaults import INPUT_KEYS, TEXT_OUTPUT, TEXT_SIGNATURE, VIDEO_OUTPUTS, VIDEO_SIGNATURE
 
 # What every source must provide: signature -> (input keys, output keys).
 REQUIRED = {

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from client.defaults import (DEFAULT_SIGNATURE, INPUT_KEYS, PREPROCESSING_OUTPUT, PREPROCESSING_SIGNATURE,
+from s3d_retrieval.client.defaults import (DEFAULT_SIGNATURE, INPUT_KEYS, PREPROCESSING_OUTPUT, PREPROCESSING_SIGNATURE,
                              TEXT_SIGNATURE, VIDEO_SIGNATURE, VIDEO_UINT8_SIGNATURE)
-from export.source import ExportError, Source
-from export.warmup import read_warmup
+from s3d_retrieval.export.source import ExportError, Source
+from s3d_retrieval.export.warmup import read_warmup
 
 TOLERANCE = 1e-5
 DEFAULT_KEY = tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY

@@ -5,7 +5,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from export.source import ExportError
+from s3d_retrieval.export.source import ExportError
 
 
 def versions(model_dir: Path) -> list[int]:

@@ -14,10 +14,10 @@ import sys
 import time
 from pathlib import Path
 
-from client.files import folder_bytes
-from model.config import SIZES, VARIABLE_KINDS, VOCAB_LAYOUTS
-from model.corpus import TRAIN_VIDEOS
-from model.quiet import add_verbose_flag, quiet_tensorflow
+from s3d_retrieval.client.files import folder_bytes
+from s3d_retrieval.model.config import SIZES, VARIABLE_KINDS, VOCAB_LAYOUTS
+from s3d_retrieval.model.corpus import TRAIN_VIDEOS
+from s3d_retrieval.model.quiet import add_verbose_flag, quiet_tensorflow
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.out} already exists; pass a new folder or remove it first", file=sys.stderr)
         return 2
     quiet_tensorflow(argv)
-    from model.standin import write_standin  # imports TensorFlow: only once the arguments are good
+    from s3d_retrieval.model.standin import write_standin  # imports TensorFlow: only once the arguments are good
 
     start = time.perf_counter()
     if args.verb == "standin":
@@ -88,8 +88,8 @@ def add_train_parser(verbs) -> None:
 
 
 def run_training(args) -> int:
-    from client.decode.video import Sampling
-    from model.clips import DEFAULT_SAMPLING, ClipSampling
+    from s3d_retrieval.client.decode.video import Sampling
+    from s3d_retrieval.model.clips import DEFAULT_SAMPLING, ClipSampling
 
     if min(args.steps, args.batch, args.candidates, args.checkpoint_every) < 1 or args.lr <= 0:
         print("error: --steps, --batch, --candidates and --checkpoint-every must be >= 1 and --lr > 0",
@@ -103,9 +103,9 @@ def run_training(args) -> int:
         return 2
     base = DEFAULT_SAMPLING[args.size]
     quiet_tensorflow()
-    from model.hub_format import ModuleError, read_manifest
-    from model.narration import DataError
-    from model.train import Settings, train
+    from s3d_retrieval.model.hub_format import ModuleError, read_manifest
+    from s3d_retrieval.model.narration import DataError
+    from s3d_retrieval.model.train import Settings, train
 
     try:
         if args.init:  # a fine-tune keeps the sampling its module was trained with, unless told otherwise
@@ -133,7 +133,7 @@ def run_training(args) -> int:
 
 
 def write_demo_corpus(out: Path, videos: int, seed: int) -> int:
-    from model.corpus import write_corpus
+    from s3d_retrieval.model.corpus import write_corpus
 
     if out.exists():
         print(f"error: {out} already exists; pass a new folder or remove it first", file=sys.stderr)
@@ -149,8 +149,8 @@ def write_demo_corpus(out: Path, videos: int, seed: int) -> int:
 
 
 def write_ported(checkpoint: Path, vocabulary: Path, out: Path) -> Path:
-    from model.hub_format import write_module
-    from model.torch_weights import convert, read_state_dict, read_vocabulary
+    from s3d_retrieval.model.hub_format import write_module
+    from s3d_retrieval.model.torch_weights import convert, read_state_dict, read_vocabulary
 
     for path in (checkpoint, vocabulary):
         if not path.is_file():

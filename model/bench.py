@@ -13,19 +13,19 @@ from pathlib import Path
 
 import numpy as np
 
-from model.quiet import quiet_tensorflow
+from s3d_retrieval.model.quiet import quiet_tensorflow
 
 quiet_tensorflow()  # before TensorFlow is imported
 import tensorflow as tf  # noqa: E402
 import tensorflow_hub as hub
 
-from client.files import folder_bytes
-from model.clips import DEFAULT_SAMPLING
-from model.network import Network
-from model.standin import write_standin
-from model.text import vocabulary_table
-from model.train import Settings, Trainer, initial_module
-from model.weights import assign
+from s3d_retrieval.client.files import folder_bytes
+from s3d_retrieval.model.clips import DEFAULT_SAMPLING
+from s3d_retrieval.model.network import Network
+from s3d_retrieval.model.standin import write_standin
+from s3d_retrieval.model.text import vocabulary_table
+from s3d_retrieval.model.train import Settings, Trainer, initial_module
+from s3d_retrieval.model.weights import assign
 
 CLIPS = ((8, 64, 64), (16, 224, 224), (32, 224, 224))
 
@@ -69,11 +69,11 @@ def batchnorm(steps: int = 16, lr: float = 1e-4) -> None:
     BatchNorm offset compares with the loss's slope along it (central differences, step 1e-3)."""
     import tempfile as temp
 
-    from model.clips import ClipSampling, FrameCache, Sampler
-    from model.corpus import write_corpus
-    from model.loss import milnce_loss
-    from model.narration import read_dataset
-    from model.train import batchnorm_values
+    from s3d_retrieval.model.clips import ClipSampling, FrameCache, Sampler
+    from s3d_retrieval.model.corpus import write_corpus
+    from s3d_retrieval.model.loss import milnce_loss
+    from s3d_retrieval.model.narration import read_dataset
+    from s3d_retrieval.model.train import batchnorm_values
 
     print(f"\n{'BatchNorm, batch 4':20} {'values':>6} {'loss drop over ' + str(steps) + ' steps (min-max)':>32} "
           f"{'|grad| / slope of conv1 offset':>31}")
@@ -120,10 +120,10 @@ def modality() -> dict[str, float]:
     """The demo model's held-out sentences against the windows of their videos: the median cosine of a sentence
     with its video's best window, and the mean cosine between two sentences (their shared offset from the video
     embeddings: the towers meet only loosely). `client.bench` shapes its sentence-like queries on these."""
-    from client.decode.video import Sampling, load
-    from client.library.evalset import read_sentences
-    from model.corpus import DEMO_MODULE, write_corpus
-    from model.hub_format import read_manifest
+    from s3d_retrieval.client.decode.video import Sampling, load
+    from s3d_retrieval.client.library.evalset import read_sentences
+    from s3d_retrieval.model.corpus import DEMO_MODULE, write_corpus
+    from s3d_retrieval.model.hub_format import read_manifest
 
     module = hub.load(str(DEMO_MODULE))
     clip = read_manifest(DEMO_MODULE)["sampling"]

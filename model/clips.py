@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from client.defaults import FPS, FRAMES, SIZE
-from client.files import atomic_write
-from client.decode.video import VideoError, pad, sampled_frames
-from model.narration import Line, NarratedVideo
+from s3d_retrieval.client.defaults import FPS, FRAMES, SIZE
+from s3d_retrieval.client.files import atomic_write
+from s3d_retrieval.client.decode.video import VideoError, pad, sampled_frames
+from s3d_retrieval.model.narration import Line, NarratedVideo
 
 
 @dataclass(frozen=True)

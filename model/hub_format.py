@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from model.config import SIZES, VARIABLE_KINDS, VOCAB_LAYOUTS, Config
-from model.network import Network, named_variables
-from model.text import vocabulary_table
+from s3d_retrieval.model.config import SIZES, VARIABLE_KINDS, VOCAB_LAYOUTS, Config
+from s3d_retrieval.model.network import Network, named_variables
+from s3d_retrieval.model.text import vocabulary_table
 
 # tensorflow_hub's ModuleDef{format: FORMAT_V3}, serialised (field 1, varint 3).
 MODULE_DEF_V3 = b"\x08\x03"

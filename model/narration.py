@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pysubs2
 
-from client.library.walk import VIDEO_SUFFIXES
+from s3d_retrieval.client.library.walk import VIDEO_SUFFIXES
 
 SUBTITLE_SUFFIXES = (".srt", ".vtt")
 _TIME = r"(?:\d+:)?\d{1,2}:\d{2}[,.]\d{1,3}"

@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from model.config import Config
-from model.s3d import VideoTower
-from model.text import TextTower
+from s3d_retrieval.model.config import Config
+from s3d_retrieval.model.s3d import VideoTower
+from s3d_retrieval.model.text import TextTower
 
 
 class Network(tf.Module):

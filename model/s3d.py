@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from model.config import INCEPTION_BLOCKS, POOL_BEFORE, Config
-from model.layers import Dense, SelfGating, SeparableUnit, Unit, max_pool
+from s3d_retrieval.model.config import INCEPTION_BLOCKS, POOL_BEFORE, Config
+from s3d_retrieval.model.layers import Dense, SelfGating, SeparableUnit, Unit, max_pool
 
 
 def space_to_depth(x: tf.Tensor) -> tf.Tensor:

@@ -4,12 +4,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from model.config import SIZES
-from model.hub_format import write_module
-from model.network import Network
-from model.text import vocabulary_table
-from model.vocab import standin_vocabulary
-from model.weights import standin_weights
+from s3d_retrieval.model.config import SIZES
+from s3d_retrieval.model.hub_format import write_module
+from s3d_retrieval.model.network import Network
+from s3d_retrieval.model.text import vocabulary_table
+from s3d_retrieval.model.vocab import standin_vocabulary
+from s3d_retrieval.model.weights import standin_weights
 
 
 def write_standin(out: str | os.PathLike, size: str = "tiny", seed: int = 0, vocab_layout: str = "asset",

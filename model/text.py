@@ -10,8 +10,8 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
-from model.config import Config
-from model.layers import Dense, variable
+from s3d_retrieval.model.config import Config
+from s3d_retrieval.model.layers import Dense, variable
 
 # Everything that is not part of a word (Python's [\w'] written with RE2's Unicode classes).
 NON_WORD = r"[^\pL\pN_']+"

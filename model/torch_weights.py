@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.config import INCEPTION_BLOCKS
+from s3d_retrieval.model.config import INCEPTION_BLOCKS
 
 BRANCHES = {"conv_b0": "b0", "conv_b1_a": "b1a", "conv_b1_b": "b1b", "conv_b2_a": "b2a", "conv_b2_b": "b2b",
             "conv_b3_b": "b3b"}

@@ -26,20 +26,20 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from client.decode.video import Sampling, load
-from client.files import atomic_write
-from client.library.evalset import read_sentences
-from client.library.evaluate import clip_scores
-from client.library.metrics import ranks, summary
-from model.clips import ClipSampling, FrameCache, Sampler, usable
-from model.config import SIZES
-from model.hub_format import Module, read_module, write_module
-from model.loss import milnce_loss
-from model.narration import DataError, read_dataset
-from model.network import Network
-from model.text import vocabulary_table
-from model.vocab import build_vocabulary
-from model.weights import assign, snapshot, standin_weights
+from s3d_retrieval.client.decode.video import Sampling, load
+from s3d_retrieval.client.files import atomic_write
+from s3d_retrieval.client.library.evalset import read_sentences
+from s3d_retrieval.client.library.evaluate import clip_scores
+from s3d_retrieval.client.library.metrics import ranks, summary
+from s3d_retrieval.model.clips import ClipSampling, FrameCache, Sampler, usable
+from s3d_retrieval.model.config import SIZES
+from s3d_retrieval.model.hub_format import Module, read_module, write_module
+from s3d_retrieval.model.loss import milnce_loss
+from s3d_retrieval.model.narration import DataError, read_dataset
+from s3d_retrieval.model.network import Network
+from s3d_retrieval.model.text import vocabulary_table
+from s3d_retrieval.model.vocab import build_vocabulary
+from s3d_retrieval.model.weights import assign, snapshot, standin_weights
 
 CHECKPOINT, LOG, RUN = "checkpoint.npz", "log.csv", "run.json"
 # Training-mode BatchNorm needs this many values per channel in its deepest layers. On fixed batches of the tiny

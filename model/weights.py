@@ -12,9 +12,9 @@ from collections.abc import Mapping
 import numpy as np
 import tensorflow as tf
 
-from model.layers import BatchNorm
-from model.network import Network, named_variables
-from model.vocab import COMMON_WORDS
+from s3d_retrieval.model.layers import BatchNorm
+from s3d_retrieval.model.network import Network, named_variables
+from s3d_retrieval.model.vocab import COMMON_WORDS
 
 CALIBRATION_SHAPE = (2, 8, 64, 64, 3)
 # Embedding entries of this RMS give norms near 3.4 and dot products of a few units, as the real model's.

@@ -15,10 +15,10 @@ import tempfile
 import threading
 from pathlib import Path
 
-from client.defaults import GRPC_PORT, MODEL_NAME, REST_PORT
-from model.quiet import add_verbose_flag, quiet_tensorflow
-from serving import launcher
-from serving.config import LOAD_RETRIES, LOAD_RETRY_INTERVAL, parse_batching, parse_monitoring
+from s3d_retrieval.client.defaults import GRPC_PORT, MODEL_NAME, REST_PORT
+from s3d_retrieval.model.quiet import add_verbose_flag, quiet_tensorflow
+from s3d_retrieval.serving import launcher
+from s3d_retrieval.serving.config import LOAD_RETRIES, LOAD_RETRY_INTERVAL, parse_batching, parse_monitoring
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -51,9 +51,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def run_embedded(args: argparse.Namespace, plan: launcher.Plan) -> int:
     quiet_tensorflow()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from serving.embedded.batching import BatchingOptions
-    from serving.embedded.manager import LoadRetries
-    from serving.embedded.server import EmbeddedServer, Options
+    from s3d_retrieval.serving.embedded.batching import BatchingOptions
+    from s3d_retrieval.serving.embedded.manager import LoadRetries
+    from s3d_retrieval.serving.embedded.server import EmbeddedServer, Options
 
     monitoring = parse_monitoring().prometheus_config
     batching = BatchingOptions.from_proto(parse_batching()) if args.batching else None

@@ -26,19 +26,19 @@ from pathlib import Path
 
 import numpy as np
 
-from model.quiet import quiet_tensorflow
+from s3d_retrieval.model.quiet import quiet_tensorflow
 
 quiet_tensorflow()  # before TensorFlow is imported
 import tensorflow as tf  # noqa: E402
 
-from client.decode.samples import sweeping_video
-from client.defaults import FRAMES, MODEL_NAME, SIZE, VIDEO_UINT8_SIGNATURE
-from client.transport.session import Options as ClientOptions
-from client.transport.session import Session
-from serving import launcher
-from serving.config import parse_batching
-from serving.embedded.batching import BatchingOptions
-from serving.embedded.server import EmbeddedServer, Options
+from s3d_retrieval.client.decode.samples import sweeping_video
+from s3d_retrieval.client.defaults import FRAMES, MODEL_NAME, SIZE, VIDEO_UINT8_SIGNATURE
+from s3d_retrieval.client.transport.session import Options as ClientOptions
+from s3d_retrieval.client.transport.session import Session
+from s3d_retrieval.serving import launcher
+from s3d_retrieval.serving.config import parse_batching
+from s3d_retrieval.serving.embedded.batching import BatchingOptions
+from s3d_retrieval.serving.embedded.server import EmbeddedServer, Options
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -137,7 +137,7 @@ def indexing_memory(address: str, long_minutes: float, mid_minutes: float, hd_se
                   sweeping_video(Path(tmp) / "hd.avi", hd_seconds, 10, 1920, 1080), FRAMES, SIZE)]
         for name, path, frames, size in cases:
             whole, ours = (json.loads(subprocess.run(
-                [sys.executable, "-m", "client.bench", "video-memory", address, str(path), str(frames), str(size),
+                [sys.executable, "-m", "s3d_retrieval.client.bench", "video-memory", address, str(path), str(frames), str(size),
                  how], check=True, capture_output=True, text=True).stdout) for how in ("whole", "streamed"))
             rate, our_rate = whole["windows"] / whole["seconds"], ours["windows"] / ours["seconds"]
             print(f"  {name:32} {ours['windows']:8} {whole['peak_mb']:8.0f} {ours['peak_mb']:9.0f} "
@@ -155,12 +155,12 @@ def search_page_load(address: str, clients: int, seconds: float) -> None:
     import http.client
     import urllib.parse
 
-    from client.decode.video import Sampling
-    from client.library.index import Index
-    from client.library.indexing import index_videos
-    from client.ui.app import create_app
-    from client.ui.catalog import Catalog
-    from client.ui.server import in_thread
+    from s3d_retrieval.client.decode.video import Sampling
+    from s3d_retrieval.client.library.index import Index
+    from s3d_retrieval.client.library.indexing import index_videos
+    from s3d_retrieval.client.ui.app import create_app
+    from s3d_retrieval.client.ui.catalog import Catalog
+    from s3d_retrieval.client.ui.server import in_thread
 
     sentences = [f"{s} {a}" for s in SUBJECTS for a in ACTIONS]  # 100
     print(f"\n{f'search API, {clients} clients x {seconds:g} s':34} {'requests':>9} {'req/s':>7} {'p50 ms':>8} "

@@ -27,25 +27,25 @@ from pathlib import Path
 
 import numpy as np
 
-from client.outputs import html_report
-from client.defaults import MODEL_NAME, UI_PORT
-from client.library.evalset import load_evalset, read_sentences
-from client.library.evaluate import Evaluation, evaluate
-from client.library.index import Index
-from client.library.indexing import index_videos
-from client.library.metrics import IOU_AT, iou
-from client.library.rank import Windows, rank
-from client.outputs.report import as_table
-from client.library.search import Result, search_index
-from client.transport.session import Options, Session
-from client.decode.video import model_sampling
-from model.quiet import add_verbose_flag, verbose
+from s3d_retrieval.client.outputs import html_report
+from s3d_retrieval.client.defaults import MODEL_NAME, UI_PORT
+from s3d_retrieval.client.library.evalset import load_evalset, read_sentences
+from s3d_retrieval.client.library.evaluate import Evaluation, evaluate
+from s3d_retrieval.client.library.index import Index
+from s3d_retrieval.client.library.indexing import index_videos
+from s3d_retrieval.client.library.metrics import IOU_AT, iou
+from s3d_retrieval.client.library.rank import Windows, rank
+from s3d_retrieval.client.outputs.report import as_table
+from s3d_retrieval.client.library.search import Result, search_index
+from s3d_retrieval.client.transport.session import Options, Session
+from s3d_retrieval.client.decode.video import model_sampling
+from s3d_retrieval.model.quiet import add_verbose_flag, verbose
 
 SHOWN = 4  # held-out queries shown in the table and the report
 
 
 def start_server(model_dir: Path) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, "-m", "serving", "--embedded", "--model-dir", str(model_dir),
+    proc = subprocess.Popen([sys.executable, "-m", "s3d_retrieval.serving", "--embedded", "--model-dir", str(model_dir),
                              "--host", "127.0.0.1", "--port", "0", "--rest-port", "0"],
                             stdout=subprocess.PIPE, stderr=None if verbose() else subprocess.DEVNULL, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -74,7 +74,7 @@ def run(model_dir: Path, out: Path, seed: int = 0) -> Demo:
     `out`, and measure them with the library's `evaluate` (the `eval` verb's code)."""
     world = out / "corpus"
     if not world.exists():
-        from model.corpus import write_corpus
+        from s3d_retrieval.model.corpus import write_corpus
 
         write_corpus(world, videos=0, seed=seed)  # the held-out clips and the story: the demo model never saw them
     heldout_csv, story_csv = world / "heldout" / "queries.csv", world / "story" / "story.csv"

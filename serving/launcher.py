@@ -12,7 +12,7 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
-from serving.config import (BATCHING_CONFIG, LOAD_RETRIES, LOAD_RETRY_INTERVAL, MONITORING_CONFIG, TF_SERVING_IMAGE,
+from s3d_retrieval.serving.config import (BATCHING_CONFIG, LOAD_RETRIES, LOAD_RETRY_INTERVAL, MONITORING_CONFIG, TF_SERVING_IMAGE,
                             parse_models)
 
 CONTAINER_MODELS = "/models"

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import yaml
 
-from client.defaults import MODEL_NAME
-from serving.config import BATCHING_CONFIG, MODELS_CONFIG, MONITORING_CONFIG, TF_SERVING_IMAGE
+from s3d_retrieval.client.defaults import MODEL_NAME
+from s3d_retrieval.serving.config import BATCHING_CONFIG, MODELS_CONFIG, MONITORING_CONFIG, TF_SERVING_IMAGE
 
 KUBERNETES_VERSION = "1.36.0"  # validated against; a recent release that managed GPU clusters run
 TEMPLATES = Path(__file__).resolve().parent / "k8s"

@@ -10,7 +10,7 @@ import pytest
 @pytest.fixture(scope="session")
 def standin(tmp_path_factory) -> Callable[..., Path]:
     """standin(vocab_layout="asset", variables="resource", seed=0) -> path of a tiny stand-in module."""
-    from model.standin import write_standin
+    from s3d_retrieval.model.standin import write_standin
 
     cache: dict[tuple, Path] = {}
     root = tmp_path_factory.mktemp("standins")
@@ -27,8 +27,8 @@ def standin(tmp_path_factory) -> Callable[..., Path]:
 @pytest.fixture(scope="session")
 def model_dir(standin, tmp_path_factory) -> Path:
     """The tiny stand-in exported as version 1 (warmup at small clips to keep the suite fast)."""
-    from client.defaults import MODEL_NAME
-    from export.pipeline import export_model
+    from s3d_retrieval.client.defaults import MODEL_NAME
+    from s3d_retrieval.export.pipeline import export_model
 
     path = tmp_path_factory.mktemp("served") / MODEL_NAME
     export_model(str(standin()), path, frames=8, size=64)
@@ -37,10 +37,10 @@ def model_dir(standin, tmp_path_factory) -> Path:
 
 def start_server(model_dir: Path, port: int = 0, **options):
     """An embedded server on loopback, on free ports (or gRPC on `port`), polling fast."""
-    from client.defaults import MODEL_NAME
-    from serving import launcher
-    from serving.embedded.manager import LoadRetries
-    from serving.embedded.server import EmbeddedServer, Options
+    from s3d_retrieval.client.defaults import MODEL_NAME
+    from s3d_retrieval.serving import launcher
+    from s3d_retrieval.serving.embedded.manager import LoadRetries
+    from s3d_retrieval.serving.embedded.server import EmbeddedServer, Options
 
     plan = launcher.Plan(MODEL_NAME, model_dir, None, 0, 0, False, None)
     options = {"load_retries": LoadRetries(1, 0.05), **options}  # TF Serving's retries, without its minutes
@@ -59,7 +59,7 @@ def server(model_dir):
 @pytest.fixture()
 def session(server):
     """A client session on the shared embedded server."""
-    from client.transport.session import Options, Session
+    from s3d_retrieval.client.transport.session import Options, Session
 
     with Session(Options(address=f"127.0.0.1:{server.port}", windows_per_request=2)) as s:
         yield s

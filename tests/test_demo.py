@@ -3,10 +3,10 @@ the held-out clips and the story video indexed, searched and measured with `eval
 change that breaks `make demo` turns `make test` red."""
 from __future__ import annotations
 
-from client.defaults import MODEL_NAME
-from export.pipeline import export_model
-from model.corpus import DEMO_MODULE
-from serving.demo import main, run
+from s3d_retrieval.client.defaults import MODEL_NAME
+from s3d_retrieval.export.pipeline import export_model
+from s3d_retrieval.model.corpus import DEMO_MODULE
+from s3d_retrieval.serving.demo import main, run
 
 # Floors under what the committed model reaches (README, "The demo"), far above chance (1/32 and ~0.1), and the
 # issue's targets for moments (#23), which the best window alone cannot reach (a 1.6 s window on a 4 s event: IoU

@@ -7,13 +7,13 @@ import statistics
 import numpy as np
 import pytest
 
-from client.cli import main as client_main
-from client.defaults import MODEL_NAME
-from client.library.evalset import Clip, EvalSet, EvalSetError, load_evalset
-from client.library.evaluate import clip_starts, embed_clips, evaluate, windows_at
-from client.library.index import Index
-from client.library.metrics import iou, ranks, summary
-from client.decode.video import Sampling
+from s3d_retrieval.client.cli import main as client_main
+from s3d_retrieval.client.defaults import MODEL_NAME
+from s3d_retrieval.client.library.evalset import Clip, EvalSet, EvalSetError, load_evalset
+from s3d_retrieval.client.library.evaluate import clip_starts, embed_clips, evaluate, windows_at
+from s3d_retrieval.client.library.index import Index
+from s3d_retrieval.client.library.metrics import iou, ranks, summary
+from s3d_retrieval.client.decode.video import Sampling
 from tests.conftest import write_clip
 
 RAMP = Sampling(frames=4, fps=10, size=32)

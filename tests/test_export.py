@@ -12,17 +12,17 @@ import tensorflow_hub as hub
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import saved_model_pb2
 
-import export.servable
-from client.defaults import FPS, HUB_HANDLE, INPUT_KEYS, MODEL_NAME, SIZE
-from export.__main__ import main
-from export.pipeline import MANIFEST, export_model
-from export.source import ExportError
-from export.warmup import WARMUP_FILE, read_warmup
-from model.config import SIZES
-from model.network import Network
-from model.text import vocabulary_table
-from model.vocab import standin_vocabulary
-from model.weights import standin_weights
+from s3d_retrieval.export import servable
+from s3d_retrieval.client.defaults import FPS, HUB_HANDLE, INPUT_KEYS, MODEL_NAME, SIZE
+from s3d_retrieval.export.__main__ import main
+from s3d_retrieval.export.pipeline import MANIFEST, export_model
+from s3d_retrieval.export.source import ExportError
+from s3d_retrieval.export.warmup import WARMUP_FILE, read_warmup
+from s3d_retrieval.model.config import SIZES
+from s3d_retrieval.model.network import Network
+from s3d_retrieval.model.text import vocabulary_table
+from s3d_retrieval.model.vocab import standin_vocabulary
+from s3d_retrieval.model.weights import standin_weights
 
 LAYOUTS = [("asset", "resource"), ("asset", "reference"), ("graph", "resource"), ("graph", "reference")]
 SERVED = {"video", "video_uint8", "text", "serving_default"}  # each has a warmup record
@@ -172,7 +172,7 @@ def test_a_damaged_source_fails_clearly_and_publishes_nothing(standin, tmp_path,
 
 
 def test_a_parity_failure_publishes_nothing(standin, tmp_path, monkeypatch):
-    monkeypatch.setattr(export.servable, "UINT8_TO_UNIT", np.arange(256, dtype=np.float32) / 256)
+    monkeypatch.setattr(servable, "UINT8_TO_UNIT", np.arange(256, dtype=np.float32) / 256)
     with pytest.raises(ExportError, match="video_uint8/video_embedding"):
         export_model(str(standin()), tmp_path / "m", frames=2, size=32)
     assert list((tmp_path / "m").iterdir()) == []

@@ -9,14 +9,14 @@ import sys
 import numpy as np
 import pytest
 
-from client.outputs import html_report
-from client.library.index import Index, IndexFolderError
-from client.library.indexing import index_videos
-from client.library.moments import Moment
-from client.library.rank import Match
-from client.library.search import Result, search_index
+from s3d_retrieval.client.outputs import html_report
+from s3d_retrieval.client.library.index import Index, IndexFolderError
+from s3d_retrieval.client.library.indexing import index_videos
+from s3d_retrieval.client.library.moments import Moment
+from s3d_retrieval.client.library.rank import Match
+from s3d_retrieval.client.library.search import Result, search_index
 
-from client.decode.video import Sampling, load
+from s3d_retrieval.client.decode.video import Sampling, load
 from tests.conftest import write_clip
 
 SAMPLING = Sampling(size=64)
@@ -52,7 +52,7 @@ def check_consistent(folder, library) -> dict:
 def test_the_index_survives_a_kill_mid_run(server, session, library, tmp_path):
     folder = tmp_path / "index"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "client", "--server", f"127.0.0.1:{server.port}", "index",
+    proc = subprocess.Popen([sys.executable, "-m", "s3d_retrieval.client", "--server", f"127.0.0.1:{server.port}", "index",
                              str(library), "--index", str(folder), "--flush-every", "1", "--size", "64"],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     try:

@@ -6,9 +6,9 @@ import re
 import pytest
 import yaml
 
-from client.defaults import GRPC_PORT, MODEL_NAME, REST_PORT
-from serving import manifests
-from serving.config import BATCHING_CONFIG, HERE, MODELS_CONFIG, MONITORING_CONFIG, TF_SERVING_IMAGE, \
+from s3d_retrieval.client.defaults import GRPC_PORT, MODEL_NAME, REST_PORT
+from s3d_retrieval.serving import manifests
+from s3d_retrieval.serving.config import BATCHING_CONFIG, HERE, MODELS_CONFIG, MONITORING_CONFIG, TF_SERVING_IMAGE, \
     parse_models, parse_monitoring
 
 
@@ -150,13 +150,15 @@ def test_indexing_job_shards_the_library_across_cpu_pods():
 
 def test_client_image_has_no_tensorflow():
     text = (HERE / "client.Dockerfile").read_text()
-    assert re.search(r"^FROM python:3\.11\.\d+-slim", text, re.M)
-    assert "pip install --no-cache-dir '.[ui]'" in text and "[tf" not in text and "COPY client " in text
-    assert "COPY model" not in text and "COPY serving" not in text and "USER 1000" in text
+    assert len(re.findall(r"^FROM python:3\.11\.\d+-slim", text, re.M)) == 2  # the wheel built, then installed
+    assert re.search(r'^RUN pip install --no-cache-dir "\$\(ls /wheels/s3d_retrieval-\*\.whl\)\[ui\]"', text, re.M)
+    assert "[tf" not in text and "USER 1000" in text
+    final = text[text.rindex("\nFROM "):]  # the image itself: only the wheel is copied in, not the sources
+    assert "COPY --from=wheel /wheels /wheels" in final and not re.search(r"^COPY (client|model|export|serving)", final, re.M)
 
 
 def test_search_page_deployment_probes_health_and_reaches_the_model_servers():
-    from client.defaults import UI_PORT
+    from s3d_retrieval.client.defaults import UI_PORT
 
     docs = {f"{d['kind']}/{d['metadata']['name']}": d for d in manifests.render_ui(image="registry/s3d-client:7")}
     assert manifests.validate(list(docs.values())) == []
@@ -185,7 +187,7 @@ def test_search_page_deployment_probes_health_and_reaches_the_model_servers():
 
 
 def test_autoscaling_uses_a_serving_metric_the_server_exports():
-    from serving.embedded.metrics import Metrics
+    from s3d_retrieval.serving.embedded.metrics import Metrics
 
     docs = objects()
     hpa = docs["HorizontalPodAutoscaler/s3d-milnce"]["spec"]["metrics"]

@@ -13,15 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from client.cli import main
-from client.decode.ahead import decode_ahead
-from client.decode.video import load
-from client.library import index as index_module
-from client.library import indexing, walk
-from client.library.index import Index
-from client.library.indexing import index_videos
-from client.library.stream import embed_stream
-from client.transport.session import Options, Session
+from s3d_retrieval.client.cli import main
+from s3d_retrieval.client.decode.ahead import decode_ahead
+from s3d_retrieval.client.decode.video import load
+from s3d_retrieval.client.library import index as index_module
+from s3d_retrieval.client.library import indexing, walk
+from s3d_retrieval.client.library.index import Index
+from s3d_retrieval.client.library.indexing import index_videos
+from s3d_retrieval.client.library.stream import embed_stream
+from s3d_retrieval.client.transport.session import Options, Session
 from tests.conftest import start_server, write_clip
 from tests.test_index import SAMPLING, check_consistent, library  # noqa: F401 - the fixture
 

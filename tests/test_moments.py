@@ -4,11 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from client.library.metrics import iou
-from client.library.like import Like, LikeError
-from client.library.moments import find, inside, levels, shares
-from client.library.rank import Windows, rank
-from client.library.search import Result, rank_queries
+from s3d_retrieval.client.library.metrics import iou
+from s3d_retrieval.client.library.like import Like, LikeError
+from s3d_retrieval.client.library.moments import find, inside, levels, shares
+from s3d_retrieval.client.library.rank import Windows, rank
+from s3d_retrieval.client.library.search import Result, rank_queries
 
 
 def windows(seconds: float, length: float, stride: float) -> np.ndarray:

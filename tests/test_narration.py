@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model import corpus
-from model.clips import ClipSampling, FrameCache, bag, clip_at
-from model.narration import DataError, Line, read_dataset, read_subtitles
+from s3d_retrieval.model import corpus
+from s3d_retrieval.model.clips import ClipSampling, FrameCache, bag, clip_at
+from s3d_retrieval.model.narration import DataError, Line, read_dataset, read_subtitles
 from tests.conftest import write_clip
 
 SRT = """1

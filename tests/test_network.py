@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from model.config import SIZES
-from model.layers import BatchNorm
-from model.loss import milnce_loss
-from model.network import Network, learnable_parameters
-from model.s3d import VideoTower, space_to_depth
-from model.text import TextTower, vocabulary_table
-from model.vocab import standin_vocabulary
-from model.weights import standin_weights
+from s3d_retrieval.model.config import SIZES
+from s3d_retrieval.model.layers import BatchNorm
+from s3d_retrieval.model.loss import milnce_loss
+from s3d_retrieval.model.network import Network, learnable_parameters
+from s3d_retrieval.model.s3d import VideoTower, space_to_depth
+from s3d_retrieval.model.text import TextTower, vocabulary_table
+from s3d_retrieval.model.vocab import standin_vocabulary
+from s3d_retrieval.model.weights import standin_weights
 
 TINY = SIZES["tiny"]
 

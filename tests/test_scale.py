@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from client.cli import main
-from client.library import vectors
-from client.library.index import Index, IndexFolderError
-from client.library.indexing import index_videos
-from client.library.merge import merge
-from client.library.rank import Windows, rank
-from client.library.search import Filters, search_index
-from client.library.walk import Shard, walk
+from s3d_retrieval.client.cli import main
+from s3d_retrieval.client.library import vectors
+from s3d_retrieval.client.library.index import Index, IndexFolderError
+from s3d_retrieval.client.library.indexing import index_videos
+from s3d_retrieval.client.library.merge import merge
+from s3d_retrieval.client.library.rank import Windows, rank
+from s3d_retrieval.client.library.search import Filters, search_index
+from s3d_retrieval.client.library.walk import Shard, walk
 from tests.conftest import files_of, write_clip
 from tests.test_index import SAMPLING, check_consistent, library  # noqa: F401 - the fixture
 
@@ -63,7 +63,7 @@ def test_two_shards_and_merge_equal_one_process_and_a_killed_shard_rerun_too(ser
     shards = [tmp_path / f"shard-{i}" for i in range(2)]
     with Index(shards[1 - killed], "s3d_milnce", SAMPLING, create=True) as index:
         index_videos(session, index, [library], shard=Shard(1 - killed, 2))
-    command = [sys.executable, "-m", "client", "--server", f"127.0.0.1:{server.port}",
+    command = [sys.executable, "-m", "s3d_retrieval.client", "--server", f"127.0.0.1:{server.port}",
                "--windows-per-request", "2",  # as the `session` fixture: the same batches, the same float sums
                "index", str(library), "--index", str(shards[killed]), "--flush-every", "1", "--size", "64",
                "--shard", f"{killed}/2"]

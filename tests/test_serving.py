@@ -23,11 +23,11 @@ from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
                                      predict_pb2, prediction_service_pb2_grpc)
 
-from client.defaults import FPS, FRAMES, MODEL_NAME, SIZE
+from s3d_retrieval.client.defaults import FPS, FRAMES, MODEL_NAME, SIZE
 from tests.conftest import start_server
-from export.pipeline import export_model
-from serving import launcher
-from serving.config import TF_SERVING_IMAGE, parse_batching, parse_models, parse_monitoring
+from s3d_retrieval.export.pipeline import export_model
+from s3d_retrieval.serving import launcher
+from s3d_retrieval.serving.config import TF_SERVING_IMAGE, parse_batching, parse_models, parse_monitoring
 
 State = get_model_status_pb2.ModelVersionStatus.State
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
@@ -337,7 +337,7 @@ def test_stop_lets_requests_in_flight_finish(model_dir):
 
 def test_sigterm_stops_the_cli_server_gracefully_and_it_says_only_its_own_lines(model_dir):
     env = {k: v for k, v in os.environ.items() if k not in ("S3D_VERBOSE", "TF_CPP_MIN_LOG_LEVEL")}
-    proc = subprocess.Popen([sys.executable, "-m", "serving", "--embedded", "--model-dir", str(model_dir),
+    proc = subprocess.Popen([sys.executable, "-m", "s3d_retrieval.serving", "--embedded", "--model-dir", str(model_dir),
                              "--host", "127.0.0.1", "--port", "0", "--rest-port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**env, "PYTHONUNBUFFERED": "1"})

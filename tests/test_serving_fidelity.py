@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from client.defaults import MODEL_NAME
-from client.transport.session import Options, Session
-from export.warmup import WARMUP, read_warmup
-from serving.config import parse_batching
-from serving.embedded.batching import BatchingOptions, BatchScheduler
-from serving.embedded.errors import ServingError
-from serving.embedded.metrics import Metrics
+from s3d_retrieval.client.defaults import MODEL_NAME
+from s3d_retrieval.client.transport.session import Options, Session
+from s3d_retrieval.export.warmup import WARMUP, read_warmup
+from s3d_retrieval.serving.config import parse_batching
+from s3d_retrieval.serving.embedded.batching import BatchingOptions, BatchScheduler
+from s3d_retrieval.serving.embedded.errors import ServingError
+from s3d_retrieval.serving.embedded.metrics import Metrics
 from tests.conftest import start_server
 from tests.test_serving import Client, State, clip, poll_status, rest, value
 
@@ -271,7 +271,7 @@ class Retrying(logging.Handler):
 
 
 def test_a_failed_load_is_retried_and_health_follows_the_model(model_dir, tmp_path):
-    from serving.embedded.manager import LoadRetries
+    from s3d_retrieval.serving.embedded.manager import LoadRetries
 
     base = tmp_path / MODEL_NAME
     base.mkdir()

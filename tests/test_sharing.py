@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from client.cli import main
-from client.library.index import Index
-from client.library.indexing import index_videos
-from client.library.lock import LockTimeout
-from client.library.rank import rank
-from client.ui.catalog import Catalog, NotServed
+from s3d_retrieval.client.cli import main
+from s3d_retrieval.client.library.index import Index
+from s3d_retrieval.client.library.indexing import index_videos
+from s3d_retrieval.client.library.lock import LockTimeout
+from s3d_retrieval.client.library.rank import rank
+from s3d_retrieval.client.ui.catalog import Catalog, NotServed
 from tests.conftest import files_of, write_clip
 from tests.test_index import SAMPLING, library  # noqa: F401 - the fixture
 
@@ -183,7 +183,7 @@ def test_a_touched_file_stays_served_and_a_changed_one_waits_for_index(server, i
 def test_two_writers_a_page_and_a_search_loop_share_one_index(server, session, library, tmp_path, capsys):  # noqa: F811
     from starlette.testclient import TestClient
 
-    from client.ui.app import create_app
+    from s3d_retrieval.client.ui.app import create_app
 
     folder = tmp_path / "idx"
     clips = sorted(map(str, library.iterdir()))
@@ -191,7 +191,7 @@ def test_two_writers_a_page_and_a_search_loop_share_one_index(server, session, l
         clips.append(str(write_clip(library / f"more{i}.avi", 30 + 7 * i, 20, (80, 64), "MJPG", seed=i)))
     assert cli(server, "index", clips[0], "--index", str(folder), "--size", "64") == 0
     halves = [clips[1::2], clips[2::2]]
-    writers = [subprocess.Popen([sys.executable, "-m", "client", "--server", f"127.0.0.1:{server.port}", "index",
+    writers = [subprocess.Popen([sys.executable, "-m", "s3d_retrieval.client", "--server", f"127.0.0.1:{server.port}", "index",
                                  *half, "--index", str(folder), "--flush-every", "1", "--size", "64"],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for half in halves]
     searches, failures, pages = [], [], 0
@@ -199,7 +199,7 @@ def test_two_writers_a_page_and_a_search_loop_share_one_index(server, session, l
 
     def search_loop() -> None:  # processes of their own, as people run them (and np.load's header parsing is not
         while not stop.is_set() and len(searches) < 200:  # thread-safe on CPython 3.11: gh-106905)
-            done = subprocess.run([sys.executable, "-m", "client", "--server", f"127.0.0.1:{server.port}", "search",
+            done = subprocess.run([sys.executable, "-m", "s3d_retrieval.client", "--server", f"127.0.0.1:{server.port}", "search",
                                    "a dog", "--index", str(folder), "--top", "3"], capture_output=True, text=True)
             searches.append(done.returncode)
             if done.returncode:
@@ -238,7 +238,7 @@ def test_two_writers_a_page_and_a_search_loop_share_one_index(server, session, l
 
 
 def test_a_reader_that_meets_a_file_a_writer_just_replaced_reads_again(indexed, monkeypatch):
-    from client.library import view
+    from s3d_retrieval.client.library import view
 
     real, calls = view.VectorSearch, []
 

@@ -7,13 +7,13 @@ import tensorflow as tf
 import tensorflow_hub as hub
 from tensorflow.core.protobuf import saved_model_pb2
 
-from model.__main__ import main
-from model.config import SIZES
-from model.hub_format import MODULE_MARKER
-from model.network import Network
-from model.text import vocabulary_table
-from model.vocab import standin_vocabulary
-from model.weights import assign, standin_weights
+from s3d_retrieval.model.__main__ import main
+from s3d_retrieval.model.config import SIZES
+from s3d_retrieval.model.hub_format import MODULE_MARKER
+from s3d_retrieval.model.network import Network
+from s3d_retrieval.model.text import vocabulary_table
+from s3d_retrieval.model.vocab import standin_vocabulary
+from s3d_retrieval.model.weights import assign, standin_weights
 
 LAYOUTS = [("asset", "resource"), ("asset", "reference"), ("graph", "resource"), ("graph", "reference")]
 SENTENCES = ["Playing Guitar!", "playing guitar", "a dog running on the beach", "", "zzz qqq"]

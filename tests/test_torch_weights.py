@@ -6,12 +6,12 @@ import pytest
 import tensorflow as tf
 import tensorflow_hub as hub
 
-from model.__main__ import main
-from model.config import INCEPTION_BLOCKS, POOL_BEFORE, SIZES, Config
-from model.network import Network, named_variables
-from model.text import vocabulary_table
-from model.torch_weights import convert
-from model.weights import assign
+from s3d_retrieval.model.__main__ import main
+from s3d_retrieval.model.config import INCEPTION_BLOCKS, POOL_BEFORE, SIZES, Config
+from s3d_retrieval.model.network import Network, named_variables
+from s3d_retrieval.model.text import vocabulary_table
+from s3d_retrieval.model.torch_weights import convert
+from s3d_retrieval.model.weights import assign
 
 
 def port_state_dict(config: Config, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:

@@ -11,22 +11,22 @@ import pytest
 import tensorflow as tf
 import tensorflow_hub as hub
 
-from client.defaults import MODEL_NAME
-from client.transport.session import Options, Session
-from client.decode.video import Sampling
-from client.library.search import search
-from export.pipeline import export_model
-from model.__main__ import main as model_main
-from model.clips import ClipSampling, FrameCache, Sampler
-from model.corpus import write_corpus
-from model.hub_format import read_module
-from model.layers import BatchNorm
-from model.narration import DataError, read_dataset
-from model.network import Network
-from model.text import vocabulary_table
-from model.train import CHECKPOINT, Settings, Trainer, initial_module, train
-from model.vocab import words
-from model.weights import assign
+from s3d_retrieval.client.defaults import MODEL_NAME
+from s3d_retrieval.client.transport.session import Options, Session
+from s3d_retrieval.client.decode.video import Sampling
+from s3d_retrieval.client.library.search import search
+from s3d_retrieval.export.pipeline import export_model
+from s3d_retrieval.model.__main__ import main as model_main
+from s3d_retrieval.model.clips import ClipSampling, FrameCache, Sampler
+from s3d_retrieval.model.corpus import write_corpus
+from s3d_retrieval.model.hub_format import read_module
+from s3d_retrieval.model.layers import BatchNorm
+from s3d_retrieval.model.narration import DataError, read_dataset
+from s3d_retrieval.model.network import Network
+from s3d_retrieval.model.text import vocabulary_table
+from s3d_retrieval.model.train import CHECKPOINT, Settings, Trainer, initial_module, train
+from s3d_retrieval.model.vocab import words
+from s3d_retrieval.model.weights import assign
 from tests.conftest import start_server, write_clip
 
 # The tiny network's own clips: batch 4 gives its deepest BatchNorm layers 32 values per channel (see

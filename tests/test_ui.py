@@ -10,18 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from client import cli
-from client.decode.video import Sampling
-from client.library.index import Index
-from client.library.indexing import index_videos
-from client.transport.session import Options, Session
+from s3d_retrieval.client import cli
+from s3d_retrieval.client.decode.video import Sampling
+from s3d_retrieval.client.library.index import Index
+from s3d_retrieval.client.library.indexing import index_videos
+from s3d_retrieval.client.transport.session import Options, Session
 from tests.conftest import files_of, write_clip
 
 starlette = pytest.importorskip("starlette", reason="the [ui] extra is not installed: pip install '.[ui]'")
 from starlette.testclient import TestClient  # noqa: E402
 
-from client.ui.app import create_app  # noqa: E402
-from client.ui.catalog import Catalog  # noqa: E402
+from s3d_retrieval.client.ui.app import create_app  # noqa: E402
+from s3d_retrieval.client.ui.catalog import Catalog  # noqa: E402
 
 SAMPLING = Sampling(frames=8, size=64)
 CHROMIUM = "/usr/bin/chromium"
@@ -280,7 +280,7 @@ def page(server, world):
         pytest.skip(f"the browser test needs Debian's Chromium at {CHROMIUM}: run `make browser` as root "
                     f"(apt-get install chromium)")
     playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (make setup)")
-    from client.ui.server import in_thread
+    from s3d_retrieval.client.ui.server import in_thread
 
     with Session(Options(address=f"127.0.0.1:{server.port}")) as session, \
             in_thread(create_app(Catalog(world / "index", "s3d_milnce"), session, session)) as root, \

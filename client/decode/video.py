@@ -22,7 +22,7 @@ os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # our VideoError says it 
 import cv2  # noqa: E402 - reads the variable above when it loads
 import numpy as np  # noqa: E402
 
-from client.defaults import FPS, FRAMES, SIZE  # noqa: E402
+from s3d_retrieval.client.defaults import FPS, FRAMES, SIZE  # noqa: E402
 
 FALLBACK_FPS = 25.0  # when a file states no usable frame rate
 

@@ -12,7 +12,7 @@ import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from client.library.walk import VIDEO_SUFFIXES
+from s3d_retrieval.client.library.walk import VIDEO_SUFFIXES
 
 
 class EvalSetError(Exception):

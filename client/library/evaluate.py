@@ -24,15 +24,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from client.library.evalset import Clip, EvalSet
-from client.library.index import Index
-from client.library.indexing import index_videos
-from client.library.metrics import iou, moment_summary, ranks, summary
-from client.library.moments import find, inside
-from client.library.rank import Windows, best_per_video
-from client.library.search import embed_videos
-from client.transport.session import Session
-from client.decode.video import Capture, Sampling, VideoError, colab_windows, pad, sampled_frames, segment_windows
+from s3d_retrieval.client.library.evalset import Clip, EvalSet
+from s3d_retrieval.client.library.index import Index
+from s3d_retrieval.client.library.indexing import index_videos
+from s3d_retrieval.client.library.metrics import iou, moment_summary, ranks, summary
+from s3d_retrieval.client.library.moments import find, inside
+from s3d_retrieval.client.library.rank import Windows, best_per_video
+from s3d_retrieval.client.library.search import embed_videos
+from s3d_retrieval.client.transport.session import Session
+from s3d_retrieval.client.decode.video import Capture, Sampling, VideoError, colab_windows, pad, sampled_frames, segment_windows
 
 PROTOCOLS = ("max", "mean", "colab")
 

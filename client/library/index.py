@@ -34,12 +34,12 @@ from pathlib import Path
 
 import numpy as np
 
-from client.decode.video import Sampling
-from client.defaults import LOCK_WAIT
-from client.files import atomic_write
-from client.library import vectors
-from client.library.lock import WriterLock
-from client.library.rank import Windows
+from s3d_retrieval.client.decode.video import Sampling
+from s3d_retrieval.client.defaults import LOCK_WAIT
+from s3d_retrieval.client.files import atomic_write
+from s3d_retrieval.client.library import vectors
+from s3d_retrieval.client.library.lock import WriterLock
+from s3d_retrieval.client.library.rank import Windows
 
 FORMAT = "s3d-index/1"
 DB = "index.sqlite"

@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from client.decode.video import Capture, VideoError
-from client.library.index import Entry, Index, file_sha256
-from client.library.stream import embed_stream
-from client.library.walk import Shard, walk
-from client.transport.session import Session
+from s3d_retrieval.client.decode.video import Capture, VideoError
+from s3d_retrieval.client.library.index import Entry, Index, file_sha256
+from s3d_retrieval.client.library.stream import embed_stream
+from s3d_retrieval.client.library.walk import Shard, walk
+from s3d_retrieval.client.transport.session import Session
 
 
 @dataclass

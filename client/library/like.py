@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from client.library.moments import inside, shares
-from client.library.rank import Match
+from s3d_retrieval.client.library.moments import inside, shares
+from s3d_retrieval.client.library.rank import Match
 
 
 class LikeError(ValueError):

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from client.defaults import LOCK_WAIT
-from client.library.index import Index, IndexFolderError, Record
+from s3d_retrieval.client.defaults import LOCK_WAIT
+from s3d_retrieval.client.library.index import Index, IndexFolderError, Record
 
 
 @dataclass

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from client.library.moments import Moment, find
+from s3d_retrieval.client.library.moments import Moment, find
 
 
 @dataclass(frozen=True)

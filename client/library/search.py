@@ -8,13 +8,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from client.decode.video import Sampling, VideoError
-from client.library.index import Index
-from client.library.like import Like, LikeError, Source
-from client.library.rank import Match, Windows, rank
-from client.library.stream import embed_stream
-from client.library.view import IndexView, open_view
-from client.transport.session import Session
+from s3d_retrieval.client.decode.video import Sampling, VideoError
+from s3d_retrieval.client.library.index import Index
+from s3d_retrieval.client.library.like import Like, LikeError, Source
+from s3d_retrieval.client.library.rank import Match, Windows, rank
+from s3d_retrieval.client.library.stream import embed_stream
+from s3d_retrieval.client.library.view import IndexView, open_view
+from s3d_retrieval.client.transport.session import Session
 
 
 @dataclass

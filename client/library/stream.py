@@ -14,9 +14,9 @@ from typing import TypeVar
 
 import numpy as np
 
-from client.decode.ahead import decode_ahead
-from client.decode.video import Sampling, VideoError, Window, windows
-from client.transport.session import Session
+from s3d_retrieval.client.decode.ahead import decode_ahead
+from s3d_retrieval.client.decode.video import Sampling, VideoError, Window, windows
+from s3d_retrieval.client.transport.session import Session
 
 T = TypeVar("T")
 VERSION_ATTEMPTS = 3  # a video re-embedded this many times, each time meeting a version change, is given up

@@ -45,9 +45,9 @@ from pathlib import Path
 
 import numpy as np
 
-from client.files import atomic_write
-from client.library.moments import find
-from client.library.rank import Match
+from s3d_retrieval.client.files import atomic_write
+from s3d_retrieval.client.library.moments import find
+from s3d_retrieval.client.library.rank import Match
 
 EXACT_LIMIT = 250_000  # windows: above, an exact scan costs more than ~50 ms a query on 2 cores
 CHUNK = 262_144  # rows scored at once by the exact scan (512 MB of float32 at most)

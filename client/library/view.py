@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from client.library import vectors
-from client.library.index import Entry, Index, placement
-from client.library.rank import Match, Windows, rank
-from client.library.vectors import VectorSearch
+from s3d_retrieval.client.library import vectors
+from s3d_retrieval.client.library.index import Entry, Index, placement
+from s3d_retrieval.client.library.rank import Match, Windows, rank
+from s3d_retrieval.client.library.vectors import VectorSearch
 
 ATTEMPTS = 3  # reads of a structure that a writer replaced meanwhile
 Allowed = Callable[[str, float], bool]  # (path, duration) -> may this video be returned

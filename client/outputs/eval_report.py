@@ -6,8 +6,8 @@ import html
 
 import numpy as np
 
-from client.library.evaluate import Evaluation, clip_name, worst
-from client.outputs.html_report import STYLE
+from s3d_retrieval.client.library.evaluate import Evaluation, clip_name, worst
+from s3d_retrieval.client.outputs.html_report import STYLE
 
 METRICS = ("R@1", "R@5", "R@10", "MdR", "MnR")
 WIDTH, HEIGHT, PAD = 420, 220, 36

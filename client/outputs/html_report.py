@@ -8,9 +8,9 @@ import base64
 import html
 from pathlib import Path
 
-from client.files import atomic_write
-from client.library.search import Result
-from client.outputs.stills import jpeg_at
+from s3d_retrieval.client.files import atomic_write
+from s3d_retrieval.client.library.search import Result
+from s3d_retrieval.client.outputs.stills import jpeg_at
 
 THUMBNAIL = 160
 PLAYABLE = {".mp4", ".m4v", ".webm", ".ogv", ".mov"}

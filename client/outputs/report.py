@@ -1,9 +1,9 @@
 """Writers for search results: an aligned text table and the JSON document."""
 from __future__ import annotations
 
-from client.library.moments import Moment
-from client.library.rank import Match
-from client.library.search import Result
+from s3d_retrieval.client.library.moments import Moment
+from s3d_retrieval.client.library.rank import Match
+from s3d_retrieval.client.library.search import Result
 
 
 def _moment(m: Moment) -> dict:

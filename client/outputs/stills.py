@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import cv2
 
-from client.decode.video import Capture, square
+from s3d_retrieval.client.decode.video import Capture, square
 
 
 def jpeg_at(path: str, seconds: float, size: int) -> bytes | None:

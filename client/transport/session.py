@@ -20,11 +20,11 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from client.transport import protos
-from client.defaults import (GRPC_PORT, INPUT_KEYS, MODEL_NAME, PREPROCESSING_OUTPUT, PREPROCESSING_SIGNATURE,
+from s3d_retrieval.client.transport import protos
+from s3d_retrieval.client.defaults import (GRPC_PORT, INPUT_KEYS, MODEL_NAME, PREPROCESSING_OUTPUT, PREPROCESSING_SIGNATURE,
                              SENTENCES_PER_REQUEST, TEXT_OUTPUT, TEXT_SIGNATURE, VIDEO_SIGNATURE,
                              VIDEO_UINT8_SIGNATURE, WINDOWS_PER_REQUEST)
-from client.transport.tensors import to_numpy, to_proto
+from s3d_retrieval.client.transport.tensors import to_numpy, to_proto
 
 MAX_MESSAGE_BYTES = 2**31 - 1
 MAX_BACKOFF = 8.0  # seconds: the longest pause between two attempts while the server is away

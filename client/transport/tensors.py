@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from client.transport import protos
+from s3d_retrieval.client.transport import protos
 
 # DataType number -> (numpy dtype, typed field, TensorFlow's short name)
 DTYPES = {

@@ -24,14 +24,14 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from client.library.index import IndexFolderError
-from client.library.like import Like, LikeError
-from client.library.search import Filters, search_view, version_warnings
-from client.outputs.report import as_json
-from client.outputs.stills import jpeg_at
-from client.transport.session import ServerError, Session
-from client.ui.catalog import Catalog, NotServed
-from client.ui.texts import TextCache
+from s3d_retrieval.client.library.index import IndexFolderError
+from s3d_retrieval.client.library.like import Like, LikeError
+from s3d_retrieval.client.library.search import Filters, search_view, version_warnings
+from s3d_retrieval.client.outputs.report import as_json
+from s3d_retrieval.client.outputs.stills import jpeg_at
+from s3d_retrieval.client.transport.session import ServerError, Session
+from s3d_retrieval.client.ui.catalog import Catalog, NotServed
+from s3d_retrieval.client.ui.texts import TextCache
 
 STATIC = Path(__file__).parent / "static"
 MAX_TOP = 100  # videos a query may ask for

@@ -15,9 +15,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from client.library import vectors
-from client.library.index import Entry, Index
-from client.library.view import IndexView, open_view
+from s3d_retrieval.client.library import vectors
+from s3d_retrieval.client.library.index import Entry, Index
+from s3d_retrieval.client.library.view import IndexView, open_view
 
 
 class NotServed(Exception):

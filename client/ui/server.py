@@ -13,9 +13,9 @@ from pathlib import Path
 import uvicorn
 from starlette.applications import Starlette
 
-from client.transport.session import Options, ServerError, Session
-from client.ui.app import create_app
-from client.ui.catalog import Catalog
+from s3d_retrieval.client.transport.session import Options, ServerError, Session
+from s3d_retrieval.client.ui.app import create_app
+from s3d_retrieval.client.ui.catalog import Catalog
 
 PROBE_TIMEOUT = 2.0  # seconds: a health check answers within a probe's own timeout
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from client.transport.session import Session
+from s3d_retrieval.client.transport.session import Session
 
 SIZE = 4096  # query strings kept (2 KB each)
 

@@ -8,9 +8,9 @@ import grpc
 from google.protobuf import any_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, predict_pb2
 
-from serving.embedded.errors import ServingError, invalid
-from serving.embedded.manager import Manager
-from serving.embedded.metrics import Metrics
+from s3d_retrieval.serving.embedded.errors import ServingError, invalid
+from s3d_retrieval.serving.embedded.manager import Manager
+from s3d_retrieval.serving.embedded.metrics import Metrics
 
 SIGNATURE_DEF = "signature_def"
 

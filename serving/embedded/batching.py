@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 import grpc
 import numpy as np
 
-from serving.embedded.errors import ServingError, invalid
-from serving.embedded.metrics import Metrics
+from s3d_retrieval.serving.embedded.errors import ServingError, invalid
+from s3d_retrieval.serving.embedded.metrics import Metrics
 
 Run = Callable[[list[str], dict[str, np.ndarray]], list[np.ndarray]]  # (fetches, feeds) -> outputs
 

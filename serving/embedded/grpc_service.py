@@ -9,8 +9,8 @@ import time
 
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
-from serving.embedded.api import Api, abort_on_error
-from serving.embedded.errors import ServingError
+from s3d_retrieval.serving.embedded.api import Api, abort_on_error
+from s3d_retrieval.serving.embedded.errors import ServingError
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):

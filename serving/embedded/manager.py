@@ -20,9 +20,9 @@ from pathlib import Path
 from tensorflow_serving.apis import get_model_status_pb2, model_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving.config import LOAD_RETRIES, LOAD_RETRY_INTERVAL
-from serving.embedded.errors import not_found
-from serving.embedded.servable import Runtime, Servable
+from s3d_retrieval.serving.config import LOAD_RETRIES, LOAD_RETRY_INTERVAL
+from s3d_retrieval.serving.embedded.errors import not_found
+from s3d_retrieval.serving.embedded.servable import Runtime, Servable
 
 State = get_model_status_pb2.ModelVersionStatus.State
 log = logging.getLogger("serving")

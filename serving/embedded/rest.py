@@ -15,10 +15,10 @@ from google.protobuf import json_format
 from tensorflow.core.framework import tensor_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, predict_pb2
 
-from client.transport.tensors import DTYPES, to_numpy, to_proto
-from serving.embedded.api import SIGNATURE_DEF, Api
-from serving.embedded.errors import ServingError, invalid
-from serving.embedded.servable import DEFAULT_KEY
+from s3d_retrieval.client.transport.tensors import DTYPES, to_numpy, to_proto
+from s3d_retrieval.serving.embedded.api import SIGNATURE_DEF, Api
+from s3d_retrieval.serving.embedded.errors import ServingError, invalid
+from s3d_retrieval.serving.embedded.servable import DEFAULT_KEY
 
 MODEL_PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
                         r"(?P<verb>:predict|/metadata)?$")

@@ -17,11 +17,11 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2
 
-from client.transport.tensors import dtype_name, to_numpy, to_proto
-from export.warmup import WARMUP, read_warmup
-from serving.embedded.batching import BatchScheduler
-from serving.embedded.errors import ServingError, from_tf, invalid
-from serving.embedded.metrics import Metrics
+from s3d_retrieval.client.transport.tensors import dtype_name, to_numpy, to_proto
+from s3d_retrieval.export.warmup import WARMUP, read_warmup
+from s3d_retrieval.serving.embedded.batching import BatchScheduler
+from s3d_retrieval.serving.embedded.errors import ServingError, from_tf, invalid
+from s3d_retrieval.serving.embedded.metrics import Metrics
 
 DEFAULT_KEY = tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY
 MAX_WARMUP_RECORDS = 1000

@@ -10,15 +10,15 @@ from grpc_health.v1 import health_pb2_grpc
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 from tensorflow_serving.config import model_server_config_pb2
 
-from client.defaults import GRPC_PORT, REST_PORT
-from serving.embedded.api import Api
-from serving.embedded.batching import BatchingOptions, BatchScheduler
-from serving.embedded.grpc_service import ModelService, PredictionService
-from serving.embedded.health import Health
-from serving.embedded.manager import LoadRetries, Manager
-from serving.embedded.metrics import Metrics
-from serving.embedded.rest import RestServer
-from serving.embedded.servable import Runtime
+from s3d_retrieval.client.defaults import GRPC_PORT, REST_PORT
+from s3d_retrieval.serving.embedded.api import Api
+from s3d_retrieval.serving.embedded.batching import BatchingOptions, BatchScheduler
+from s3d_retrieval.serving.embedded.grpc_service import ModelService, PredictionService
+from s3d_retrieval.serving.embedded.health import Health
+from s3d_retrieval.serving.embedded.manager import LoadRetries, Manager
+from s3d_retrieval.serving.embedded.metrics import Metrics
+from s3d_retrieval.serving.embedded.rest import RestServer
+from s3d_retrieval.serving.embedded.servable import Runtime
 
 MAX_MESSAGE_BYTES = 2**31 - 1  # TF Serving accepts ~2 GiB; grpc's Python default is 4 MiB
 log = logging.getLogger("serving")
