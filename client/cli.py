@@ -8,33 +8,26 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from s3d_retrieval.client.defaults import (FPS, FRAMES, GRPC_PORT, LOCK_WAIT, MODEL_NAME, SENTENCES_PER_REQUEST, SIZE, UI_PORT,
-                             WINDOWS_PER_REQUEST)
-from s3d_retrieval.client.outputs import eval_report
-from s3d_retrieval.client.outputs import html_report
-from s3d_retrieval.client.library.evalset import EvalSetError, load_evalset
-from s3d_retrieval.client.library.evaluate import PROTOCOLS, evaluate
+from s3d_retrieval.client.api import Client, stderr_note
+from s3d_retrieval.client.decode.video import Sampling, load, model_sampling
+from s3d_retrieval.client.defaults import (FPS, FRAMES, GRPC_PORT, INDEX_WAIT, LOCK_WAIT, MODEL_NAME,
+                                           SENTENCES_PER_REQUEST, SHORT_WAIT, SIZE, UI_PORT, WINDOWS_PER_REQUEST)
+from s3d_retrieval.client.errors import Error
 from s3d_retrieval.client.files import atomic_write
-from s3d_retrieval.client.memory import release_big_blocks
-from s3d_retrieval.client.library.index import Index, IndexFolderError, IndexWriteError
-from s3d_retrieval.client.library.lock import LockTimeout
-from s3d_retrieval.client.library.indexing import index_videos
-from s3d_retrieval.client.outputs.report import as_json, as_table
-from s3d_retrieval.client.library.merge import merge
+from s3d_retrieval.client.library.evaluate import PROTOCOLS
 from s3d_retrieval.client.library.like import Like, LikeError
-from s3d_retrieval.client.library.search import Filters, search, search_index
 from s3d_retrieval.client.library.vectors import EXACT_LIMIT, SCAN
 from s3d_retrieval.client.library.walk import Shard
-from s3d_retrieval.client.transport.session import Options, ServerError, Session
+from s3d_retrieval.client.memory import release_big_blocks
+from s3d_retrieval.client.outputs import eval_report, html_report
+from s3d_retrieval.client.outputs.report import as_table
+from s3d_retrieval.client.transport.session import ServerError
 from s3d_retrieval.client.transport.tensors import dtype_name
-from s3d_retrieval.client.decode.video import Sampling, VideoError, load, model_sampling
-
-INDEX_WAIT = 300.0  # seconds an index run rides out an unavailable server (a restart, a rolling update)
-SHORT_WAIT = 10.0  # the other verbs answer a person: fail soon
 
 
 def _sampling_flags(parser: argparse.ArgumentParser) -> None:
@@ -152,91 +145,33 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _options(args: argparse.Namespace) -> Options:
+def _transport(args: argparse.Namespace) -> dict:
+    """The global flags as the API's keywords (`index` is patient with the server: a long job)."""
     wait = args.wait if args.wait is not None else INDEX_WAIT if args.command == "index" else SHORT_WAIT
-    return Options(address=args.server, model=args.model, timeout=args.timeout, wait=wait,
-                   log=_note,
-                   tls=args.tls, tls_ca=args.tls_ca, windows_per_request=args.windows_per_request,
-                   sentences_per_request=args.sentences_per_request,
-                   concurrency=args.concurrency, float_input=getattr(args, "float", False))
+    return dict(model=args.model, timeout=args.timeout, wait=wait, tls=args.tls, tls_ca=args.tls_ca,
+                windows_per_request=args.windows_per_request, sentences_per_request=args.sentences_per_request,
+                concurrency=args.concurrency, float_input=getattr(args, "float", False))
 
 
-def resolve_sampling(args: argparse.Namespace, served: dict[str, float] | None) -> Sampling:
-    return model_sampling(served, args.sampling, args.frames, args.fps, args.size, args.stride)
+def _client(args: argparse.Namespace) -> Client:
+    return Client(args.server, lock_wait=args.lock_wait, log=stderr_note, **_transport(args))
 
 
-def _note(line: str) -> None:
-    print(f"note: {line}", file=sys.stderr)
+def _sampling(args: argparse.Namespace, client: Client) -> Sampling:
+    """The window flags over the served model's sampling."""
+    return client.sampling(mode=args.sampling, frames=args.frames, fps=args.fps, size=args.size, stride=args.stride)
 
 
-def _writer(args: argparse.Namespace, folder: Path, sampling: Sampling | None = None, create: bool = False) -> Index:
-    """The index opened for writing: changes wait up to --lock-wait for another writer, saying so once."""
-    return Index(folder, args.model, sampling, create=create, lock_wait=args.lock_wait, log=_note)
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.command == "search":
-        _check_search(args)
-    if args.command == "remove":
-        with _writer(args, args.index) as index:
-            print(f"removed {index.remove(args.paths)} video(s) from {args.index}")
-            index.refresh_search()
-        return 0
-    if args.command == "ui":
-        try:
-            from s3d_retrieval.client.ui.server import serve
-        except ImportError as err:
-            raise ValueError(f"the ui verb needs the [ui] extra ({err}): pip install 's3d-retrieval[ui]' "
-                             f"(or '.[ui]' in a checkout)") from None
-        return serve(args.index, _options(args), args.host, args.port, args.library, args.reload_every)
-    if args.command == "merge":
-        print(merge(args.shards, args.index, args.model, args.lock_wait, _note).summary())
-        with _writer(args, args.index) as index:
-            index.refresh_search()
-        return 0
-    with Session(_options(args)) as session:
-        if args.command == "frames":
-            try:
-                served = session.preprocessing()
-            except ServerError:
-                served = None
-                print("note: no model server answered; using the default sampling", file=sys.stderr)
-            array, spans = load(args.video, resolve_sampling(args, served))
-            atomic_write(args.out, lambda f: np.save(f, array))
-            print(f"wrote {args.out}: {array.shape} uint8, windows "
-                  + ", ".join(f"{s:.1f}-{e:.1f} s" for s, e in spans))
-            return 0
-        uses_index_sampling = args.command == "search" and args.index  # the index keeps its own
-        sampling = (resolve_sampling(args, session.preprocessing())
-                    if hasattr(args, "sampling") and not uses_index_sampling else None)
-        if args.command == "status":
-            for version, state, code, message in session.status():
-                print(f"version {version}: {state}" + (f" (error {code}: {message})" if code else ""))
-            return 0
-        if args.command == "metadata":
-            version, signatures = session.metadata()
-            print(f"model {args.model} version {version}")
-            for name, sig in sorted(signatures.signature_def.items()):
-                print(f"  {name}: {_specs(sig.inputs)} -> {_specs(sig.outputs)}")
-            return 0
-        if args.command == "eval":
-            return run_eval(args, session, sampling)
-        if args.command == "index":
-            session.ensure_ready()  # before creating anything
-            with _writer(args, args.index, sampling, create=True) as index:
-                stats = index_videos(session, index, args.paths, args.flush_every, log=print, shard=args.shard)
-                index.refresh_search()
-            print(stats.summary())
-            return _report_errors(stats.failed, "skipped")
+def _search(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        common = dict(top=args.top, moments=args.moments, like=args.like)
         if args.index:
-            with Index(args.index, args.model, read_only=True) as index:
-                filters = Filters(tuple(args.under), args.glob, args.min_duration, args.max_duration)
-                result = search_index(session, args.queries, index, args.top, filters, args.search, args.nprobe,
-                                      args.moments, args.like)
+            result = client.search(args.queries, index=args.index, under=args.under, glob=args.glob,
+                                   min_duration=args.min_duration, max_duration=args.max_duration, kind=args.search,
+                                   nprobe=args.nprobe, **common)
         else:
-            session.ensure_ready()
-            result = search(session, args.queries, args.videos, sampling, args.top, args.moments, args.like)
-    print(json.dumps(as_json(result), indent=2) if args.json else as_table(result), end="\n" if args.json else "")
+            result = client.search(args.queries, videos=args.videos, sampling=_sampling(args, client), **common)
+    print(json.dumps(result.as_json(), indent=2) if args.json else as_table(result), end="\n" if args.json else "")
     if args.html:
         html_report.write(args.html, html_report.render(result))
         print(f"wrote {args.html}", file=sys.stderr)
@@ -245,32 +180,81 @@ def run(args: argparse.Namespace) -> int:
     return _report_errors(result.errors)
 
 
-def _check_search(args: argparse.Namespace) -> None:
-    if not args.queries and not args.like:
-        raise ValueError("search needs a QUERY (text) or --like VIDEO@SECONDS")
-    if args.top < 1 or args.moments < 1:
-        raise ValueError("--top and --moments must be at least 1")
+def _frames(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        try:
+            sampling = _sampling(args, client)
+        except ServerError:
+            sampling = model_sampling(None, args.sampling, args.frames, args.fps, args.size, args.stride)
+            stderr_note("no model server answered; using the default sampling")
+    array, spans = load(args.video, sampling)
+    atomic_write(args.out, lambda f: np.save(f, array))
+    print(f"wrote {args.out}: {array.shape} uint8, windows " + ", ".join(f"{s:.1f}-{e:.1f} s" for s, e in spans))
+    return 0
 
 
-def run_eval(args: argparse.Namespace, session: Session, sampling: Sampling) -> int:
-    if args.windows < 1:
-        raise ValueError("--windows must be at least 1")
-    evalset = load_evalset(args.csv, args.videos)
-    session.ensure_ready()
+def _index(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        stats = client.index(args.paths, index=args.index, flush_every=args.flush_every, shard=args.shard,
+                             sampling=_sampling(args, client), log=print)
+    print(stats.summary())
+    return _report_errors(stats.failed, "skipped")
+
+
+def _merge(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        print(client.merge(args.shards, index=args.index).summary())
+    return 0
+
+
+def _remove(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        print(f"removed {client.remove(args.paths, index=args.index)} video(s) from {args.index}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
     errors: list[tuple[str, str]] = []
-    if args.index:
-        with _writer(args, args.index, sampling if not (args.index / "index.sqlite").is_file() else None,
-                     create=True) as index:
-            result = evaluate(session, evalset, args.protocol, args.windows, index=index, errors=errors)
-            index.refresh_search()  # a writer that added videos brings the search structure up to them
-    else:
-        result = evaluate(session, evalset, args.protocol, args.windows, sampling, errors=errors)
-    result.excluded += [Path(v).stem for v, _ in errors]
-    print(json.dumps(result.as_json(), indent=2) if args.json else eval_report.as_table(result), end="\n" if args.json else "")
+    with _client(args) as client:
+        made = args.index is not None and (args.index / "index.sqlite").is_file()
+        result = client.evaluate(args.csv, args.videos, protocol=args.protocol, windows=args.windows,
+                                 index=args.index, sampling=None if made else _sampling(args, client), errors=errors)
+    print(json.dumps(result.as_json(), indent=2) if args.json else eval_report.as_table(result),
+          end="\n" if args.json else "")
     if args.html:
         html_report.write(args.html, eval_report.render(result))
         print(f"wrote {args.html}", file=sys.stderr)
     return _report_errors(errors)
+
+
+def _ui(args: argparse.Namespace) -> int:
+    try:
+        from s3d_retrieval.client.ui.server import serve
+    except ImportError as err:
+        raise ValueError(f"the ui verb needs the [ui] extra ({err}): pip install 's3d-retrieval[ui]' "
+                         f"(or '.[ui]' in a checkout)") from None
+    return serve(args.index, args.server, _transport(args), args.host, args.port, args.library, args.reload_every)
+
+
+def _status(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        for version, state, code, message in client.status():
+            print(f"version {version}: {state}" + (f" (error {code}: {message})" if code else ""))
+    return 0
+
+
+def _metadata(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        version, signatures = client.metadata()
+    print(f"model {args.model} version {version}")
+    for name, sig in sorted(signatures.signature_def.items()):
+        print(f"  {name}: {_specs(sig.inputs)} -> {_specs(sig.outputs)}")
+    return 0
+
+
+VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "search": _search, "frames": _frames, "index": _index, "merge": _merge, "remove": _remove, "eval": _eval,
+    "ui": _ui, "status": _status, "metadata": _metadata}
 
 
 def _report_errors(errors: list[tuple[str, str]], label: str = "error") -> int:
@@ -289,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     release_big_blocks()
     try:
-        return run(args)
-    except (ServerError, VideoError, IndexFolderError, IndexWriteError, LockTimeout, EvalSetError, ValueError) as err:
+        return VERBS[args.command](args)
+    except (Error, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -40,3 +40,8 @@ SIZE = 224
 # Seconds a writer of an index (index, merge, remove, eval --index) waits while another writer changes it: long
 # enough to outlast a search-structure build of a large index (~10 min at 10M windows on 2 cores).
 LOCK_WAIT = 1800.0
+
+# Seconds a client keeps retrying while the model server is UNAVAILABLE (restarting, pods rolling): an index run
+# is a long job that should ride out a rolling update; the other verbs answer a person and fail soon.
+INDEX_WAIT = 300.0
+SHORT_WAIT = 10.0

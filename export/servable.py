@@ -18,7 +18,8 @@ from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow.python.saved_model import loader_impl
 
 from s3d_retrieval.client.defaults import (DEFAULT_SIGNATURE, INPUT_KEYS, PREPROCESSING_OUTPUT, PREPROCESSING_SIGNATURE,
-                             TEXT_OUTPUT, TEXT_SIGNATURE, VIDEO_OUTPUTS, VIDEO_SIGNATURE, VIDEO_UINT8_SIGNATURE)
+                                           TEXT_OUTPUT, TEXT_SIGNATURE, VIDEO_OUTPUTS, VIDEO_SIGNATURE,
+                                           VIDEO_UINT8_SIGNATURE)
 from s3d_retrieval.export.source import Source
 
 SCOPE = "module"

@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from s3d_retrieval.client.defaults import (DEFAULT_SIGNATURE, INPUT_KEYS, PREPROCESSING_OUTPUT, PREPROCESSING_SIGNATURE,
-                             TEXT_SIGNATURE, VIDEO_SIGNATURE, VIDEO_UINT8_SIGNATURE)
+                                           TEXT_SIGNATURE, VIDEO_SIGNATURE, VIDEO_UINT8_SIGNATURE)
 from s3d_retrieval.export.source import ExportError, Source
 from s3d_retrieval.export.warmup import read_warmup
 

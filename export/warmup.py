@@ -14,7 +14,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
 from s3d_retrieval.client.defaults import (DEFAULT_SIGNATURE, INPUT_KEYS, TEXT_SIGNATURE, VIDEO_SIGNATURE,
-                             VIDEO_UINT8_SIGNATURE)
+                                           VIDEO_UINT8_SIGNATURE)
 
 WARMUP_FILE = "tf_serving_warmup_requests"
 WARMUP = Path("assets.extra") / WARMUP_FILE  # inside a version folder

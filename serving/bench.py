@@ -34,6 +34,7 @@ import tensorflow as tf  # noqa: E402
 from s3d_retrieval.client.decode.samples import sweeping_video
 from s3d_retrieval.client.defaults import FRAMES, MODEL_NAME, SIZE, VIDEO_UINT8_SIGNATURE
 from s3d_retrieval.client.transport.session import Options as ClientOptions
+from s3d_retrieval.client.api import Client
 from s3d_retrieval.client.transport.session import Session
 from s3d_retrieval.serving import launcher
 from s3d_retrieval.serving.config import parse_batching
@@ -165,7 +166,8 @@ def search_page_load(address: str, clients: int, seconds: float) -> None:
     sentences = [f"{s} {a}" for s in SUBJECTS for a in ACTIONS]  # 100
     print(f"\n{f'search API, {clients} clients x {seconds:g} s':34} {'requests':>9} {'req/s':>7} {'p50 ms':>8} "
           f"{'p99 ms':>8} {'errors':>7} {'x cached':>8}")
-    with tempfile.TemporaryDirectory() as tmp, Session(ClientOptions(address=address)) as session:
+    with tempfile.TemporaryDirectory() as tmp, Client(address) as api:
+        session = api.session
         library = Path(tmp) / "library"
         library.mkdir()
         for i in range(8):
@@ -175,7 +177,7 @@ def search_page_load(address: str, clients: int, seconds: float) -> None:
             index.refresh_search()
         rows = []
         for name, distinct in (("repeated queries (cached)", False), ("every query new (embedded)", True)):
-            app = create_app(Catalog(Path(tmp) / "index", MODEL_NAME), session, session)
+            app = create_app(Catalog(Path(tmp) / "index", MODEL_NAME), api, api)
             with in_thread(app) as root:
                 host, port = urllib.parse.urlsplit(root).netloc.split(":")
                 deadline = time.monotonic() + seconds

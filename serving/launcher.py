@@ -12,8 +12,8 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
-from s3d_retrieval.serving.config import (BATCHING_CONFIG, LOAD_RETRIES, LOAD_RETRY_INTERVAL, MONITORING_CONFIG, TF_SERVING_IMAGE,
-                            parse_models)
+from s3d_retrieval.serving.config import (BATCHING_CONFIG, LOAD_RETRIES, LOAD_RETRY_INTERVAL, MONITORING_CONFIG,
+                                          TF_SERVING_IMAGE, parse_models)
 
 CONTAINER_MODELS = "/models"
 CONTAINER_CONFIG = "/config"

@@ -300,7 +300,7 @@ def test_cli_moments_and_more_like_this_with_and_without_an_index(server, clips,
         main([*common, "search", "--like", scenes, "--videos", *clips])
     assert "give VIDEO@SECONDS or VIDEO@START-END" in capsys.readouterr().err
     assert main([*common, "search", "--videos", *clips]) == 2
-    assert capsys.readouterr().err == "error: search needs a QUERY (text) or --like VIDEO@SECONDS\n"
+    assert capsys.readouterr().err == "error: search needs a text query or a moment to look like (VIDEO@SECONDS)\n"
 
 
 def test_cli_frames_status_metadata_and_an_unreachable_server(server, clips, tmp_path, capsys):

@@ -20,8 +20,8 @@ import pytest
 import tensorflow as tf
 from google.protobuf import text_format
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2
-from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
-                                     predict_pb2, prediction_service_pb2_grpc)
+from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc, predict_pb2,
+                                     prediction_service_pb2_grpc)
 
 from s3d_retrieval.client.defaults import FPS, FRAMES, MODEL_NAME, SIZE
 from tests.conftest import start_server

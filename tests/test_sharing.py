@@ -183,6 +183,7 @@ def test_a_touched_file_stays_served_and_a_changed_one_waits_for_index(server, i
 def test_two_writers_a_page_and_a_search_loop_share_one_index(server, session, library, tmp_path, capsys):  # noqa: F811
     from starlette.testclient import TestClient
 
+    from s3d_retrieval.client.api import Client
     from s3d_retrieval.client.ui.app import create_app
 
     folder = tmp_path / "idx"
@@ -208,7 +209,8 @@ def test_two_writers_a_page_and_a_search_loop_share_one_index(server, session, l
     searcher = threading.Thread(target=search_loop)
     searcher.start()
     try:
-        with TestClient(create_app(Catalog(folder, MODEL, check_every=0), session, session)) as http:
+        with Client(session.options.address) as api, \
+                TestClient(create_app(Catalog(folder, MODEL, check_every=0), api, api)) as http:
             stale = []
             while any(w.poll() is None for w in writers) and pages < 500:
                 for answer in (http.get("/api/search", params={"q": "a dog", "top": "3"}), http.get("/api/health")):

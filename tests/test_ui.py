@@ -14,6 +14,7 @@ from s3d_retrieval.client import cli
 from s3d_retrieval.client.decode.video import Sampling
 from s3d_retrieval.client.library.index import Index
 from s3d_retrieval.client.library.indexing import index_videos
+from s3d_retrieval.client.api import Client
 from s3d_retrieval.client.transport.session import Options, Session
 from tests.conftest import files_of, write_clip
 
@@ -47,11 +48,11 @@ def world(server, tmp_path_factory):
 
 @pytest.fixture()
 def client(server, world):
-    options = Options(address=f"127.0.0.1:{server.port}")
-    with Session(options) as session, Session(Options(address=options.address, timeout=10, wait=0)) as probe:
-        app = create_app(Catalog(world / "index", "s3d_milnce", check_every=0), session, probe)
+    address = f"127.0.0.1:{server.port}"
+    with Client(address) as api, Client(address, timeout=10, wait=0) as probe:
+        app = create_app(Catalog(world / "index", "s3d_milnce", check_every=0), api, probe)
         with TestClient(app) as http:
-            http.session = session
+            http.session = api.session
             yield http
 
 
@@ -176,13 +177,12 @@ def test_the_index_reloads_on_commits(server, world, tmp_path):
     folder = tmp_path / "index"
     shutil.copytree(world / "index", folder)
     extra = write_clip(world / "library" / "late.webm", 40, 10, (64, 64), "VP80", seed=5)
-    options = Options(address=f"127.0.0.1:{server.port}")
     try:
-        with Session(options) as session, TestClient(
-                create_app(Catalog(folder, "s3d_milnce", check_every=0), session, session)) as http:
+        with Client(f"127.0.0.1:{server.port}") as api, TestClient(
+                create_app(Catalog(folder, "s3d_milnce", check_every=0), api, api)) as http:
             assert len(http.get("/api/videos").json()["videos"]) == 5
             with Index(folder, "s3d_milnce", SAMPLING) as index:  # a writer commits: no refresh_search of its own
-                assert index_videos(session, index, [extra]).added == 1
+                assert index_videos(api.session, index, [extra]).added == 1
             names = {Path(v["video"]).name for v in http.get("/api/videos").json()["videos"]}
             assert "late.webm" in names and len(names) == 6
             assert http.get("/api/media", params={"video": str(extra)}).status_code == 200
@@ -202,10 +202,10 @@ def test_a_structure_behind_the_index_answers_for_every_video_and_the_page_write
     shutil.copytree(world / "index", folder)
     extra = write_clip(world / "library" / "later.webm", 40, 10, (64, 64), "VP80", seed=6)
     try:
-        with Session(Options(address=f"127.0.0.1:{server.port}")) as session, TestClient(
-                create_app(Catalog(folder, "s3d_milnce", check_every=0), session, session)) as http:
+        with Client(f"127.0.0.1:{server.port}") as api, TestClient(
+                create_app(Catalog(folder, "s3d_milnce", check_every=0), api, api)) as http:
             with Index(folder, "s3d_milnce", SAMPLING) as index:
-                index_videos(session, index, [extra])  # a writer commits and has not rebuilt the structure yet
+                index_videos(api.session, index, [extra])  # a writer commits and has not rebuilt the structure yet
             before = files_of(folder)
             health = http.get("/api/health").json()
             assert health["ok"] and "1 of 6 videos are scored exactly" in health["index"]["stale"]
@@ -240,7 +240,7 @@ def test_a_model_server_that_is_down_is_a_503_the_page_can_show(world):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         closed = f"127.0.0.1:{s.getsockname()[1]}"
-    with Session(Options(address=closed, wait=0, timeout=2)) as down, TestClient(
+    with Client(closed, wait=0, timeout=2) as down, TestClient(
             create_app(Catalog(world / "index", "s3d_milnce"), down, down)) as http:
         answer = http.get("/api/search", params={"q": "guitar"})
         assert answer.status_code == 503 and "cannot reach the model server" in answer.json()["error"]
@@ -251,8 +251,8 @@ def test_a_model_server_that_is_down_is_a_503_the_page_can_show(world):
 
 
 def test_a_missing_index_is_a_503_the_page_can_show(server, tmp_path):
-    with Session(Options(address=f"127.0.0.1:{server.port}")) as session, TestClient(
-            create_app(Catalog(tmp_path / "gone", "s3d_milnce"), session, session)) as http:
+    with Client(f"127.0.0.1:{server.port}") as api, TestClient(
+            create_app(Catalog(tmp_path / "gone", "s3d_milnce"), api, api)) as http:
         for address in ("/api/search?q=guitar", "/api/videos", "/api/health"):
             answer = http.get(address)
             assert answer.status_code == 503, address
@@ -282,8 +282,8 @@ def page(server, world):
     playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (make setup)")
     from s3d_retrieval.client.ui.server import in_thread
 
-    with Session(Options(address=f"127.0.0.1:{server.port}")) as session, \
-            in_thread(create_app(Catalog(world / "index", "s3d_milnce"), session, session)) as root, \
+    with Client(f"127.0.0.1:{server.port}") as api, \
+            in_thread(create_app(Catalog(world / "index", "s3d_milnce"), api, api)) as root, \
             playwright.sync_playwright() as driver:
         browser = driver.chromium.launch(executable_path=CHROMIUM, args=["--autoplay-policy=no-user-gesture-required"])
         try:

@@ -23,11 +23,12 @@ import cv2  # noqa: E402 - reads the variable above when it loads
 import numpy as np  # noqa: E402
 
 from s3d_retrieval.client.defaults import FPS, FRAMES, SIZE  # noqa: E402
+from s3d_retrieval.client.errors import Error  # noqa: E402
 
 FALLBACK_FPS = 25.0  # when a file states no usable frame rate
 
 
-class VideoError(Exception):
+class VideoError(Error):
     """A video that cannot be used; the message names the file and why."""
 
 

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from s3d_retrieval.client.library.walk import VIDEO_SUFFIXES
+from s3d_retrieval.client.errors import Error
 
 
-class EvalSetError(Exception):
+class EvalSetError(Error):
     """A query file that cannot be used; the message names the file and line."""
 
 

@@ -40,6 +40,7 @@ from s3d_retrieval.client.files import atomic_write
 from s3d_retrieval.client.library import vectors
 from s3d_retrieval.client.library.lock import WriterLock
 from s3d_retrieval.client.library.rank import Windows
+from s3d_retrieval.client.errors import Error
 
 FORMAT = "s3d-index/1"
 DB = "index.sqlite"
@@ -54,11 +55,11 @@ CREATE INDEX IF NOT EXISTS videos_sha256 ON videos (sha256);
 ENTRY = "path, sha256, size, mtime, model_version, duration, shard, first_row, row_count"  # an Entry's columns
 
 
-class IndexFolderError(Exception):
+class IndexFolderError(Error):
     """The index folder cannot be used as asked; the message says what to do."""
 
 
-class IndexWriteError(Exception):
+class IndexWriteError(Error):
     """Writing to the index failed (disk full, I/O error); the index is as it was before that commit."""
 
 

@@ -16,9 +16,10 @@ import numpy as np
 
 from s3d_retrieval.client.library.moments import inside, shares
 from s3d_retrieval.client.library.rank import Match
+from s3d_retrieval.client.errors import Error
 
 
-class LikeError(ValueError):
+class LikeError(Error, ValueError):
     """A `--like` (or `like=`) that cannot be used; the message names it and says what to give."""
 
 

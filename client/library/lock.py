@@ -18,11 +18,13 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
+from s3d_retrieval.client.errors import Error
+
 NAME = "writer.lock"
 POLL = 0.2  # seconds between attempts while another writer holds the lock
 
 
-class LockTimeout(Exception):
+class LockTimeout(Error):
     """Another writer held the index longer than this command's patience."""
 
 

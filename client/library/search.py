@@ -11,6 +11,7 @@ import numpy as np
 from s3d_retrieval.client.decode.video import Sampling, VideoError
 from s3d_retrieval.client.library.index import Index
 from s3d_retrieval.client.library.like import Like, LikeError, Source
+from s3d_retrieval.client.library.moments import Moment
 from s3d_retrieval.client.library.rank import Match, Windows, rank
 from s3d_retrieval.client.library.stream import embed_stream
 from s3d_retrieval.client.library.view import IndexView, open_view
@@ -23,6 +24,26 @@ class Result:
     matches: list[list[Match]]
     errors: list[tuple[str, str]] = field(default_factory=list)  # (video, why)
     warnings: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict:
+        """The document `search --json` prints and `/api/search` answers."""
+        return {"results": [{"query": q, "matches": [_match(m) for m in matches]}
+                            for q, matches in zip(self.queries, self.matches)],
+                "errors": [{"video": video, "error": why} for video, why in self.errors],
+                "warnings": list(self.warnings)}
+
+
+def _moment(m: Moment) -> dict:
+    return {"start": round(m.start, 3), "end": round(m.end, 3), "score": round(m.score, 6),
+            "window": {"start": round(m.window[0], 3), "end": round(m.window[1], 3)}}
+
+
+def _match(m: Match) -> dict:
+    """`start`/`end`: the best moment's span; `score` and `window`: its best window, which ranks the video (the
+    video's best window; for a like, the best outside the moment asked about); `moments`: every moment found,
+    best first (the first is the one above)."""
+    best = _moment(m.moments[0])
+    return {"video": m.video, **best, "moments": [best, *map(_moment, m.moments[1:])]}
 
 
 def embed_videos(session: Session, paths: Sequence[str], sampling: Sampling,
@@ -159,10 +180,12 @@ def search_view(embed_text: EmbedText, queries: Sequence[str], view: IndexView, 
 
 def search_index(session: Session, queries: Sequence[str], index: Index, top: int = 5,
                  filters: Filters = Filters(), kind: str | None = None, nprobe: int | None = None,
-                 moments: int = 1, likes: Sequence[Like] = ()) -> Result:
+                 moments: int = 1, likes: Sequence[Like] = (), embed_text: EmbedText | None = None,
+                 served: int | None = None) -> Result:
     """Rank the videos of an index (open for reading) for each query, searched as `kind` asks (exact or
     approximate, see `vectors`) without writing a file; warns if they were embedded by another model version.
-    A liked video the index lacks is decoded and embedded now with the index's sampling."""
+    A liked video the index lacks is decoded and embedded now with the index's sampling. `embed_text` and
+    `served` (the version served): given by a caller that asked the server already (the asyncio client)."""
     view = open_view(index, kind, nprobe)
     from_index = indexed(view)
 
@@ -172,7 +195,8 @@ def search_index(session: Session, queries: Sequence[str], index: Index, top: in
         except LikeError:  # not indexed: decoded with the index's sampling
             return embed_one(session, like.video, index.sampling)
 
-    warnings = version_warnings({e.model_version for e in view.entries.values()}, session.ensure_ready())
-    result = search_view(session.embed_text, queries, view, top, filters, moments, likes, source)
+    served = session.ensure_ready() if served is None else served
+    warnings = version_warnings({e.model_version for e in view.entries.values()}, served)
+    result = search_view(embed_text or session.embed_text, queries, view, top, filters, moments, likes, source)
     result.warnings[:0] = warnings
     return result

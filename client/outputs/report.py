@@ -1,31 +1,7 @@
-"""Writers for search results: an aligned text table and the JSON document."""
+"""Writers for search results: an aligned text table (the JSON document is `Result.as_json`)."""
 from __future__ import annotations
 
-from s3d_retrieval.client.library.moments import Moment
-from s3d_retrieval.client.library.rank import Match
 from s3d_retrieval.client.library.search import Result
-
-
-def _moment(m: Moment) -> dict:
-    return {"start": round(m.start, 3), "end": round(m.end, 3), "score": round(m.score, 6),
-            "window": {"start": round(m.window[0], 3), "end": round(m.window[1], 3)}}
-
-
-def _match(m: Match) -> dict:
-    """`start`/`end`: the best moment's span; `score` and `window`: its best window, which ranks the video (the
-    video's best window; for a like, the best outside the moment asked about); `moments`: every moment found,
-    best first (the first is the one above)."""
-    best = _moment(m.moments[0])
-    return {"video": m.video, **best, "moments": [best, *map(_moment, m.moments[1:])]}
-
-
-def as_json(result: Result) -> dict:
-    return {
-        "results": [{"query": q, "matches": [_match(m) for m in matches]}
-                    for q, matches in zip(result.queries, result.matches)],
-        "errors": [{"video": video, "error": why} for video, why in result.errors],
-        "warnings": list(result.warnings),
-    }
 
 
 def as_table(result: Result) -> str:

@@ -4,4 +4,22 @@ The one import namespace of the distribution: `s3d_retrieval.client` (the thin c
 `.model`, `.export` and `.serving` (the `[tf]` extra). In the repository these are the top-level folders
 `client/`, `model/`, `export/` and `serving/`, mapped under this name by `pyproject.toml`; this file lives in
 `client/s3d_retrieval/`.
+
+The API for applications is here: `Client` (and `AsyncClient`), their results, and `Error`, the base of every
+failure they explain in one line.
 """
+from s3d_retrieval.client.api import AsyncClient, Client, VideoWindows
+from s3d_retrieval.client.decode.video import Sampling, VideoError
+from s3d_retrieval.client.errors import Error
+from s3d_retrieval.client.library.evalset import EvalSetError
+from s3d_retrieval.client.library.index import IndexFolderError, IndexWriteError
+from s3d_retrieval.client.library.like import Like, LikeError
+from s3d_retrieval.client.library.lock import LockTimeout
+from s3d_retrieval.client.library.moments import Moment
+from s3d_retrieval.client.library.rank import Match
+from s3d_retrieval.client.library.search import Result
+from s3d_retrieval.client.transport.session import ServerError
+
+__all__ = ["AsyncClient", "Client", "Error", "EvalSetError", "IndexFolderError", "IndexWriteError", "Like",
+           "LikeError", "LockTimeout", "Match", "Moment", "Result", "Sampling", "ServerError", "VideoError",
+           "VideoWindows"]

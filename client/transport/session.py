@@ -21,13 +21,15 @@ import grpc
 import numpy as np
 
 from s3d_retrieval.client.transport import protos
-from s3d_retrieval.client.defaults import (GRPC_PORT, INPUT_KEYS, MODEL_NAME, PREPROCESSING_OUTPUT, PREPROCESSING_SIGNATURE,
-                             SENTENCES_PER_REQUEST, TEXT_OUTPUT, TEXT_SIGNATURE, VIDEO_SIGNATURE,
-                             VIDEO_UINT8_SIGNATURE, WINDOWS_PER_REQUEST)
+from s3d_retrieval.client.defaults import (GRPC_PORT, INPUT_KEYS, MODEL_NAME, PREPROCESSING_OUTPUT,
+                                           PREPROCESSING_SIGNATURE, SENTENCES_PER_REQUEST, TEXT_OUTPUT, TEXT_SIGNATURE,
+                                           VIDEO_SIGNATURE, VIDEO_UINT8_SIGNATURE, WINDOWS_PER_REQUEST)
 from s3d_retrieval.client.transport.tensors import to_numpy, to_proto
+from s3d_retrieval.client.errors import Error
 
 MAX_MESSAGE_BYTES = 2**31 - 1
 MAX_BACKOFF = 8.0  # seconds: the longest pause between two attempts while the server is away
+SAMPLING_NAMES = ("frames", "fps", "size")  # what the `preprocessing` signature is asked for
 
 
 def _serialize(message) -> bytes:
@@ -35,7 +37,7 @@ def _serialize(message) -> bytes:
     return message if isinstance(message, bytes) else message.SerializeToString()
 
 
-class ServerError(Exception):
+class ServerError(Error):
     """The server cannot be used (unreachable, not ready, model missing...); one line saying what to check."""
 
     def __init__(self, message: str, code: grpc.StatusCode | None = None):
@@ -59,43 +61,44 @@ class Options:
     log: Callable[[str], None] | None = None  # where "waiting for the server" lines go (None: nowhere)
 
 
-class Session:
-    """Use as a context manager: `with Session(Options(...)) as s: s.embed_text([...])`."""
+CHANNEL_OPTIONS = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                   ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                   ("grpc.lb_policy_name", "round_robin"),
+                   # reconnect soon after a restarted server is back (gRPC's own default waits up to 120 s)
+                   ("grpc.initial_reconnect_backoff_ms", 500),
+                   ("grpc.max_reconnect_backoff_ms", int(MAX_BACKOFF * 1000))]
+METHODS = ((protos.PREDICT, protos.PredictResponse), (protos.GET_MODEL_STATUS, protos.GetModelStatusResponse),
+           (protos.GET_MODEL_METADATA, protos.GetModelMetadataResponse))
 
-    def __init__(self, options: Options = Options()):
+
+def credentials(options: Options) -> grpc.ChannelCredentials | None:
+    """TLS credentials when asked for (None: plaintext)."""
+    if not (options.tls or options.tls_ca):
+        return None
+    return grpc.ssl_channel_credentials(options.tls_ca.read_bytes() if options.tls_ca else None)
+
+
+class Protocol:
+    """What a session says and understands, without the I/O: the messages, the one-line errors, the notes
+    about an outage and the back-off. `Session` (threads) and `AsyncSession` (asyncio) send them."""
+
+    def __init__(self, options: Options):
         self.options = options
-        channel_options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                           ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                           ("grpc.lb_policy_name", "round_robin"),
-                           # reconnect soon after a restarted server is back (gRPC's own default waits up to 120 s)
-                           ("grpc.initial_reconnect_backoff_ms", 500),
-                           ("grpc.max_reconnect_backoff_ms", int(MAX_BACKOFF * 1000))]
-        if options.tls or options.tls_ca:
-            roots = options.tls_ca.read_bytes() if options.tls_ca else None
-            self.channel = grpc.secure_channel(options.address, grpc.ssl_channel_credentials(roots), channel_options)
-        else:
-            self.channel = grpc.insecure_channel(options.address, channel_options)
-        self._pool = ThreadPoolExecutor(max_workers=options.concurrency, thread_name_prefix="predict")
         self.requests = 0  # RPCs sent (retries included): lets callers and tests see work that was skipped
         self._lock = threading.Lock()
         self._outage: float | None = None  # when the server was first found away, while it still is
-        self._methods = {
-            path: self.channel.unary_unary(path, request_serializer=_serialize,
-                                           response_deserializer=cls.FromString)
-            for path, cls in ((protos.PREDICT, protos.PredictResponse),
-                              (protos.GET_MODEL_STATUS, protos.GetModelStatusResponse),
-                              (protos.GET_MODEL_METADATA, protos.GetModelMetadataResponse))
-        }
 
-    def __enter__(self) -> Session:
-        return self
+    def _sent(self) -> None:
+        with self._lock:
+            self.requests += 1
 
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._pool.shutdown()
-        self.channel.close()
+    def _retry_pause(self, err: grpc.RpcError, pause: float, give_up: float) -> float | None:
+        """How long to wait before sending again (jittered), or None when the error is final."""
+        left = give_up - time.monotonic()
+        if err.code() != grpc.StatusCode.UNAVAILABLE or left <= 0:
+            return None
+        self._away(err)
+        return min(left, pause / 2 + random.uniform(0, pause / 2))
 
     def _explain(self, err: grpc.RpcError) -> ServerError:
         address, model, code = self.options.address, self.options.model, err.code()
@@ -112,26 +115,6 @@ class Session:
         else:
             message = f"{address} refused the request: {code.name}: {err.details()}"
         return ServerError(message, code)
-
-    def call(self, path: str, request):
-        """One RPC with the deadline; UNAVAILABLE is retried with jittered exponential back-off until the
-        server answers or `wait` seconds have passed. The same request is sent again, so nothing doubles."""
-        pause, give_up = self.options.backoff, time.monotonic() + self.options.wait
-        while True:
-            with self._lock:
-                self.requests += 1
-            try:
-                response = self._methods[path](request, timeout=self.options.timeout)
-            except grpc.RpcError as err:
-                left = give_up - time.monotonic()
-                if err.code() != grpc.StatusCode.UNAVAILABLE or left <= 0:
-                    raise self._explain(err) from None
-                self._away(err)
-                time.sleep(min(left, pause / 2 + random.uniform(0, pause / 2)))
-                pause = min(pause * 2, MAX_BACKOFF)
-                continue
-            self._back()
-            return response
 
     def _say(self, message: str) -> None:
         if self.options.log:
@@ -158,14 +141,6 @@ class Session:
         if signature:
             target.signature_name = signature
 
-    def predict(self, signature: str, value: np.ndarray, output_filter: Sequence[str] = ()) -> dict[str, np.ndarray]:
-        return self.predict_versioned(signature, value, output_filter)[0]
-
-    def predict_versioned(self, signature: str, value: np.ndarray,
-                          output_filter: Sequence[str] = ()) -> tuple[dict[str, np.ndarray], int]:
-        """The outputs and the model version that computed them."""
-        return self._answer(self.call(protos.PREDICT, self._request(signature, value, output_filter)))
-
     def _request(self, signature: str, value: np.ndarray, output_filter: Sequence[str]) -> bytes:
         """A PredictRequest, serialized at once: the bytes are all a request in flight keeps of its tensor."""
         request = protos.PredictRequest()
@@ -182,6 +157,99 @@ class Session:
                 raise ServerError(f"{self.options.address} sent an undecodable tensor for '{key}'")
             outputs[key] = array
         return outputs, response.model_spec.version.value
+
+    def _status_request(self):
+        request = protos.GetModelStatusRequest()
+        self._spec(request.model_spec)
+        return request
+
+    @staticmethod
+    def _status_rows(response) -> list[tuple[int, str, int, str]]:
+        return [(s.version, protos.STATE_NAMES.get(s.state, str(s.state)), s.status.error_code,
+                 s.status.error_message) for s in response.model_version_status]
+
+    def _metadata_request(self):
+        request = protos.GetModelMetadataRequest(metadata_field=["signature_def"])
+        self._spec(request.model_spec)
+        return request
+
+    @staticmethod
+    def _signatures(response) -> tuple[int, object]:
+        signatures = protos.SignatureDefMap()
+        signatures.ParseFromString(response.metadata["signature_def"].value)
+        return response.model_spec.version.value, signatures
+
+    def _available(self, states: list[tuple[int, str, int, str]]) -> int:
+        """The newest AVAILABLE version, or a ServerError saying what is wrong."""
+        available = [v for v, state, _, _ in states if state == "AVAILABLE"]
+        if not available:
+            detail = "; ".join(f"version {v} {s}{': ' + m if m else ''}" for v, s, _, m in states)
+            raise ServerError(f"model '{self.options.model}' at {self.options.address} is not ready ({detail})")
+        return max(available)
+
+    def _preprocessing_request(self) -> bytes:
+        return self._request(PREPROCESSING_SIGNATURE, np.array([n.encode() for n in SAMPLING_NAMES], dtype=object),
+                             (PREPROCESSING_OUTPUT,))
+
+    @staticmethod
+    def _sampling(values: np.ndarray) -> dict[str, float] | None:
+        found = {n: float(v) for n, v in zip(SAMPLING_NAMES, values) if v > 0}
+        return found if len(found) == len(SAMPLING_NAMES) else None
+
+    def _video_request(self, batch: np.ndarray) -> bytes:
+        """uint8 windows to `video_uint8`, or float32 to `video` (`float_input`)."""
+        if self.options.float_input:
+            return self._request(VIDEO_SIGNATURE, batch.astype(np.float32) / np.float32(255), ("video_embedding",))
+        return self._request(VIDEO_UINT8_SIGNATURE, batch, ("video_embedding",))
+
+
+class Session(Protocol):
+    """Use as a context manager: `with Session(Options(...)) as s: s.embed_text([...])`."""
+
+    def __init__(self, options: Options = Options()):
+        super().__init__(options)
+        secure = credentials(options)
+        self.channel = (grpc.secure_channel(options.address, secure, CHANNEL_OPTIONS) if secure
+                        else grpc.insecure_channel(options.address, CHANNEL_OPTIONS))
+        self._pool = ThreadPoolExecutor(max_workers=options.concurrency, thread_name_prefix="predict")
+        self._methods = {path: self.channel.unary_unary(path, request_serializer=_serialize,
+                                                        response_deserializer=cls.FromString)
+                         for path, cls in METHODS}
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._pool.shutdown()
+        self.channel.close()
+
+    def call(self, path: str, request):
+        """One RPC with the deadline; UNAVAILABLE is retried with jittered exponential back-off until the
+        server answers or `wait` seconds have passed. The same request is sent again, so nothing doubles."""
+        pause, give_up = self.options.backoff, time.monotonic() + self.options.wait
+        while True:
+            self._sent()
+            try:
+                response = self._methods[path](request, timeout=self.options.timeout)
+            except grpc.RpcError as err:
+                if (wait := self._retry_pause(err, pause, give_up)) is None:
+                    raise self._explain(err) from None
+                time.sleep(wait)
+                pause = min(pause * 2, MAX_BACKOFF)
+                continue
+            self._back()
+            return response
+
+    def predict(self, signature: str, value: np.ndarray, output_filter: Sequence[str] = ()) -> dict[str, np.ndarray]:
+        return self.predict_versioned(signature, value, output_filter)[0]
+
+    def predict_versioned(self, signature: str, value: np.ndarray,
+                          output_filter: Sequence[str] = ()) -> tuple[dict[str, np.ndarray], int]:
+        """The outputs and the model version that computed them."""
+        return self._answer(self.call(protos.PREDICT, self._request(signature, value, output_filter)))
 
     def embed_text(self, sentences: Sequence[str]) -> np.ndarray:
         """[N, 512] embeddings of raw sentences (the server tokenises), `sentences_per_request` a request."""
@@ -201,14 +269,10 @@ class Session:
         """(embeddings, model version) of each request's uint8 windows, in order. Each batch is serialized
         here and dropped; at most `concurrency` requests are in flight and `batches` is read only as they
         finish, so memory holds that many requests however many windows stream through."""
-        if self.options.float_input:
-            signature, convert = VIDEO_SIGNATURE, lambda x: x.astype(np.float32) / np.float32(255)
-        else:
-            signature, convert = VIDEO_UINT8_SIGNATURE, lambda x: x
         inflight: deque[Future] = deque()
         try:
             for batch in batches:
-                request = self._request(signature, convert(batch), ("video_embedding",))
+                request = self._video_request(batch)
                 del batch
                 inflight.append(self._pool.submit(self._embed, request))
                 if len(inflight) >= max(1, self.options.concurrency):
@@ -226,39 +290,22 @@ class Session:
     def preprocessing(self) -> dict[str, float] | None:
         """The clip sampling the served model was trained with ({"frames", "fps", "size"}), read from its
         `preprocessing` signature; None when it has none (the hub module served as is, older exports)."""
-        names = ("frames", "fps", "size")
         try:
-            values = self.predict(PREPROCESSING_SIGNATURE, np.array([n.encode() for n in names], dtype=object),
-                                  (PREPROCESSING_OUTPUT,))[PREPROCESSING_OUTPUT]
+            outputs, _ = self._answer(self.call(protos.PREDICT, self._preprocessing_request()))
         except ServerError as err:
             if err.code == grpc.StatusCode.FAILED_PRECONDITION:  # 'Serving signature key ... not found.'
                 return None
             raise
-        found = {n: float(v) for n, v in zip(names, values) if v > 0}
-        return found if len(found) == len(names) else None
+        return self._sampling(outputs[PREPROCESSING_OUTPUT])
 
     def status(self) -> list[tuple[int, str, int, str]]:
         """(version, state, error code, error message) of every version the server knows."""
-        request = protos.GetModelStatusRequest()
-        self._spec(request.model_spec)
-        response = self.call(protos.GET_MODEL_STATUS, request)
-        return [(s.version, protos.STATE_NAMES.get(s.state, str(s.state)), s.status.error_code,
-                 s.status.error_message) for s in response.model_version_status]
+        return self._status_rows(self.call(protos.GET_MODEL_STATUS, self._status_request()))
 
     def metadata(self) -> tuple[int, object]:
         """(version, SignatureDefMap) of the version the server would use."""
-        request = protos.GetModelMetadataRequest(metadata_field=["signature_def"])
-        self._spec(request.model_spec)
-        response = self.call(protos.GET_MODEL_METADATA, request)
-        signatures = protos.SignatureDefMap()
-        signatures.ParseFromString(response.metadata["signature_def"].value)
-        return response.model_spec.version.value, signatures
+        return self._signatures(self.call(protos.GET_MODEL_METADATA, self._metadata_request()))
 
     def ensure_ready(self) -> int:
         """The version that is AVAILABLE, or a ServerError saying what is wrong."""
-        states = self.status()
-        available = [v for v, state, _, _ in states if state == "AVAILABLE"]
-        if not available:
-            detail = "; ".join(f"version {v} {s}{': ' + m if m else ''}" for v, s, _, m in states)
-            raise ServerError(f"model '{self.options.model}' at {self.options.address} is not ready ({detail})")
-        return max(available)
+        return self._available(self.status())

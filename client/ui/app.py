@@ -27,9 +27,9 @@ from starlette.staticfiles import StaticFiles
 from s3d_retrieval.client.library.index import IndexFolderError
 from s3d_retrieval.client.library.like import Like, LikeError
 from s3d_retrieval.client.library.search import Filters, search_view, version_warnings
-from s3d_retrieval.client.outputs.report import as_json
 from s3d_retrieval.client.outputs.stills import jpeg_at
-from s3d_retrieval.client.transport.session import ServerError, Session
+from s3d_retrieval.client.api import Client
+from s3d_retrieval.client.transport.session import ServerError
 from s3d_retrieval.client.ui.catalog import Catalog, NotServed
 from s3d_retrieval.client.ui.texts import TextCache
 
@@ -64,9 +64,9 @@ def _video(request: Request) -> str:
     return video
 
 
-def create_app(catalog: Catalog, session: Session, probe: Session) -> Starlette:
-    """`session` embeds queries; `probe` (short deadline, no waiting) answers health checks."""
-    texts = TextCache(session)
+def create_app(catalog: Catalog, client: Client, probe: Client) -> Starlette:
+    """`client` embeds queries; `probe` (short deadline, no waiting) answers health checks."""
+    texts = TextCache(client)
 
     def search(request: Request) -> Response:
         queries = [q for q in request.query_params.getlist("q") if q.strip()]
@@ -82,14 +82,14 @@ def create_app(catalog: Catalog, session: Session, probe: Session) -> Starlette:
                           _number(request, "min_duration", float, low=0),
                           _number(request, "max_duration", float, low=0))
         snapshot = catalog.current()
-        served = session.ensure_ready()
+        served = client.ready()
         try:
             result = search_view(lambda sentences: texts.embed(served, sentences), queries, snapshot.view, top,
                                  filters, moments, likes)
         except LikeError as err:
             raise BadRequest(str(err)) from None
         result.warnings[:0] = version_warnings(snapshot.versions, served)
-        return JSONResponse(as_json(result))
+        return JSONResponse(result.as_json())
 
     def videos(request: Request) -> Response:
         snapshot = catalog.current()
@@ -110,7 +110,7 @@ def create_app(catalog: Catalog, session: Session, probe: Session) -> Starlette:
         except (IndexFolderError, OSError, sqlite3.Error) as err:
             index["error"] = str(err)
         try:
-            server.update(reachable=True, version=probe.ensure_ready())
+            server.update(reachable=True, version=probe.ready())
         except ServerError as err:  # reachable, but without a ready version (or refusing): still an answer
             server.update(error=str(err), reachable=err.code is None or err.code.name not in UNREACHABLE)
         ok = index["loaded"] and "version" in server

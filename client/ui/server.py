@@ -7,13 +7,14 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 
 import uvicorn
 from starlette.applications import Starlette
 
-from s3d_retrieval.client.transport.session import Options, ServerError, Session
+from s3d_retrieval.client.api import Client, stderr_note
+from s3d_retrieval.client.defaults import MODEL_NAME
+from s3d_retrieval.client.transport.session import ServerError
 from s3d_retrieval.client.ui.app import create_app
 from s3d_retrieval.client.ui.catalog import Catalog
 
@@ -31,19 +32,22 @@ def listen(host: str, port: int) -> socket.socket:
                          f"--host, or stop what uses it") from None
 
 
-def serve(index: Path, options: Options, host: str, port: int, roots: list[Path] | None, check_every: float) -> int:
-    catalog = Catalog(index, options.model, roots, check_every)
+def serve(index: Path, address: str, transport: dict, host: str, port: int, roots: list[Path] | None,
+          check_every: float) -> int:
+    """`transport`: `Client`'s keywords (the CLI's global flags)."""
+    catalog = Catalog(index, transport.get("model", MODEL_NAME), roots, check_every)
     snapshot = catalog.current()  # a missing or unreadable index stops here, with its message
     listener = listen(host, port)
-    with listener, Session(options) as session, Session(replace(options, timeout=PROBE_TIMEOUT, wait=0)) as probe:
+    probing = {**transport, "timeout": PROBE_TIMEOUT, "wait": 0}
+    with listener, Client(address, log=stderr_note, **transport) as client, Client(address, **probing) as probe:
         try:
-            probe.ensure_ready()
+            probe.ready()
         except ServerError as err:
             print(f"note: {err}; the page will say so until it answers", file=sys.stderr)
         shown = "localhost" if host in ("127.0.0.1", "0.0.0.0", "::") else host
         print(f"serving {len(snapshot.entries)} video(s) of {index} at http://{shown}:{listener.getsockname()[1]}/ "
               f"(Ctrl-C stops)", file=sys.stderr)
-        uvicorn.Server(uvicorn.Config(create_app(catalog, session, probe), log_level="warning")).run(
+        uvicorn.Server(uvicorn.Config(create_app(catalog, client, probe), log_level="warning")).run(
             sockets=[listener])
     return 0
 

@@ -8,14 +8,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from s3d_retrieval.client.transport.session import Session
+from s3d_retrieval.client.api import Client
 
 SIZE = 4096  # query strings kept (2 KB each)
 
 
 class TextCache:
-    def __init__(self, session: Session, size: int = SIZE):
-        self.session, self.size = session, size
+    def __init__(self, client: Client, size: int = SIZE):
+        self.client, self.size = client, size
         self._store: OrderedDict[tuple[int, str], np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -29,7 +29,7 @@ class TextCache:
                     found[sentence] = self._store[(version, sentence)]
         missing = [s for s in dict.fromkeys(sentences) if s not in found]
         if missing:
-            fresh = dict(zip(missing, self.session.embed_text(missing)))
+            fresh = dict(zip(missing, self.client.embed_text(missing)))
             found.update(fresh)
             with self._lock:
                 self._store.update(((version, s), e) for s, e in fresh.items())

@@ -1,0 +1,126 @@
+"""The Python API (`from s3d_retrieval import Client, AsyncClient`) against the embedded server: the documents it
+returns are the CLI's for the same call, its failures are the CLI's lines as exceptions, the asyncio client
+answers as the sync one, and a wheel installed into a fresh virtualenv brings nothing but `s3d_retrieval`."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import s3d_retrieval
+from s3d_retrieval import AsyncClient, Client, Error, IndexFolderError, ServerError
+from s3d_retrieval.client.cli import main
+from tests.conftest import write_clip
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("api") / "videos"
+    folder.mkdir()
+    for i, frames in enumerate((40, 70, 25)):
+        write_clip(folder / f"clip{i}.avi", frames, 10, (64, 64), "MJPG", seed=i)
+    (folder / "broken.avi").write_bytes(b"\0" * 64)
+    return folder
+
+
+def cli_json(server, capsys, *args: str) -> dict:
+    main(["--server", f"127.0.0.1:{server.port}", *args])
+    return json.loads(capsys.readouterr().out)
+
+
+def test_the_client_answers_as_the_cli(server, library, tmp_path, capsys):
+    videos = sorted(str(p) for p in library.glob("clip*.avi"))
+    index = tmp_path / "lib.idx"
+    with Client(f"127.0.0.1:{server.port}", timeout=30) as client:
+        assert client.embed_text("playing guitar").shape == (1, 512)
+        clip = client.embed_video(videos[1])
+        assert clip.sampling == client.sampling() and clip.embeddings.shape == (len(clip.spans), 512)
+        lines: list[str] = []
+        stats = client.index([library], index=index, sampling=client.sampling(size=64), log=lines.append)
+        assert (stats.added, [Path(p).name for p, _ in stats.failed]) == (3, ["broken.avi"])  # reported, not raised
+        assert lines and lines[0].startswith("committed ")
+        asked = dict(top=2, moments=2, like=[f"{videos[1]}@1"])
+        result = client.search(["playing guitar", "a dog"], index=index, **asked)
+        assert result.as_json() == cli_json(server, capsys, "search", "playing guitar", "a dog", "--index",
+                                             str(index), "--top", "2", "--moments", "2", "--like",
+                                             f"{videos[1]}@1", "--json")
+        files = client.search("water", videos=[*videos, str(library / "broken.avi")],
+                              sampling=client.sampling(size=64))
+        assert [v for v, _ in files.errors] == [str(library / "broken.avi")]
+        assert files.as_json() == cli_json(server, capsys, "search", "water", "--videos", *videos,
+                                           str(library / "broken.avi"), "--size", "64", "--json")
+        assert client.remove([videos[0]], index=index) == 1
+        assert [m.video for m in client.search("water", index=index, top=5).matches[0]] != [] and \
+            videos[0] not in {m.video for m in client.search("water", index=index, top=5).matches[0]}
+        with pytest.raises(IndexFolderError, match="no index here") as missing:
+            client.search("water", index=tmp_path / "nothing")
+        with pytest.raises(ValueError, match="index= .* or videos="):
+            client.search("water")
+    assert isinstance(missing.value, Error)
+    with Client("127.0.0.1:1", wait=0) as away, pytest.raises(ServerError, match="cannot reach the model server"):
+        away.ready()
+
+
+def test_the_async_client_answers_as_the_sync_one(server, library, tmp_path):
+    index = tmp_path / "lib.idx"
+    address = f"127.0.0.1:{server.port}"
+    with Client(address) as client:
+        client.index([library], index=index, sampling=client.sampling(size=64))
+        expected = client.search(["a dog", "water"], index=index, top=3, moments=2, like=f"{library}/clip2.avi@0.5")
+        texts = client.embed_text(["a dog", "water"])
+
+    async def run() -> tuple:
+        async with AsyncClient(address, concurrency=2) as aio:
+            searched, embedded, version = await asyncio.gather(
+                aio.search(["a dog", "water"], index=index, top=3, moments=2, like=f"{library}/clip2.avi@0.5"),
+                aio.embed_text(["a dog", "water"]), aio.ready())
+            return searched, embedded, version, aio.session.requests, await aio.status()
+
+    searched, embedded, version, requests, status = asyncio.run(run())
+    assert searched.as_json() == expected.as_json() and np.array_equal(embedded, texts)
+    assert version == 1 and status[0][:2] == (1, "AVAILABLE") and requests >= 3  # its own channel was used
+
+
+def test_a_fresh_virtualenv_gets_only_s3d_retrieval(server, library, tmp_path):
+    wheels = tmp_path / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                    str(wheels), str(ROOT)], check=True, capture_output=True)
+    [wheel] = wheels.glob("s3d_retrieval-*.whl")
+    fresh = tmp_path / "fresh"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(fresh)], check=True)
+    python = fresh / "bin" / "python"
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
+                    "--no-index", str(wheel)], check=True, capture_output=True)
+    site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               check=True, capture_output=True, text=True).stdout.strip())
+    installed = {p.name for p in site.iterdir() if not p.name.endswith((".dist-info", "__pycache__"))}
+    assert installed == {"s3d_retrieval"}, installed
+    # Its dependencies (numpy, grpc, opencv, faiss) from this environment, without reading its .pth files (the
+    # editable install's finder), so `s3d_retrieval` can only come from the wheel.
+    (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    script = f"""
+import importlib.util, json, sys
+import s3d_retrieval
+from s3d_retrieval import Client
+assert s3d_retrieval.__file__.startswith({str(site)!r}), s3d_retrieval.__file__
+assert all(importlib.util.find_spec(name) is None for name in ("client", "model", "export", "serving"))
+with Client("127.0.0.1:{server.port}") as c:
+    print(json.dumps(c.search("water", videos=[{str(library / 'clip0.avi')!r}], sampling=c.sampling(size=64)).as_json()))
+assert "tensorflow" not in sys.modules
+"""
+    done = subprocess.run([str(python), "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                          env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert done.returncode == 0, done.stderr
+    with Client(f"127.0.0.1:{server.port}") as client:
+        here = client.search("water", videos=[str(library / "clip0.avi")], sampling=client.sampling(size=64))
+    assert json.loads(done.stdout) == here.as_json()
+    assert s3d_retrieval.__file__ == str(ROOT / "client" / "s3d_retrieval" / "__init__.py")  # the checkout's, here
