@@ -52,20 +52,29 @@ def stderr_note(line: str) -> None:
     print(f"note: {line}", file=sys.stderr)
 
 
-def _list(value: str | Sequence, kind: type = str) -> list:
-    return [value] if isinstance(value, (str, kind)) else list(value)
+def _list(value, kind: type = str) -> list:
+    """One item (a string, a path, a `kind`) or several, as a list."""
+    return [value] if isinstance(value, (str, os.PathLike, kind)) else list(value)
+
+
+def _paths(value) -> list[str]:
+    return [os.fspath(p) for p in _list(value)]
+
+
+def checked(queries: Queries, like: Likes, top: int, moments: int) -> tuple[list[str], list[Like]]:
+    """A search's text queries and liked moments, refused in one line when they cannot be searched."""
+    queries, likes = _list(queries), [x if isinstance(x, Like) else Like.parse(x) for x in _list(like, Like)]
+    if not queries and not likes:
+        raise ValueError("search needs a text QUERY or a moment to look like (like / --like VIDEO@SECONDS)")
+    if top < 1 or moments < 1:
+        raise ValueError("top and moments (--top, --moments) must be at least 1")
+    return queries, likes
 
 
 def _asked(queries: Queries, like: Likes, index, videos, top: int, moments: int) -> tuple[list[str], list[Like]]:
-    """A search's queries and likes, checked as the CLI checks them."""
-    queries, likes = _list(queries), [x if isinstance(x, Like) else Like.parse(x) for x in _list(like, Like)]
     if (index is None) == (videos is None):
         raise ValueError("search needs index= (an index folder) or videos= (video files), not both")
-    if not queries and not likes:
-        raise ValueError("search needs a text query or a moment to look like (VIDEO@SECONDS)")
-    if top < 1 or moments < 1:
-        raise ValueError("top and moments must be at least 1")
-    return queries, likes
+    return checked(queries, like, top, moments)
 
 
 def options(address: str = f"localhost:{GRPC_PORT}", *, model: str = MODEL_NAME, timeout: float = 60.0,
@@ -146,11 +155,10 @@ class Client:
         apply to an index; `sampling` to files (default: the served model's)."""
         queries, likes = _asked(queries, like, index, videos, top, moments)
         if index is not None:
-            filters = Filters(tuple(map(os.fspath, under)), glob, min_duration, max_duration)
+            filters = Filters(tuple(_paths(under)), glob, min_duration, max_duration)
             return self._search_index(queries, likes, index, top, moments, filters, kind, nprobe)
         self.ready()
-        return search(self.session, queries, [os.fspath(v) for v in videos], sampling or self.sampling(), top,
-                      moments, likes)
+        return search(self.session, queries, _paths(videos), sampling or self.sampling(), top, moments, likes)
 
     def _search_index(self, queries: list[str], likes: list[Like], index: str | Path, top: int, moments: int,
                       filters: Filters, kind: str | None, nprobe: int | None, embed_text: EmbedText | None = None,
@@ -164,26 +172,28 @@ class Client:
         return Index(Path(folder), self.options.model, sampling, create=create, lock_wait=self.lock_wait,
                      log=self.log)
 
-    def index(self, paths: Queries, *, index: str | Path, flush_every: int = 16, shard: Shard | str | None = None,
-              sampling: Sampling | None = None, progress: bool | None = None,
-              log: Callable[[str], None] | None = None) -> Stats:
+    def index(self, paths: str | Path | Sequence[str | Path], *, index: str | Path, flush_every: int = 16,
+              shard: Shard | str | None = None, sampling: Sampling | None = None,
+              progress: Callable[[int, int], None] | None = None, on_commit: Callable[[str], None] | None = None,
+              bar: bool = False) -> Stats:
         """Embed video files (or everything under folders) into the index at `index` (made if missing, with
         `sampling` or the served model's), then bring its search structure up to date. `shard` ("I/N"): only
-        that share of the files. `progress`: a bar on stderr (default: when it is a terminal); `log`: a line per
-        commit. Unreadable videos are in `stats.failed`."""
+        that share of the files. `progress(done, total)` after each video; `on_commit(line)` after each group
+        of videos is committed; `bar`: a progress bar on stderr (the CLI's, on a terminal). Unreadable videos
+        are in `stats.failed`."""
         self.ready()  # before creating anything
         folder = Path(index)
         made = sampling or (None if (folder / "index.sqlite").is_file() else self.sampling())
         with self._writer(folder, made, create=True) as opened:
-            stats = index_videos(self.session, opened, _list(paths), flush_every, progress, log,
-                                 Shard.parse(shard) if isinstance(shard, str) else shard)
+            stats = index_videos(self.session, opened, _paths(paths), flush_every, bar, on_commit,
+                                 Shard.parse(shard) if isinstance(shard, str) else shard, progress)
             opened.refresh_search()
         return stats
 
-    def remove(self, paths: Queries, *, index: str | Path) -> int:
+    def remove(self, paths: str | Path | Sequence[str | Path], *, index: str | Path) -> int:
         """Remove videos (or everything under folders) from an index; the number removed."""
         with self._writer(index) as opened:
-            removed = opened.remove(_list(paths))
+            removed = opened.remove(_paths(paths))
             opened.refresh_search()
         return removed
 
@@ -200,7 +210,7 @@ class Client:
         """Retrieval quality on a labelled set (R@K, median rank, moments), as `s3d-client eval`; `index` reuses
         (and adds to) an index's windows. Videos that could not be used go to `errors`."""
         if windows < 1:
-            raise ValueError("windows must be at least 1")
+            raise ValueError("windows (--windows) must be at least 1")
         evalset = load_evalset(Path(csv), Path(videos))
         self.ready()
         errors = [] if errors is None else errors
@@ -228,6 +238,11 @@ class AsyncClient:
 
     def __init__(self, address: str = f"localhost:{GRPC_PORT}", *, lock_wait: float = LOCK_WAIT,
                  log: Callable[[str], None] | None = None, **transport):
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            raise ValueError("create AsyncClient inside the running event loop (in a coroutine): gRPC's "
+                             "asyncio channels belong to one loop") from None
         self.options = options(address, log=log, **transport)
         self.session = AsyncSession(self.options)
         self.sync = Client(address, lock_wait=lock_wait, log=log, **transport)
@@ -240,7 +255,7 @@ class AsyncClient:
 
     async def close(self) -> None:
         await self.session.close()
-        self.sync.close()
+        await asyncio.to_thread(self.sync.close)  # waits for its worker threads: not on the loop
 
     async def ready(self) -> int:
         return await self.session.ensure_ready()
@@ -271,20 +286,30 @@ class AsyncClient:
             return await asyncio.to_thread(functools.partial(
                 self.sync.search, asked, videos=videos, top=top, moments=moments, like=likes,
                 sampling=sampling or await self.sampling()))
-        texts = await self.session.embed_text([*asked, ""]) if asked else None
         served = await self.ready()
-        filters = Filters(tuple(map(os.fspath, under)), glob, min_duration, max_duration)
+        texts = await self.session.embed_text([*asked, ""]) if asked else None
+        filters = Filters(tuple(_paths(under)), glob, min_duration, max_duration)
         return await asyncio.to_thread(self.sync._search_index, asked, likes, index, top, moments, filters, kind,
                                        nprobe, lambda sentences: texts, served)
 
-    async def index(self, paths: Queries, **keywords) -> Stats:
-        return await asyncio.to_thread(functools.partial(self.sync.index, paths, **keywords))
+    async def index(self, paths: str | Path | Sequence[str | Path], *, index: str | Path, flush_every: int = 16,
+                    shard: Shard | str | None = None, sampling: Sampling | None = None,
+                    progress: Callable[[int, int], None] | None = None,
+                    on_commit: Callable[[str], None] | None = None, bar: bool = False) -> Stats:
+        """`Client.index` in a worker thread (`progress` and `on_commit` are called from it)."""
+        return await asyncio.to_thread(functools.partial(
+            self.sync.index, paths, index=index, flush_every=flush_every, shard=shard, sampling=sampling,
+            progress=progress, on_commit=on_commit, bar=bar))
 
-    async def remove(self, paths: Queries, *, index: str | Path) -> int:
+    async def remove(self, paths: str | Path | Sequence[str | Path], *, index: str | Path) -> int:
         return await asyncio.to_thread(self.sync.remove, paths, index=index)
 
     async def merge(self, shards: Sequence[str | Path], *, index: str | Path) -> MergeStats:
         return await asyncio.to_thread(self.sync.merge, shards, index=index)
 
-    async def evaluate(self, csv: str | Path, videos: str | Path, **keywords) -> Evaluation:
-        return await asyncio.to_thread(functools.partial(self.sync.evaluate, csv, videos, **keywords))
+    async def evaluate(self, csv: str | Path, videos: str | Path, *, protocol: str = "max", windows: int = 10,
+                       index: str | Path | None = None, sampling: Sampling | None = None,
+                       errors: list[tuple[str, str]] | None = None) -> Evaluation:
+        return await asyncio.to_thread(functools.partial(
+            self.sync.evaluate, csv, videos, protocol=protocol, windows=windows, index=index, sampling=sampling,
+            errors=errors))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from s3d_retrieval.client.api import Client, stderr_note
+from s3d_retrieval.client.api import Client, checked, stderr_note
 from s3d_retrieval.client.decode.video import Sampling, load, model_sampling
 from s3d_retrieval.client.defaults import (FPS, FRAMES, GRPC_PORT, INDEX_WAIT, LOCK_WAIT, MODEL_NAME,
                                            SENTENCES_PER_REQUEST, SHORT_WAIT, SIZE, UI_PORT, WINDOWS_PER_REQUEST)
@@ -163,6 +163,7 @@ def _sampling(args: argparse.Namespace, client: Client) -> Sampling:
 
 
 def _search(args: argparse.Namespace) -> int:
+    checked(args.queries, args.like, args.top, args.moments)  # before asking the server anything
     with _client(args) as client:
         common = dict(top=args.top, moments=args.moments, like=args.like)
         if args.index:
@@ -196,7 +197,7 @@ def _frames(args: argparse.Namespace) -> int:
 def _index(args: argparse.Namespace) -> int:
     with _client(args) as client:
         stats = client.index(args.paths, index=args.index, flush_every=args.flush_every, shard=args.shard,
-                             sampling=_sampling(args, client), log=print)
+                             sampling=_sampling(args, client), on_commit=print, bar=sys.stderr.isatty())
     print(stats.summary())
     return _report_errors(stats.failed, "skipped")
 

