@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml $(LOCK)
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	rm -f $(VENV)/.installed-* && touch $@
 
-LOCK_EXTRAS := --extra tf --extra ui --extra dev
+LOCK_EXTRAS := --extra tf --extra ui --extra milvus --extra dev
 lock: $(STAMP) ## re-resolve requirements.lock from pyproject.toml, keeping pins that still fit (UPGRADE=1: newest of everything)
 	$(PY) -m uv pip compile -q pyproject.toml $(LOCK_EXTRAS) --universal --python-version 3.11 --generate-hashes \
 	  $(if $(UPGRADE),--upgrade) --custom-compile-command 'make lock' -o $(LOCK)

@@ -28,11 +28,14 @@ from s3d_retrieval.client.library.indexing import Stats, index_videos
 from s3d_retrieval.client.library.like import Like
 from s3d_retrieval.client.library.merge import MergeStats, merge
 from s3d_retrieval.client.library.search import EmbedText, Filters, Result, embed_one, search, search_index
+from s3d_retrieval.client.milvus.reader import search_store
 from s3d_retrieval.client.library.walk import Shard
+from s3d_retrieval.client.milvus.store import Milvus, MilvusStore
 from s3d_retrieval.client.transport.aio import AsyncSession
 from s3d_retrieval.client.transport.session import Options, Session
 
 Queries = str | Sequence[str]
+Where = str | Path | Milvus  # an index: its folder, or its Milvus collection
 Likes = str | Like | Sequence[str | Like]
 
 
@@ -144,12 +147,13 @@ class Client:
 
     # --- a video library ----------------------------------------------------------------------------------
 
-    def search(self, queries: Queries = (), *, index: str | Path | None = None,
+    def search(self, queries: Queries = (), *, index: Where | None = None,
                videos: Sequence[str | Path] | None = None, top: int = 5, moments: int = 1, like: Likes = (),
                under: Sequence[str | Path] = (), glob: str | None = None, min_duration: float | None = None,
                max_duration: float | None = None, kind: str | None = None, nprobe: int | None = None,
                sampling: Sampling | None = None) -> Result:
-        """Rank an index's videos (`index=`, read only) or video files decoded now (`videos=`) for each text
+        """Rank an index's videos (`index=`: a folder or a `Milvus` collection, read only) or video files decoded
+        now (`videos=`) for each text
         query and each liked moment (`like="VIDEO@SECONDS"` or a `Like`); `result.as_json()` is the document
         `s3d-client search --json` prints for the same call. Filters, `kind` ("exact" or "ivf") and `nprobe`
         apply to an index; `sampling` to files (default: the served model's)."""
@@ -160,19 +164,29 @@ class Client:
         self.ready()
         return search(self.session, queries, _paths(videos), sampling or self.sampling(), top, moments, likes)
 
-    def _search_index(self, queries: list[str], likes: list[Like], index: str | Path, top: int, moments: int,
+    def _search_index(self, queries: list[str], likes: list[Like], index: Where, top: int, moments: int,
                       filters: Filters, kind: str | None, nprobe: int | None, embed_text: EmbedText | None = None,
                       served: int | None = None) -> Result:
+        if isinstance(index, Milvus):
+            with self._milvus(index) as store:
+                return search_store(self.session, queries, store, top, filters, moments, likes, embed_text, served)
         with Index(Path(index), self.options.model, read_only=True) as opened:
             return search_index(self.session, queries, opened, top, filters, kind, nprobe, moments, likes,
                                 embed_text, served)
 
-    def _writer(self, folder: str | Path, sampling: Sampling | None = None, create: bool = False) -> Index:
-        """The index opened for writing: changes wait up to `lock_wait` for another writer, saying so once."""
-        return Index(Path(folder), self.options.model, sampling, create=create, lock_wait=self.lock_wait,
+    def _milvus(self, where: Milvus, sampling: Sampling | None = None, create: bool = False) -> MilvusStore:
+        return MilvusStore(where.uri, where.collection, self.options.model, sampling, create, self.options.timeout,
+                           self.sampling)
+
+    def _writer(self, where: Where, sampling: Sampling | None = None, create: bool = False) -> Index | MilvusStore:
+        """The index opened for writing: a folder's changes wait up to `lock_wait` for another writer, saying so
+        once; a Milvus collection takes many writers at once."""
+        if isinstance(where, Milvus):
+            return self._milvus(where, sampling, create)
+        return Index(Path(where), self.options.model, sampling, create=create, lock_wait=self.lock_wait,
                      log=self.log)
 
-    def index(self, paths: str | Path | Sequence[str | Path], *, index: str | Path, flush_every: int = 16,
+    def index(self, paths: str | Path | Sequence[str | Path], *, index: Where, flush_every: int = 16,
               shard: Shard | str | None = None, sampling: Sampling | None = None,
               progress: Callable[[int, int], None] | None = None, on_commit: Callable[[str], None] | None = None,
               bar: bool = False) -> Stats:
@@ -182,23 +196,26 @@ class Client:
         of videos is committed; `bar`: a progress bar on stderr (the CLI's, on a terminal). Unreadable videos
         are in `stats.failed`."""
         self.ready()  # before creating anything
-        folder = Path(index)
-        made = sampling or (None if (folder / "index.sqlite").is_file() else self.sampling())
-        with self._writer(folder, made, create=True) as opened:
+        made = sampling or (None if isinstance(index, Milvus) or (Path(index) / "index.sqlite").is_file()
+                            else self.sampling())
+        with self._writer(index, made, create=True) as opened:
             stats = index_videos(self.session, opened, _paths(paths), flush_every, bar, on_commit,
                                  Shard.parse(shard) if isinstance(shard, str) else shard, progress)
             opened.refresh_search()
         return stats
 
-    def remove(self, paths: str | Path | Sequence[str | Path], *, index: str | Path) -> int:
+    def remove(self, paths: str | Path | Sequence[str | Path], *, index: Where) -> int:
         """Remove videos (or everything under folders) from an index; the number removed."""
         with self._writer(index) as opened:
             removed = opened.remove(_paths(paths))
             opened.refresh_search()
         return removed
 
-    def merge(self, shards: Sequence[str | Path], *, index: str | Path) -> MergeStats:
-        """Combine shard indexes (`index(..., shard="I/N")`) into the index at `index` (made or added to)."""
+    def merge(self, shards: Sequence[str | Path], *, index: Where) -> MergeStats:
+        """Combine shard indexes (`index(..., shard="I/N")`) into the index at `index` (made or added to). A
+        Milvus collection needs none: its writers write into it at once."""
+        if isinstance(index, Milvus):
+            raise ValueError("merge is for index folders: shards index straight into a Milvus collection")
         stats = merge([Path(s) for s in shards], Path(index), self.options.model, self.lock_wait, self.log)
         with self._writer(index) as opened:
             opened.refresh_search()
@@ -211,6 +228,8 @@ class Client:
         (and adds to) an index's windows. Videos that could not be used go to `errors`."""
         if windows < 1:
             raise ValueError("windows (--windows) must be at least 1")
+        if isinstance(index, Milvus):
+            raise ValueError("eval --index takes an index folder; a Milvus collection is not supported there yet")
         evalset = load_evalset(Path(csv), Path(videos))
         self.ready()
         errors = [] if errors is None else errors
@@ -276,7 +295,7 @@ class AsyncClient:
     async def embed_video(self, path: str | Path, sampling: Sampling | None = None) -> VideoWindows:
         return await asyncio.to_thread(self.sync.embed_video, path, sampling or await self.sampling())
 
-    async def search(self, queries: Queries = (), *, index: str | Path | None = None,
+    async def search(self, queries: Queries = (), *, index: Where | None = None,
                      videos: Sequence[str | Path] | None = None, top: int = 5, moments: int = 1, like: Likes = (),
                      under: Sequence[str | Path] = (), glob: str | None = None, min_duration: float | None = None,
                      max_duration: float | None = None, kind: str | None = None, nprobe: int | None = None,
@@ -292,7 +311,7 @@ class AsyncClient:
         return await asyncio.to_thread(self.sync._search_index, asked, likes, index, top, moments, filters, kind,
                                        nprobe, lambda sentences: texts, served)
 
-    async def index(self, paths: str | Path | Sequence[str | Path], *, index: str | Path, flush_every: int = 16,
+    async def index(self, paths: str | Path | Sequence[str | Path], *, index: Where, flush_every: int = 16,
                     shard: Shard | str | None = None, sampling: Sampling | None = None,
                     progress: Callable[[int, int], None] | None = None,
                     on_commit: Callable[[str], None] | None = None, bar: bool = False) -> Stats:
@@ -301,7 +320,7 @@ class AsyncClient:
             self.sync.index, paths, index=index, flush_every=flush_every, shard=shard, sampling=sampling,
             progress=progress, on_commit=on_commit, bar=bar))
 
-    async def remove(self, paths: str | Path | Sequence[str | Path], *, index: str | Path) -> int:
+    async def remove(self, paths: str | Path | Sequence[str | Path], *, index: Where) -> int:
         return await asyncio.to_thread(self.sync.remove, paths, index=index)
 
     async def merge(self, shards: Sequence[str | Path], *, index: str | Path) -> MergeStats:

@@ -24,6 +24,7 @@ from s3d_retrieval.client.library.like import Like, LikeError
 from s3d_retrieval.client.library.vectors import EXACT_LIMIT, SCAN
 from s3d_retrieval.client.library.walk import Shard
 from s3d_retrieval.client.memory import release_big_blocks
+from s3d_retrieval.client.milvus.store import COLLECTION, Milvus
 from s3d_retrieval.client.outputs import eval_report, html_report
 from s3d_retrieval.client.outputs.report import as_table
 from s3d_retrieval.client.transport.session import ServerError
@@ -39,6 +40,19 @@ def _sampling_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", type=int, help=f"frames per window (default: the model's, else {FRAMES})")
     parser.add_argument("--fps", type=float, help=f"sampling rate of segments (default: the model's, else {FPS:g})")
     parser.add_argument("--size", type=int, help=f"frame height and width (default: the model's, else {SIZE})")
+
+
+def _milvus_flags(parser: argparse.ArgumentParser, where: argparse._MutuallyExclusiveGroup) -> None:
+    where.add_argument("--milvus", metavar="URI",
+                       help="the index in Milvus instead of a folder: a Milvus Lite file ending in .db, or a server's "
+                            "http://HOST:19530 (pip install 's3d-retrieval[milvus]')")
+    parser.add_argument("--collection", default=COLLECTION, metavar="NAME",
+                        help=f"--milvus: the collection (default {COLLECTION})")
+
+
+def _where(args: argparse.Namespace) -> Path | Milvus:
+    """The index a verb works on: a folder (--index) or a Milvus collection (--milvus, --collection)."""
+    return Milvus(args.milvus, args.collection) if args.milvus else args.index
 
 
 def _like(text: str) -> Like:
@@ -83,6 +97,7 @@ def parser() -> argparse.ArgumentParser:
     where = search.add_mutually_exclusive_group(required=True)
     where.add_argument("--videos", nargs="+", metavar="FILE", help="video files to decode and rank now")
     where.add_argument("--index", type=Path, metavar="DIR", help="an index built with `index`")
+    _milvus_flags(search, where)
     search.add_argument("--top", type=int, default=5, help="videos per query")
     search.add_argument("--moments", type=int, default=1, metavar="K",
                         help="moments per video, best first, never overlapping (default 1)")
@@ -106,7 +121,9 @@ def parser() -> argparse.ArgumentParser:
     _sampling_flags(frames)
     index = verbs.add_parser("index", help="embed video files (or folders) into a persistent index")
     index.add_argument("paths", nargs="+", metavar="PATH")
-    index.add_argument("--index", type=Path, required=True, metavar="DIR")
+    into = index.add_mutually_exclusive_group(required=True)
+    into.add_argument("--index", type=Path, metavar="DIR")
+    _milvus_flags(index, into)
     index.add_argument("--flush-every", type=int, default=16, help="videos committed together")
     index.add_argument("--shard", type=_shard, metavar="I/N",
                        help="index only share I of N (0-based) of the files, by a stable hash of each path relative "
@@ -117,7 +134,9 @@ def parser() -> argparse.ArgumentParser:
     merging.add_argument("--index", type=Path, required=True, metavar="DIR", help="the combined index (made or added to)")
     remove = verbs.add_parser("remove", help="remove videos (or everything under folders) from an index")
     remove.add_argument("paths", nargs="+", metavar="PATH")
-    remove.add_argument("--index", type=Path, required=True, metavar="DIR")
+    out_of = remove.add_mutually_exclusive_group(required=True)
+    out_of.add_argument("--index", type=Path, metavar="DIR")
+    _milvus_flags(remove, out_of)
     evaluate = verbs.add_parser("eval", help="retrieval quality on a labelled set: R@K, median rank, moments")
     evaluate.add_argument("--csv", type=Path, required=True,
                           help="video_id,sentence (MSR-VTT style) or video_id,start,end,text (YouCook2 style)")
@@ -166,8 +185,8 @@ def _search(args: argparse.Namespace) -> int:
     checked(args.queries, args.like, args.top, args.moments)  # before asking the server anything
     with _client(args) as client:
         common = dict(top=args.top, moments=args.moments, like=args.like)
-        if args.index:
-            result = client.search(args.queries, index=args.index, under=args.under, glob=args.glob,
+        if args.index or args.milvus:
+            result = client.search(args.queries, index=_where(args), under=args.under, glob=args.glob,
                                    min_duration=args.min_duration, max_duration=args.max_duration, kind=args.search,
                                    nprobe=args.nprobe, **common)
         else:
@@ -196,7 +215,7 @@ def _frames(args: argparse.Namespace) -> int:
 
 def _index(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        stats = client.index(args.paths, index=args.index, flush_every=args.flush_every, shard=args.shard,
+        stats = client.index(args.paths, index=_where(args), flush_every=args.flush_every, shard=args.shard,
                              sampling=_sampling(args, client), on_commit=print, bar=sys.stderr.isatty())
     print(stats.summary())
     return _report_errors(stats.failed, "skipped")
@@ -210,7 +229,7 @@ def _merge(args: argparse.Namespace) -> int:
 
 def _remove(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        print(f"removed {client.remove(args.paths, index=args.index)} video(s) from {args.index}")
+        print(f"removed {client.remove(args.paths, index=_where(args))} video(s) from {args.milvus or args.index}")
     return 0
 
 

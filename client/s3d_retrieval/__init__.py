@@ -21,8 +21,10 @@ from s3d_retrieval.client.library.merge import MergeStats
 from s3d_retrieval.client.library.moments import Moment
 from s3d_retrieval.client.library.rank import Match
 from s3d_retrieval.client.library.search import Filters, Result
+from s3d_retrieval.client.milvus.store import Milvus, MilvusError
 from s3d_retrieval.client.transport.session import ServerError
 
 __all__ = ["AsyncClient", "Client", "Error", "EvalSetError", "Evaluation", "Filters", "IndexFolderError",
-           "IndexWriteError", "Like", "LikeError", "LockTimeout", "Match", "MergeStats", "Moment", "Result",
+           "IndexWriteError", "Like", "LikeError", "LockTimeout", "Match", "MergeStats", "Milvus", "MilvusError", "Moment",
+           "Result",
            "Sampling", "ServerError", "Stats", "VideoError", "VideoWindows"]

@@ -1,0 +1,97 @@
+"""Searching a Milvus store: one answer per video by Milvus's grouping search on the windows' token (a video's
+older or uncommitted windows carry other tokens: their groups are dropped here), filters as Milvus expressions
+(then checked exactly, since LIKE is coarser than a folder or a glob), and each video's moments found from its
+windows as for an index folder."""
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Sequence
+
+import numpy as np
+
+from s3d_retrieval.client.library.like import Like
+from s3d_retrieval.client.library.moments import find
+from s3d_retrieval.client.library.rank import Match
+from s3d_retrieval.client.library.search import EmbedText, Filters, Result, embed_one, rank_queries
+from s3d_retrieval.client.milvus.store import MilvusError, MilvusStore, _why
+from s3d_retrieval.client.transport.session import Session
+
+TOP_K = 16384  # the most hits Milvus returns for one search
+
+
+def expression(filters: Filters) -> str:
+    """`filters` as a Milvus boolean expression that keeps at least every video they accept ("" keeps all)."""
+    parts = []
+    if filters.under:
+        folders = [os.path.abspath(u).rstrip("/") + "/%" for u in filters.under]
+        parts.append("(" + " or ".join(f"path like {json.dumps(f)}" for f in folders) + ")")
+    if filters.glob and (prefix := re.split(r"[*?\[]", filters.glob, maxsplit=1)[0]):
+        parts.append(f"path like {json.dumps(prefix + '%')}")
+    if filters.min_duration is not None:
+        parts.append(f"duration >= {float(filters.min_duration)!r}")
+    if filters.max_duration is not None:
+        parts.append(f"duration <= {float(filters.max_duration)!r}")
+    return " and ".join(parts)
+
+
+class MilvusView:
+    """What a reader searches in a store: committed videos only."""
+
+    def __init__(self, store: MilvusStore):
+        self.store = store
+
+    def windows_of(self, path: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """A committed video's window embeddings [W, D] and spans [W, 2], in time order (None: not stored)."""
+        now = self.store.current([path]).get(path)
+        return None if now is None else self._windows(now.token)
+
+    def _windows(self, token: str) -> tuple[np.ndarray, np.ndarray]:
+        rows = sorted(self.store._rows(self.store.windows_name, f"token == {json.dumps(token)}",
+                                       ["vector", "start", "end"]), key=lambda r: (r["start"], r["end"]))
+        return (np.array([r["vector"] for r in rows], np.float32),
+                np.array([(r["start"], r["end"]) for r in rows], np.float64))
+
+    def search(self, queries: np.ndarray, top: int, filters: Filters = Filters(), moments: int = 1
+               ) -> list[list[Match]]:
+        """Each query's `top` committed videos that `filters` accept, by their best window, with moments."""
+        return [self._one(np.asarray(q, np.float32), top, filters, moments) for q in queries]
+
+    def _one(self, query: np.ndarray, top: int, filters: Filters, moments: int) -> list[Match]:
+        limit, where = min(TOP_K, 2 * top), expression(filters)
+        while True:
+            try:
+                [hits] = self.store.client.search(
+                    self.store.windows_name, data=[query.tolist()], limit=limit, group_by_field="token",
+                    filter=where, output_fields=["path", "token", "duration"], search_params={"metric_type": "IP"})
+            except Exception as err:
+                raise MilvusError(f"Milvus at {self.store.uri} refused the search ({_why(err)})") from None
+            found = [h["entity"] for h in hits]
+            current = self.store.current(sorted({e["path"] for e in found}))
+            kept = [e for e in found if e["path"] in current and current[e["path"]].token == e["token"]
+                    and filters.accepts(e["path"], current[e["path"]].entry.duration)][:top]
+            if len(kept) >= top or len(hits) < limit or limit == TOP_K:
+                break
+            limit = min(TOP_K, limit * 2)  # stale versions or coarse filters took places: ask for more
+        matches = [Match(e["path"], tuple(find(*self._windows(e["token"]), query, moments))) for e in kept]
+        return sorted(matches, key=lambda m: -m.score)
+
+
+def search_store(session: Session, queries: Sequence[str], store: MilvusStore, top: int = 5,
+                 filters: Filters = Filters(), moments: int = 1, likes: Sequence[Like] = (),
+                 embed_text: EmbedText | None = None, served: int | None = None) -> Result:
+    """`search_index` for a Milvus store: rank its committed videos for each text query and liked moment (a
+    liked video it lacks is decoded and embedded now with its sampling). No warning about model versions: that
+    would read every video's row on each search."""
+    view = MilvusView(store)
+
+    def source(like: Like) -> tuple[np.ndarray, np.ndarray]:
+        found = view.windows_of(os.path.abspath(like.video))
+        return found if found is not None else embed_one(session, like.video, store.sampling)
+
+    if served is None:
+        session.ensure_ready()
+    return rank_queries(embed_text or session.embed_text, queries, likes, source,
+                        lambda found, count, each: view.search(found, count, filters, each), top, moments,
+                        Result([*queries, *map(str, likes)], []))
