@@ -222,23 +222,21 @@ class Client:
         return stats
 
     def evaluate(self, csv: str | Path, videos: str | Path, *, protocol: str = "max", windows: int = 10,
-                 index: str | Path | None = None, sampling: Sampling | None = None,
+                 index: Where | None = None, sampling: Sampling | None = None,
                  errors: list[tuple[str, str]] | None = None) -> Evaluation:
         """Retrieval quality on a labelled set (R@K, median rank, moments), as `s3d-client eval`; `index` reuses
         (and adds to) an index's windows. Videos that could not be used go to `errors`."""
         if windows < 1:
             raise ValueError("windows (--windows) must be at least 1")
-        if isinstance(index, Milvus):
-            raise ValueError("eval --index takes an index folder; a Milvus collection is not supported there yet")
         evalset = load_evalset(Path(csv), Path(videos))
         self.ready()
         errors = [] if errors is None else errors
         if index is None:
             result = evaluate(self.session, evalset, protocol, windows, sampling or self.sampling(), errors=errors)
         else:
-            folder = Path(index)
-            made = sampling or (None if (folder / "index.sqlite").is_file() else self.sampling())
-            with self._writer(folder, made, create=True) as opened:
+            made = sampling or (None if isinstance(index, Milvus) or (Path(index) / "index.sqlite").is_file()
+                                else self.sampling())
+            with self._writer(index, made, create=True) as opened:
                 result = evaluate(self.session, evalset, protocol, windows, index=opened, errors=errors)
                 opened.refresh_search()  # a writer that added videos brings the search structure up to them
         result.excluded += [Path(v).stem for v, _ in errors]
@@ -327,7 +325,7 @@ class AsyncClient:
         return await asyncio.to_thread(self.sync.merge, shards, index=index)
 
     async def evaluate(self, csv: str | Path, videos: str | Path, *, protocol: str = "max", windows: int = 10,
-                       index: str | Path | None = None, sampling: Sampling | None = None,
+                       index: Where | None = None, sampling: Sampling | None = None,
                        errors: list[tuple[str, str]] | None = None) -> Evaluation:
         return await asyncio.to_thread(functools.partial(
             self.sync.evaluate, csv, videos, protocol=protocol, windows=windows, index=index, sampling=sampling,

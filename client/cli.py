@@ -145,8 +145,10 @@ def parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--protocol", choices=PROTOCOLS, default="max",
                           help="max: best window; mean: --windows windows averaged; colab: the first frames")
     evaluate.add_argument("--windows", type=int, default=10, help="windows averaged by --protocol mean (10)")
-    evaluate.add_argument("--index", type=Path, metavar="DIR",
-                          help="reuse (and add to) this index's embeddings: a re-run sends only text requests")
+    reuse = evaluate.add_mutually_exclusive_group()
+    reuse.add_argument("--index", type=Path, metavar="DIR",
+                       help="reuse (and add to) this index's embeddings: a re-run sends only text requests")
+    _milvus_flags(evaluate, reuse)
     evaluate.add_argument("--json", action="store_true", help="print JSON instead of a table")
     evaluate.add_argument("--html", type=Path, metavar="FILE", help="also write an HTML report")
     _sampling_flags(evaluate)
@@ -238,7 +240,8 @@ def _eval(args: argparse.Namespace) -> int:
     with _client(args) as client:
         made = args.index is not None and (args.index / "index.sqlite").is_file()
         result = client.evaluate(args.csv, args.videos, protocol=args.protocol, windows=args.windows,
-                                 index=args.index, sampling=None if made else _sampling(args, client), errors=errors)
+                                 index=_where(args), sampling=None if made else _sampling(args, client),
+                                 errors=errors)
     print(json.dumps(result.as_json(), indent=2) if args.json else eval_report.as_table(result),
           end="\n" if args.json else "")
     if args.html:

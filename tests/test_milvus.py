@@ -54,35 +54,58 @@ def test_a_milvus_collection_answers_as_an_index_folder(server, library, tmp_pat
         _, expected, _ = run(server, capsys, *asked, "--index", str(folder))
         code, found, err = run(server, capsys, *asked, *milvus)
         assert code == 0 and json.loads(found) == json.loads(expected), extra
+    segments = tmp_path / "segments.csv"  # eval reads the windows back from either store
+    segments.write_text("video_id,start,end,text\nclip0,0,3,a dog\nclip2,2,6,water\nclip3,0,2,a red ball\n")
+    asked = ["eval", "--csv", str(segments), "--videos", str(library), "--json", *FLAGS]
+    code, expected, _ = run(server, capsys, *asked, "--index", str(folder))
+    assert code == 0 and json.loads(run(server, capsys, *asked, *milvus)[1]) == json.loads(expected)
+    assert json.loads(expected)["moments"] is not None
+
+
+def in_process(server, *args: str) -> tuple[int, str, str]:
+    """The CLI in a process of its own, as people run it one command after another (a Lite file reopened)."""
+    done = subprocess.run([sys.executable, "-m", "s3d_retrieval.client", "--server", f"127.0.0.1:{server.port}",
+                           *args], capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return done.returncode, done.stdout, done.stderr
 
 
 def test_re_runs_replacements_removals_and_failures(server, library, tmp_path, capsys):
     copy = tmp_path / "library"
     shutil.copytree(library, copy)
+    shutil.copy(copy / "b" / "clip4.avi", copy / "b" / "été 4.avi")  # a path beyond ASCII, with a space
     uri = str(tmp_path / "lib.db")
     milvus = ["--milvus", uri, "--collection", "lib"]
-    assert run(server, capsys, "index", str(copy), *milvus, *FLAGS)[0] == 0
+    assert in_process(server, "index", str(copy), *milvus, *FLAGS)[0] == 0
     clip = str(copy / "a" / "clip0.avi")
     before = windows_of(uri, clip)
-    code, out, _ = run(server, capsys, "index", str(copy), *milvus, *FLAGS)
-    assert code == 0 and "added 0, replaced 0, unchanged 5" in out and windows_of(uri, clip) == before
+    code, out, err = in_process(server, "index", str(copy), *milvus, *FLAGS)
+    assert code == 0 and "added 0, replaced 0, unchanged 6" in out and windows_of(uri, clip) == before, err
     write_clip(Path(clip), 50, 10, (64, 64), "MJPG", seed=40)  # new content, another length
-    code, out, _ = run(server, capsys, "index", str(copy), *milvus, *FLAGS)
-    assert code == 0 and "added 0, replaced 1, unchanged 4" in out
+    code, out, _ = in_process(server, "index", str(copy), *milvus, *FLAGS)
+    assert code == 0 and "added 0, replaced 1, unchanged 5" in out
     after = windows_of(uri, clip)
     assert len({token for token, _ in after}) == 1 and not set(after) & set(before)  # the old windows are gone
-    code, out, _ = run(server, capsys, "remove", str(copy / "a"), *milvus)
-    assert code == 0 and out == f"removed 2 video(s) from {uri}\n"
-    code, out, _ = run(server, capsys, "search", "anything", "--top", "9", "--json", *milvus)
-    assert {Path(m["video"]).parent.name for m in json.loads(out)["results"][0]["matches"]} == {"b"}
+    code, out, _ = in_process(server, "search", "anything", "--top", "9", "--json", "--glob", "*été*", *milvus)
+    assert code == 0 and [m["video"] for m in json.loads(out)["results"][0]["matches"]] == [str(copy / "b" / "été 4.avi")]
+    code, out, _ = in_process(server, "remove", str(copy / "a"), str(copy / "b" / "été 4.avi"), *milvus)
+    assert code == 0 and out == f"removed 3 video(s) from {uri}\n"
+    code, out, _ = in_process(server, "search", "anything", "--top", "9", "--json", *milvus)
+    assert sorted(Path(m["video"]).name for m in json.loads(out)["results"][0]["matches"]) == \
+        ["clip2.avi", "clip3.avi", "clip4.avi"]
+    with MilvusStore(uri, "lib", "s3d_milnce") as store:  # no window of a removed video is left behind
+        assert {r["path"] for r in store._rows(store.windows_name, 'path != ""', ["path"])} == \
+            {str(copy / "b" / f"clip{i}.avi") for i in (2, 3, 4)}
     for uri_given, message in ((str(tmp_path / "nothing"), "give a Milvus Lite file ending in .db"),
                                ("http://127.0.0.1:1", "cannot open Milvus at http://127.0.0.1:1"),
                                (str(tmp_path / "other.db"), "no collection 'lib'")):
         code, out, err = run(server, capsys, "search", "x", "--milvus", uri_given, "--collection", "lib")
         assert (code, out) == (2, "") and err.startswith("error: ") and message in err and err.count("\n") == 1
-    code, _, err = run(server, capsys, "index", str(copy), *milvus, "--size", "96")
-    assert code == 2 and "was built with" in err  # another sampling is refused, nothing written
-    assert run(server, capsys, "search", "x", "--json", *milvus)[0] == 0
+    kept = windows_of(uri, str(copy / "b" / "clip2.avi"))
+    code, _, err = in_process(server, "index", str(copy), *milvus, "--size", "96")
+    assert code == 2 and "was built with" in err and err.count("\n") == 1  # another sampling is refused...
+    code, _, err = in_process(server, "--model", "other", "search", "x", *milvus)
+    assert code == 2 and "holds model 's3d_milnce', not 'other'" in err  # ...and another model
+    assert windows_of(uri, str(copy / "b" / "clip2.avi")) == kept  # nothing written
 
 
 def test_two_writers_fill_one_collection_at_once_with_no_merge(server, library, tmp_path, capsys):
@@ -108,3 +131,33 @@ def test_two_writers_fill_one_collection_at_once_with_no_merge(server, library, 
     finally:
         milvus.stop(grace=2)
         db.close()
+
+
+@pytest.mark.parametrize("inside", ["before its commit", "after its commit"])
+def test_two_writers_of_one_video_never_leave_its_row_without_windows(tmp_path, inside):
+    """Writer B commits the same video in the middle of writer A's commit; whoever commits last, the row names
+    windows that are there."""
+    import numpy as np
+
+    from s3d_retrieval.client.decode.video import Sampling
+    from s3d_retrieval.client.library.index import Entry
+
+    uri, path = str(tmp_path / "race.db"), "/lib/clip.mp4"
+    entry = Entry(path, "sha", 1, 1.0, 1, 3.0, "", 0, 0)
+    spans = np.array([[0.0, 1.0], [1.0, 2.0], [2.0, 3.0]])
+    with MilvusStore(uri, "lib", "m", Sampling(), create=True) as a, MilvusStore(uri, "lib", "m") as b:
+        a.commit([entry], [np.ones((3, 512), np.float32)], [spans])  # what both replace
+        original = a._commit_rows
+
+        def interleaved(rows):
+            if inside == "after its commit":
+                original(rows)
+            b.commit([entry], [np.full((3, 512), 2, np.float32)], [spans])
+            if inside == "before its commit":
+                original(rows)
+
+        a._commit_rows = interleaved
+        a.commit([entry], [np.full((3, 512), 3, np.float32)], [spans])
+        found = a.windows([path])
+        assert found.videos == [path] and len(found.embeddings) == 3
+        assert found.embeddings[0, 0] == (3 if inside == "before its commit" else 2)  # the last commit's

@@ -27,7 +27,7 @@ import os
 import shutil
 import sqlite3
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -372,9 +372,11 @@ class Index:
         return vectors.Parts([(e.path, e.duration) for e in entries], rows, [e.row_count for e in entries],
                              [placement(e) for e in entries])
 
-    def windows(self) -> Windows:
-        """Every indexed window, grouped by video, for ranking."""
-        return Windows.join(self.parts(list(self.entries().values())))
+    def windows(self, paths: Iterable[str] | None = None) -> Windows:
+        """The indexed windows (of every video, or of `paths`), grouped by video, for ranking."""
+        entries = self.entries()
+        chosen = entries.values() if paths is None else [entries[p] for p in paths if p in entries]
+        return Windows.join(self.parts(list(chosen)))
 
     def parts(self, entries: list[Entry]) -> list[tuple[str, np.ndarray, np.ndarray]]:
         """(path, embeddings, spans) of each entry: views of the memory-mapped shards, nothing read yet."""

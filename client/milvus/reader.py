@@ -4,7 +4,6 @@ older or uncommitted windows carry other tokens: their groups are dropped here),
 windows as for an index folder."""
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Sequence
@@ -15,7 +14,7 @@ from s3d_retrieval.client.library.like import Like
 from s3d_retrieval.client.library.moments import find
 from s3d_retrieval.client.library.rank import Match
 from s3d_retrieval.client.library.search import EmbedText, Filters, Result, embed_one, rank_queries
-from s3d_retrieval.client.milvus.store import MilvusError, MilvusStore, _why
+from s3d_retrieval.client.milvus.store import STRONG, MilvusError, MilvusStore, _why, literal
 from s3d_retrieval.client.transport.session import Session
 
 TOP_K = 16384  # the most hits Milvus returns for one search
@@ -26,9 +25,9 @@ def expression(filters: Filters) -> str:
     parts = []
     if filters.under:
         folders = [os.path.abspath(u).rstrip("/") + "/%" for u in filters.under]
-        parts.append("(" + " or ".join(f"path like {json.dumps(f)}" for f in folders) + ")")
+        parts.append("(" + " or ".join(f"path like {literal(f)}" for f in folders) + ")")
     if filters.glob and (prefix := re.split(r"[*?\[]", filters.glob, maxsplit=1)[0]):
-        parts.append(f"path like {json.dumps(prefix + '%')}")
+        parts.append(f"path like {literal(prefix + '%')}")
     if filters.min_duration is not None:
         parts.append(f"duration >= {float(filters.min_duration)!r}")
     if filters.max_duration is not None:
@@ -44,14 +43,8 @@ class MilvusView:
 
     def windows_of(self, path: str) -> tuple[np.ndarray, np.ndarray] | None:
         """A committed video's window embeddings [W, D] and spans [W, 2], in time order (None: not stored)."""
-        now = self.store.current([path]).get(path)
-        return None if now is None else self._windows(now.token)
-
-    def _windows(self, token: str) -> tuple[np.ndarray, np.ndarray]:
-        rows = sorted(self.store._rows(self.store.windows_name, f"token == {json.dumps(token)}",
-                                       ["vector", "start", "end"]), key=lambda r: (r["start"], r["end"]))
-        return (np.array([r["vector"] for r in rows], np.float32),
-                np.array([(r["start"], r["end"]) for r in rows], np.float64))
+        found = self.store.windows([path])
+        return (found.embeddings, found.spans) if found.videos else None
 
     def search(self, queries: np.ndarray, top: int, filters: Filters = Filters(), moments: int = 1
                ) -> list[list[Match]]:
@@ -64,7 +57,8 @@ class MilvusView:
             try:
                 [hits] = self.store.client.search(
                     self.store.windows_name, data=[query.tolist()], limit=limit, group_by_field="token",
-                    filter=where, output_fields=["path", "token", "duration"], search_params={"metric_type": "IP"})
+                    filter=where, output_fields=["path", "token", "duration"], search_params={"metric_type": "IP"},
+                    **STRONG)
             except Exception as err:
                 raise MilvusError(f"Milvus at {self.store.uri} refused the search ({_why(err)})") from None
             found = [h["entity"] for h in hits]
@@ -74,7 +68,9 @@ class MilvusView:
             if len(kept) >= top or len(hits) < limit or limit == TOP_K:
                 break
             limit = min(TOP_K, limit * 2)  # stale versions or coarse filters took places: ask for more
-        matches = [Match(e["path"], tuple(find(*self._windows(e["token"]), query, moments))) for e in kept]
+        found = self.store.windows([e["path"] for e in kept])
+        matches = [Match(path, tuple(find(found.embeddings[found.rows(path)], found.spans[found.rows(path)], query,
+                                          moments))) for path in found.videos if len(found.rows(path))]
         return sorted(matches, key=lambda m: -m.score)
 
 

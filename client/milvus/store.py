@@ -19,6 +19,7 @@ import logging
 import os
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -26,6 +27,7 @@ import numpy as np
 from s3d_retrieval.client.decode.video import Sampling
 from s3d_retrieval.client.errors import Error
 from s3d_retrieval.client.library.index import Entry
+from s3d_retrieval.client.library.rank import Windows
 
 DIMENSION = 512
 PATH_BYTES = 4096  # longest path stored
@@ -56,7 +58,7 @@ def _client(uri: str, timeout: float):
         from pymilvus import MilvusClient
     except ImportError as err:
         raise MilvusError(f"--milvus needs pymilvus ({err}): pip install 's3d-retrieval[milvus]'") from None
-    logging.getLogger("pymilvus").setLevel(logging.ERROR)  # its iterator warns on every page from Milvus Lite
+    logging.getLogger("pymilvus").setLevel(logging.CRITICAL)  # its own tracebacks and warnings: ours say it in a line
     if not (uri.endswith(".db") or uri.startswith(("http://", "https://", "tcp://"))):
         raise MilvusError(f"--milvus {uri!r}: give a Milvus Lite file ending in .db or a server's "
                           f"http://HOST:19530")
@@ -69,6 +71,14 @@ def _client(uri: str, timeout: float):
 
 def _why(err: Exception) -> str:
     return str(getattr(err, "message", None) or err).splitlines()[0][:300]
+
+
+def literal(text: str) -> str:
+    """A string as a Milvus expression literal (quotes and backslashes escaped; other characters as they are)."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+STRONG = {"consistency_level": "Strong"}  # reads see every write acknowledged before them
 
 
 @dataclass(frozen=True)
@@ -96,20 +106,22 @@ class MilvusStore:
             if not exists:
                 self._create(model, sampling or (new_sampling() if new_sampling else Sampling()))
             properties = self.client.describe_collection(name).get("properties", {})
+            for collection in (self.videos_name, self.windows_name):  # a Lite file opened anew starts released
+                self.client.load_collection(collection)
         except MilvusError:
-            self.client.close()
+            self.close()
             raise
         except Exception as err:
-            self.client.close()
+            self.close()
             raise MilvusError(f"Milvus at {uri}: {_why(err)}") from None
         built_model = properties.get("s3d.model")
         if built_model != model:
-            self.client.close()
+            self.close()
             raise MilvusError(f"collection {name!r} at {uri} holds model {built_model!r}, not {model!r}: use "
                               f"another --collection")
         self.sampling = Sampling(**json.loads(properties["s3d.sampling"]))
         if sampling is not None and sampling != self.sampling:
-            self.client.close()
+            self.close()
             raise MilvusError(f"collection {name!r} at {uri} was built with {self.sampling}, not {sampling}: "
                               f"index with its settings or use another --collection")
 
@@ -117,7 +129,30 @@ class MilvusStore:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.client.close()
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection; for a Lite file, stop the server pymilvus started in this process too, so the
+        file is free for the next process (Lite holds it locked while it serves)."""
+        try:
+            self.client.close()
+            if self.uri.endswith(".db"):
+                from milvus_lite.server_manager import server_manager_instance
+
+                server_manager_instance.release_server(self.uri)
+        except Exception:  # closing a connection that broke, or no Lite here: nothing left to keep
+            pass
+
+    @contextmanager
+    def _asking(self, what: str) -> Iterator[None]:
+        """Any failure of Milvus while doing `what` as one MilvusError line."""
+        try:
+            yield
+        except MilvusError:
+            raise
+        except Exception as err:
+            raise MilvusError(f"Milvus at {self.uri} failed to {what} ({_why(err)}); what was committed before "
+                              f"stays, run the same command again") from None
 
     def _create(self, model: str, sampling: Sampling) -> None:
         from pymilvus import DataType
@@ -158,19 +193,22 @@ class MilvusStore:
 
     # --- what the writer (`index_videos`) asks of a store -----------------------------------------------
 
-    def _rows(self, name: str, filter: str, fields: list[str]) -> Iterator[dict]:
-        pages = self.client.query_iterator(name, batch_size=PAGE, filter=filter, output_fields=fields)
-        try:
-            while page := pages.next():
-                yield from page
-        finally:
-            pages.close()
+    def _rows(self, name: str, filter: str, fields: list[str]) -> list[dict]:
+        with self._asking("read"):
+            pages = self.client.query_iterator(name, batch_size=PAGE, filter=filter, output_fields=fields, **STRONG)
+            rows = []
+            try:
+                while page := pages.next():
+                    rows += page
+            finally:
+                pages.close()
+        return rows
 
     def current(self, paths: Sequence[str] | None = None) -> dict[str, Current]:
         """The committed videos (all, or those of `paths`) by path."""
         found = {}
         for chunk in ([None] if paths is None else [paths[i: i + PAGE] for i in range(0, len(paths), PAGE)]):
-            filter = 'path != ""' if chunk is None else f"path in {json.dumps(list(chunk))}"
+            filter = 'path != ""' if chunk is None else "path in [" + ", ".join(map(literal, chunk)) + "]"
             for row in self._rows(self.videos_name, filter, VIDEO_FIELDS):
                 entry = Entry(row["path"], row["sha256"], int(row["size"]), float(row["mtime"]),
                               int(row["model_version"]), float(row["duration"]), "milvus", 0, int(row["rows"]))
@@ -193,26 +231,46 @@ class MilvusStore:
 
     def commit(self, entries: list[Entry], embeddings: list[np.ndarray], spans: list[np.ndarray],
                reused: Iterable[Entry] = ()) -> list[Entry]:
-        """Store each video's windows under a new token, then its row (the commit), then delete its older
-        windows. Returns the reused entries that could not be kept: none, nothing is reused here."""
+        """Store each video's windows under a new token, then its row (the commit), then delete the windows of
+        the token that row replaced, and only those: a token is never current again, so no writer's commit loses
+        its windows. (Two writers of one video at once, or a crash between commit and delete, leave windows no
+        row names: invisible, removed with the video.) Returns the reused entries not kept: none here."""
+        if not entries:
+            return []
         tokens = [uuid.uuid4().hex for _ in entries]
-        for entry, token, vectors, times in zip(entries, tokens, embeddings, spans):
-            self.client.insert(self.windows_name, [
-                {"path": entry.path, "token": token, "start": float(s), "end": float(e),
-                 "duration": entry.duration, "vector": v.tolist()} for v, (s, e) in zip(vectors, times)])
+        with self._asking("store windows"):
+            for entry, token, vectors, times in zip(entries, tokens, embeddings, spans):
+                self.client.insert(self.windows_name, [
+                    {"path": entry.path, "token": token, "start": float(s), "end": float(e),
+                     "duration": entry.duration, "vector": v.tolist()} for v, (s, e) in zip(vectors, times)])
+        replaced = self.current([e.path for e in entries])
         self._commit_rows([(replace(entry, shard="milvus", row_count=len(vectors)), token)
                            for entry, token, vectors in zip(entries, tokens, embeddings)])
-        for entry, token in zip(entries, tokens):
-            self.client.delete(self.windows_name, filter=f"path == {json.dumps(entry.path)} and "
-                                                         f"token != {json.dumps(token)}")
+        stale = [now.token for now in replaced.values()]
+        with self._asking("delete replaced windows"):
+            for i in range(0, len(stale), PAGE):
+                chunk = stale[i: i + PAGE]
+                self.client.delete(self.windows_name, filter="token in [" + ", ".join(map(literal, chunk)) + "]")
         return []
 
     def _commit_rows(self, rows: list[tuple[Entry, str]]) -> None:
         if rows:
-            self.client.upsert(self.videos_name, [
-                {"path": e.path, "sha256": e.sha256, "size": e.size, "mtime": e.mtime, "model_version": e.model_version,
-                 "duration": e.duration, "rows": e.row_count, "token": token, "marker": [0.0, 0.0]}
-                for e, token in rows])
+            with self._asking("commit"):
+                self.client.upsert(self.videos_name, [
+                    {"path": e.path, "sha256": e.sha256, "size": e.size, "mtime": e.mtime,
+                     "model_version": e.model_version, "duration": e.duration, "rows": e.row_count, "token": token,
+                     "marker": [0.0, 0.0]} for e, token in rows])
+
+    def windows(self, paths: Iterable[str]) -> Windows:
+        """The committed windows of `paths` (those stored), grouped by video in time order (what `eval` reads)."""
+        parts = []
+        for path, now in self.current(list(paths)).items():
+            rows = sorted(self._rows(self.windows_name, f"token == {literal(now.token)}", ["vector", "start", "end"]),
+                          key=lambda r: (r["start"], r["end"]))
+            if rows:  # a row whose windows are not readable yet is not shown
+                parts.append((path, np.array([r["vector"] for r in rows], np.float32),
+                              np.array([(r["start"], r["end"]) for r in rows], np.float64)))
+        return Windows.join(parts)
 
     def refresh_search(self) -> None:
         """Milvus keeps its own index up to date: nothing to build."""
@@ -222,13 +280,16 @@ class MilvusStore:
         gone = 0
         for target in (os.path.abspath(p) for p in paths):
             folder = target.rstrip("/") + "/"  # LIKE's own wildcards (% and _) may match more: checked below
-            filter = f"path == {json.dumps(target)} or path like {json.dumps(folder + '%')}"
-            paths_gone = [row["path"] for row in self._rows(self.videos_name, filter, ["path"])
-                          if row["path"] == target or row["path"].startswith(folder)]
-            if paths_gone:
-                self.client.delete(self.videos_name, ids=paths_gone)
+            filter = f"path == {literal(target)} or path like {literal(folder + '%')}"
+            paths_gone = sorted({row["path"] for row in self._rows(self.videos_name, filter, ["path"])
+                                 if row["path"] == target or row["path"].startswith(folder)})
+            with self._asking("remove videos"):
+                for i in range(0, len(paths_gone), PAGE):  # rows first: gone from search at once
+                    self.client.delete(self.videos_name, ids=paths_gone[i: i + PAGE])
+                # then every window of those paths, of any token (replaced or unwritten ones too)
                 for i in range(0, len(paths_gone), PAGE):
-                    self.client.delete(self.windows_name, filter=f"path in {json.dumps(paths_gone[i: i + PAGE])}")
+                    chunk = ", ".join(map(literal, paths_gone[i: i + PAGE]))
+                    self.client.delete(self.windows_name, filter=f"path in [{chunk}]")
             gone += len(paths_gone)
         return gone
 
