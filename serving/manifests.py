@@ -13,6 +13,8 @@ strictly against the pinned Kubernetes version (offline schemas of `kubernetes-v
 - `render --indexing [--shards N] [--parallelism P] [--client-image IMAGE]`: the indexing Indexed Job (one
   CPU-only client pod per share, `--shard I/N` from its completion index), the merge Job and the shard PVC,
   from `serving/k8s-indexing/*.yaml`.
+  With `--milvus http://HOST:19530 [--collection NAME]`, the Job alone: every pod writes straight into the
+  Milvus collection (no shard PVC, no merge).
 - `render --ui [--client-image IMAGE]`: the search page's Deployment and Service (`serving/k8s-ui/`).
 """
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 import yaml
 
 from s3d_retrieval.client.defaults import MODEL_NAME
+from s3d_retrieval.client.milvus.store import COLLECTION
 from s3d_retrieval.serving.config import BATCHING_CONFIG, MODELS_CONFIG, MONITORING_CONFIG, TF_SERVING_IMAGE
 
 KUBERNETES_VERSION = "1.36.0"  # validated against; a recent release that managed GPU clusters run
@@ -100,17 +103,28 @@ def _with_image(docs: list[dict], image: str) -> list[dict]:
     return docs
 
 
-def render_indexing(shards: int = 64, parallelism: int = 16, image: str = CLIENT_IMAGE) -> list[dict]:
-    """The indexing Job (N shares, P pods at once), the merge Job and the shard-index PVC."""
+def render_indexing(shards: int = 64, parallelism: int = 16, image: str = CLIENT_IMAGE, milvus: str | None = None,
+                    collection: str = COLLECTION) -> list[dict]:
+    """The indexing Job (N shares, P pods at once), the merge Job and the shard-index PVC; with `milvus` (a
+    server's URI), the Job alone, every pod writing straight into the collection: no shard indexes, no merge."""
     if shards < 1 or parallelism < 1:
         raise ValueError("shards and parallelism must be at least 1")
+    if milvus is not None and not milvus.startswith(("http://", "https://", "tcp://")):
+        raise ValueError(f"--milvus {milvus!r}: the indexing pods need a Milvus server, http://HOST:19530")
     docs = _with_image(_load(INDEXING_TEMPLATES), image)
     job = next(d for d in docs if d["metadata"]["name"] == "s3d-index")
     job["spec"]["completions"], job["spec"]["parallelism"] = shards, min(parallelism, shards)
     job["spec"]["maxFailedIndexes"] = max(1, shards // 16)
-    env = job["spec"]["template"]["spec"]["containers"][0]["env"]
-    next(e for e in env if e["name"] == "SHARDS")["value"] = str(shards)
-    return docs
+    pod = job["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    next(e for e in container["env"] if e["name"] == "SHARDS")["value"] = str(shards)
+    if milvus is None:
+        return docs
+    container["args"] = [arg.replace("--index /shards/shard-$(SHARD)", f"--milvus {milvus} --collection {collection}")
+                         for arg in container["args"]]
+    container["volumeMounts"] = [m for m in container["volumeMounts"] if m["name"] != "shards"]
+    pod["volumes"] = [v for v in pod["volumes"] if v["name"] != "shards"]
+    return [job]
 
 
 def render_ui(image: str = CLIENT_IMAGE) -> list[dict]:
@@ -152,11 +166,15 @@ def main(argv: list[str] | None = None) -> int:
     show.add_argument("--shards", type=int, default=64, help="--indexing: shares of the library (completions)")
     show.add_argument("--parallelism", type=int, default=16, help="--indexing: pods at once")
     show.add_argument("--client-image", default=CLIENT_IMAGE, help="--indexing, --ui: the client image")
+    show.add_argument("--milvus", metavar="URI", help="--indexing: write straight into this Milvus server's "
+                                                      "collection (http://HOST:19530): no shard indexes, no merge")
+    show.add_argument("--collection", default=COLLECTION, help="--milvus: the collection")
     check = verbs.add_parser("check", help="render every variant and validate it offline")
     check.add_argument("--out-dir", type=Path, default=Path("build") / "k8s")
     args = parser.parse_args(argv)
     if args.verb == "render":
-        docs = (render_indexing(args.shards, args.parallelism, args.client_image) if args.indexing
+        docs = (render_indexing(args.shards, args.parallelism, args.client_image, args.milvus, args.collection)
+                if args.indexing
                 else render_ui(args.client_image) if args.ui
                 else render(args.variant, args.model_source, args.image, args.model_uri))
         print(to_yaml(docs), end="")
@@ -164,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     failed = False
     renders = [(f"{variant}-{source}", render(variant, source)) for variant, source in VARIANTS]
-    for name, docs in [*renders, ("indexing", render_indexing()), ("ui", render_ui())]:
+    milvus = render_indexing(milvus="http://milvus.milvus.svc:19530")
+    for name, docs in [*renders, ("indexing", render_indexing()), ("indexing-milvus", milvus), ("ui", render_ui())]:
         path = args.out_dir / f"{name}.yaml"
         path.write_text(to_yaml(docs))
         problems = validate(docs)

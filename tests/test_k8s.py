@@ -122,6 +122,18 @@ def test_dockerfile_pins_the_base_and_bakes_in_model_and_configs():
     assert re.search(r"^USER 1000:1000$", text, re.M)
 
 
+def test_the_indexing_job_can_write_straight_into_milvus():
+    [job] = manifests.render_indexing(shards=8, parallelism=4, milvus="http://milvus.db.svc:19530", collection="tv")
+    assert manifests.validate([job]) == [] and job["spec"]["completions"] == 8
+    pod = job["spec"]["template"]["spec"]
+    command = " ".join(pod["containers"][0]["args"])
+    assert "--milvus http://milvus.db.svc:19530 --collection tv --shard $(SHARD)/$(SHARDS)" in command
+    assert "--index" not in command and "shards" not in {v["name"] for v in pod["volumes"]}  # no shard PVC, no merge
+    assert "shards" not in {m["name"] for m in pod["containers"][0]["volumeMounts"]}
+    with pytest.raises(ValueError, match="need a Milvus server"):
+        manifests.render_indexing(milvus="lib.db")
+
+
 def test_indexing_job_shards_the_library_across_cpu_pods():
     docs = {f"{d['kind']}/{d['metadata']['name']}": d for d in manifests.render_indexing(shards=24, parallelism=6)}
     assert manifests.validate(list(docs.values())) == []
