@@ -27,7 +27,8 @@ from s3d_retrieval.client.library.index import Index
 from s3d_retrieval.client.library.indexing import Stats, index_videos
 from s3d_retrieval.client.library.like import Like
 from s3d_retrieval.client.library.merge import MergeStats, merge
-from s3d_retrieval.client.library.search import EmbedText, Filters, Result, embed_one, search, search_index
+from s3d_retrieval.client.library.filters import Filters
+from s3d_retrieval.client.library.search import EmbedText, Result, embed_one, search, search_index
 from s3d_retrieval.client.milvus.reader import search_store
 from s3d_retrieval.client.library.walk import Shard
 from s3d_retrieval.client.milvus.store import Milvus, MilvusStore

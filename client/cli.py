@@ -153,7 +153,9 @@ def parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--html", type=Path, metavar="FILE", help="also write an HTML report")
     _sampling_flags(evaluate)
     ui = verbs.add_parser("ui", help="a search page and its JSON API over an index (pip install '.[ui]')")
-    ui.add_argument("--index", type=Path, required=True, metavar="DIR", help="an index built with `index`")
+    over = ui.add_mutually_exclusive_group(required=True)
+    over.add_argument("--index", type=Path, metavar="DIR", help="an index built with `index`")
+    _milvus_flags(ui, over)
     ui.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     ui.add_argument("--port", type=int, default=UI_PORT, help="HTTP port")
     ui.add_argument("--library", type=Path, action="append", metavar="FOLDER",
@@ -256,7 +258,7 @@ def _ui(args: argparse.Namespace) -> int:
     except ImportError as err:
         raise ValueError(f"the ui verb needs the [ui] extra ({err}): pip install 's3d-retrieval[ui]' "
                          f"(or '.[ui]' in a checkout)") from None
-    return serve(args.index, args.server, _transport(args), args.host, args.port, args.library, args.reload_every)
+    return serve(_where(args), args.server, _transport(args), args.host, args.port, args.library, args.reload_every)
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -15,7 +15,8 @@ strictly against the pinned Kubernetes version (offline schemas of `kubernetes-v
   from `serving/k8s-indexing/*.yaml`.
   With `--milvus http://HOST:19530 [--collection NAME]`, the Job alone: every pod writes straight into the
   Milvus collection (no shard PVC, no merge).
-- `render --ui [--client-image IMAGE]`: the search page's Deployment and Service (`serving/k8s-ui/`).
+- `render --ui [--client-image IMAGE] [--milvus URI [--collection NAME]]`: the search page's Deployment and
+  Service (`serving/k8s-ui/`), over the merged index on its PVC or over the Milvus collection.
 """
 from __future__ import annotations
 
@@ -103,14 +104,25 @@ def _with_image(docs: list[dict], image: str) -> list[dict]:
     return docs
 
 
+def _milvus_server(uri: str | None) -> None:
+    if uri is not None and not uri.startswith(("http://", "https://", "tcp://")):
+        raise ValueError(f"--milvus {uri!r}: pods need a Milvus server, http://HOST:19530")
+
+
+def _without_index_volume(pod: dict, volume: str) -> None:
+    """A pod reading Milvus instead of an index folder: no index volume, no mount of it."""
+    for container in pod["containers"]:
+        container["volumeMounts"] = [m for m in container["volumeMounts"] if m["name"] != volume]
+    pod["volumes"] = [v for v in pod["volumes"] if v["name"] != volume]
+
+
 def render_indexing(shards: int = 64, parallelism: int = 16, image: str = CLIENT_IMAGE, milvus: str | None = None,
                     collection: str = COLLECTION) -> list[dict]:
     """The indexing Job (N shares, P pods at once), the merge Job and the shard-index PVC; with `milvus` (a
     server's URI), the Job alone, every pod writing straight into the collection: no shard indexes, no merge."""
     if shards < 1 or parallelism < 1:
         raise ValueError("shards and parallelism must be at least 1")
-    if milvus is not None and not milvus.startswith(("http://", "https://", "tcp://")):
-        raise ValueError(f"--milvus {milvus!r}: the indexing pods need a Milvus server, http://HOST:19530")
+    _milvus_server(milvus)
     docs = _with_image(_load(INDEXING_TEMPLATES), image)
     job = next(d for d in docs if d["metadata"]["name"] == "s3d-index")
     job["spec"]["completions"], job["spec"]["parallelism"] = shards, min(parallelism, shards)
@@ -122,14 +134,21 @@ def render_indexing(shards: int = 64, parallelism: int = 16, image: str = CLIENT
         return docs
     container["args"] = [arg.replace("--index /shards/shard-$(SHARD)", f"--milvus {milvus} --collection {collection}")
                          for arg in container["args"]]
-    container["volumeMounts"] = [m for m in container["volumeMounts"] if m["name"] != "shards"]
-    pod["volumes"] = [v for v in pod["volumes"] if v["name"] != "shards"]
+    _without_index_volume(pod, "shards")
     return [job]
 
 
-def render_ui(image: str = CLIENT_IMAGE) -> list[dict]:
-    """The search page's Deployment and Service."""
-    return _with_image(_load(UI_TEMPLATES), image)
+def render_ui(image: str = CLIENT_IMAGE, milvus: str | None = None, collection: str = COLLECTION) -> list[dict]:
+    """The search page's Deployment and Service; with `milvus`, reading the collection instead of the index PVC."""
+    _milvus_server(milvus)
+    docs = _with_image(_load(UI_TEMPLATES), image)
+    if milvus is not None:
+        pod = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+        args = pod["containers"][0]["args"]
+        at = args.index("--index")
+        args[at: at + 2] = ["--milvus", milvus, "--collection", collection, "--library", "/videos"]
+        _without_index_volume(pod, "index")
+    return docs
 
 
 def to_yaml(docs: list[dict]) -> str:
@@ -167,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     show.add_argument("--parallelism", type=int, default=16, help="--indexing: pods at once")
     show.add_argument("--client-image", default=CLIENT_IMAGE, help="--indexing, --ui: the client image")
     show.add_argument("--milvus", metavar="URI", help="--indexing: write straight into this Milvus server's "
-                                                      "collection (http://HOST:19530): no shard indexes, no merge")
+                                                      "collection (http://HOST:19530): no shard indexes, no merge; "
+                                                      "--ui: search it")
     show.add_argument("--collection", default=COLLECTION, help="--milvus: the collection")
     check = verbs.add_parser("check", help="render every variant and validate it offline")
     check.add_argument("--out-dir", type=Path, default=Path("build") / "k8s")
@@ -175,15 +195,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.verb == "render":
         docs = (render_indexing(args.shards, args.parallelism, args.client_image, args.milvus, args.collection)
                 if args.indexing
-                else render_ui(args.client_image) if args.ui
+                else render_ui(args.client_image, args.milvus, args.collection) if args.ui
                 else render(args.variant, args.model_source, args.image, args.model_uri))
         print(to_yaml(docs), end="")
         return 0
     args.out_dir.mkdir(parents=True, exist_ok=True)
     failed = False
     renders = [(f"{variant}-{source}", render(variant, source)) for variant, source in VARIANTS]
-    milvus = render_indexing(milvus="http://milvus.milvus.svc:19530")
-    for name, docs in [*renders, ("indexing", render_indexing()), ("indexing-milvus", milvus), ("ui", render_ui())]:
+    milvus = "http://milvus.milvus.svc:19530"
+    for name, docs in [*renders, ("indexing", render_indexing()), ("indexing-milvus", render_indexing(milvus=milvus)),
+                       ("ui", render_ui()), ("ui-milvus", render_ui(milvus=milvus))]:
         path = args.out_dir / f"{name}.yaml"
         path.write_text(to_yaml(docs))
         problems = validate(docs)

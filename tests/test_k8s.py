@@ -122,7 +122,7 @@ def test_dockerfile_pins_the_base_and_bakes_in_model_and_configs():
     assert re.search(r"^USER 1000:1000$", text, re.M)
 
 
-def test_the_indexing_job_can_write_straight_into_milvus():
+def test_the_indexing_job_and_the_page_can_use_milvus():
     [job] = manifests.render_indexing(shards=8, parallelism=4, milvus="http://milvus.db.svc:19530", collection="tv")
     assert manifests.validate([job]) == [] and job["spec"]["completions"] == 8
     pod = job["spec"]["template"]["spec"]
@@ -132,6 +132,13 @@ def test_the_indexing_job_can_write_straight_into_milvus():
     assert "shards" not in {m["name"] for m in pod["containers"][0]["volumeMounts"]}
     with pytest.raises(ValueError, match="need a Milvus server"):
         manifests.render_indexing(milvus="lib.db")
+    docs = manifests.render_ui(milvus="http://milvus.db.svc:19530", collection="tv")
+    assert manifests.validate(docs) == []
+    [page] = [d["spec"]["template"]["spec"] for d in docs if d["kind"] == "Deployment"]
+    args = page["containers"][0]["args"]
+    assert args[args.index("ui"):args.index("--host")] == ["ui", "--milvus", "http://milvus.db.svc:19530",
+                                                          "--collection", "tv", "--library", "/videos"]
+    assert "index" not in {v["name"] for v in page["volumes"]} and "videos" in {v["name"] for v in page["volumes"]}
 
 
 def test_indexing_job_shards_the_library_across_cpu_pods():

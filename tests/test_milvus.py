@@ -54,12 +54,34 @@ def test_a_milvus_collection_answers_as_an_index_folder(server, library, tmp_pat
         _, expected, _ = run(server, capsys, *asked, "--index", str(folder))
         code, found, err = run(server, capsys, *asked, *milvus)
         assert code == 0 and json.loads(found) == json.loads(expected), extra
+    page(server, uri, library, json.loads(run(server, capsys, "search", "a dog", "--top", "3", "--moments", "3",
+                                               "--json", *milvus)[1]))
     segments = tmp_path / "segments.csv"  # eval reads the windows back from either store
     segments.write_text("video_id,start,end,text\nclip0,0,3,a dog\nclip2,2,6,water\nclip3,0,2,a red ball\n")
     asked = ["eval", "--csv", str(segments), "--videos", str(library), "--json", *FLAGS]
     code, expected, _ = run(server, capsys, *asked, "--index", str(folder))
     assert code == 0 and json.loads(run(server, capsys, *asked, *milvus)[1]) == json.loads(expected)
     assert json.loads(expected)["moments"] is not None
+
+
+def page(server, uri: str, library: Path, expected: dict) -> None:
+    """The search service over the collection answers as the CLI and sends its videos."""
+    pytest.importorskip("starlette", reason="the [ui] extra is not installed")
+    from starlette.testclient import TestClient
+
+    from s3d_retrieval import Client
+    from s3d_retrieval.client.milvus.catalog import MilvusCatalog
+    from s3d_retrieval.client.ui.app import create_app
+
+    with MilvusStore(uri, "lib", "s3d_milnce") as store, Client(f"127.0.0.1:{server.port}") as api, \
+            TestClient(create_app(MilvusCatalog(store), api, api)) as http:
+        assert http.get("/api/search", params={"q": "a dog", "top": "3", "moments": "3"}).json() == expected
+        assert len(http.get("/api/videos").json()["videos"]) == 5
+        health = http.get("/api/health").json()
+        assert health["ok"] and health["index"]["videos"] == 5 and health["index"]["search"] == "milvus"
+        video = expected["results"][0]["matches"][0]["video"]
+        assert http.get("/api/media", params={"video": video}).content == Path(video).read_bytes()
+        assert http.get("/api/media", params={"video": str(library / "nothere.avi")}).status_code == 404
 
 
 def in_process(server, *args: str) -> tuple[int, str, str]:

@@ -17,7 +17,8 @@ from s3d_retrieval.client.library.index import Index, IndexFolderError
 from s3d_retrieval.client.library.indexing import index_videos
 from s3d_retrieval.client.library.merge import merge
 from s3d_retrieval.client.library.rank import Windows, rank
-from s3d_retrieval.client.library.search import Filters, search_index
+from s3d_retrieval.client.library.filters import Filters
+from s3d_retrieval.client.library.search import search_index
 from s3d_retrieval.client.library.walk import Shard, walk
 from tests.conftest import files_of, write_clip
 from tests.test_index import SAMPLING, check_consistent, library  # noqa: F401 - the fixture

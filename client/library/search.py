@@ -1,7 +1,6 @@
 """The `search` verb: videos -> windows (reader) -> embeddings (mapper) -> ranked matches (writer is report)."""
 from __future__ import annotations
 
-import fnmatch
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -9,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from s3d_retrieval.client.decode.video import Sampling, VideoError
+from s3d_retrieval.client.library.filters import Filters
 from s3d_retrieval.client.library.index import Index
 from s3d_retrieval.client.library.like import Like, LikeError, Source
 from s3d_retrieval.client.library.moments import Moment
@@ -91,27 +91,6 @@ def rank_queries(embed_text: EmbedText, queries: Sequence[str], likes: Sequence[
     return result
 
 
-@dataclass(frozen=True)
-class Filters:
-    """Which indexed videos a search may return. Applied before ranking, so they never return too few."""
-
-    under: tuple[str, ...] = ()  # folders (any of them)
-    glob: str | None = None  # fnmatch pattern on the whole path
-    min_duration: float | None = None  # seconds
-    max_duration: float | None = None
-
-    def accepts(self, path: str, duration: float) -> bool:
-        folders = [os.path.abspath(u).rstrip("/") + "/" for u in self.under]
-        return ((not folders or any(path.startswith(f) for f in folders))
-                and (self.glob is None or fnmatch.fnmatchcase(path, self.glob))
-                and (self.min_duration is None or duration >= self.min_duration)
-                and (self.max_duration is None or duration <= self.max_duration))
-
-    def predicate(self) -> Callable[[str, float], bool] | None:
-        """`accepts`, or None when nothing is filtered."""
-        return None if self == Filters() else self.accepts
-
-
 def _labels(queries: Sequence[str], likes: Sequence[Like]) -> list[str]:
     return [*queries, *map(str, likes)]
 
@@ -171,7 +150,7 @@ def search_view(embed_text: EmbedText, queries: Sequence[str], view: IndexView, 
     the search structure is behind the index. A liked moment's windows come from `source` (default: the
     index's)."""
     result = rank_queries(embed_text, queries, likes, source or indexed(view),
-                          lambda found, count, each: view.search(found, count, filters.predicate(), each),
+                          lambda found, count, each: view.search(found, count, filters, each),
                           top, moments, Result(_labels(queries, likes), []))
     if view.stale:
         result.warnings.append(view.stale)

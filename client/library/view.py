@@ -7,18 +7,17 @@ at every moment, and says once how far the structure is behind; the writer rebui
 """
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from s3d_retrieval.client.library import vectors
+from s3d_retrieval.client.library.filters import Filters
 from s3d_retrieval.client.library.index import Entry, Index, placement
 from s3d_retrieval.client.library.rank import Match, Windows, rank
 from s3d_retrieval.client.library.vectors import VectorSearch
 
 ATTEMPTS = 3  # reads of a structure that a writer replaced meanwhile
-Allowed = Callable[[str, float], bool]  # (path, duration) -> may this video be returned
 
 
 def _with_windows(index: Index, entries: list[Entry]) -> list[tuple[Entry, np.ndarray, np.ndarray]]:
@@ -37,13 +36,18 @@ class IndexView:
     _numbers: dict[str, int] | None = field(default=None, repr=False)  # path -> structure video number, when asked
 
     @property
+    def videos(self) -> int:
+        return len(self.entries)
+
+    @property
     def kind(self) -> str:
         return self.structure.kind if self.structure else "exact"
 
-    def search(self, queries: np.ndarray, top: int, allowed: Allowed | None = None,
+    def search(self, queries: np.ndarray, top: int, filters: Filters = Filters(),
                moments: int = 1) -> list[list[Match]]:
-        """Each query's `top` videos of those `allowed` passes (None: all), by their best window, each with up
-        to `moments` moments."""
+        """Each query's `top` videos of those `filters` accept, by their best window, each with up to `moments`
+        moments."""
+        allowed = filters.predicate()
         found: list[list[Match]] = [[] for _ in queries]
         if self.structure is not None and len(self.structure.videos):
             numbers = self.held if self.held is not None else np.arange(len(self.structure.videos))

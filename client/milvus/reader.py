@@ -13,7 +13,9 @@ import numpy as np
 from s3d_retrieval.client.library.like import Like
 from s3d_retrieval.client.library.moments import find
 from s3d_retrieval.client.library.rank import Match
-from s3d_retrieval.client.library.search import EmbedText, Filters, Result, embed_one, rank_queries
+from s3d_retrieval.client.library.filters import Filters
+from s3d_retrieval.client.library.index import Entry
+from s3d_retrieval.client.library.search import EmbedText, Result, embed_one, rank_queries
 from s3d_retrieval.client.milvus.store import STRONG, MilvusError, MilvusStore, _why, literal
 from s3d_retrieval.client.transport.session import Session
 
@@ -36,10 +38,27 @@ def expression(filters: Filters) -> str:
 
 
 class MilvusView:
-    """What a reader searches in a store: committed videos only."""
+    """What a reader searches in a store: committed videos only. Milvus answers for the newest commits itself,
+    so a view is never behind (`stale` is None) and holds nothing in memory."""
+
+    generation, kind, stale = "milvus", "milvus", None
 
     def __init__(self, store: MilvusStore):
         self.store = store
+
+    @property
+    def entries(self) -> dict[str, Entry]:
+        """Every committed video (a read of all their rows: for listings, not for each search)."""
+        return self.store.entries()
+
+    @property
+    def videos(self) -> int:
+        return self.store.count(self.store.videos_name)
+
+    @property
+    def windows(self) -> int:
+        """Windows stored (those of videos being written or replaced included)."""
+        return self.store.count(self.store.windows_name)
 
     def windows_of(self, path: str) -> tuple[np.ndarray, np.ndarray] | None:
         """A committed video's window embeddings [W, D] and spans [W, 2], in time order (None: not stored)."""

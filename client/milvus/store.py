@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
@@ -78,6 +79,7 @@ def literal(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
+OPEN_LITE: Counter[str] = Counter()  # stores of this process open on each URI (a Lite file's server is shared)
 STRONG = {"consistency_level": "Strong"}  # reads see every write acknowledged before them
 
 
@@ -98,6 +100,7 @@ class MilvusStore:
         made here takes it, else `new_sampling()` (the served model's), else the released model's."""
         self.uri, self.windows_name, self.videos_name = uri, name, f"{name}_videos"
         self.client = _client(uri, timeout)
+        OPEN_LITE[uri] += 1
         try:
             exists = self.client.has_collection(name)
             if not exists and not create:
@@ -132,11 +135,15 @@ class MilvusStore:
         self.close()
 
     def close(self) -> None:
-        """Close the connection; for a Lite file, stop the server pymilvus started in this process too, so the
-        file is free for the next process (Lite holds it locked while it serves)."""
+        """Close the connection; for a Lite file that no other store of this process still uses, stop the server
+        pymilvus started for it too, so the file is free for the next process (Lite keeps it locked)."""
+        if self.client is None:
+            return
+        client, self.client = self.client, None
         try:
-            self.client.close()
-            if self.uri.endswith(".db"):
+            client.close()
+            OPEN_LITE[self.uri] -= 1
+            if self.uri.endswith(".db") and not OPEN_LITE[self.uri]:
                 from milvus_lite.server_manager import server_manager_instance
 
                 server_manager_instance.release_server(self.uri)
@@ -214,6 +221,12 @@ class MilvusStore:
                               int(row["model_version"]), float(row["duration"]), "milvus", 0, int(row["rows"]))
                 found[row["path"]] = Current(entry, row["token"])
         return found
+
+    def count(self, name: str) -> int:
+        """Rows in one of the pair's collections."""
+        with self._asking("count rows"):
+            [row] = self.client.query(name, filter="", output_fields=["count(*)"], **STRONG)
+        return int(row["count(*)"])
 
     def entries(self) -> dict[str, Entry]:
         return {path: now.entry for path, now in self.current().items()}

@@ -20,7 +20,8 @@ from s3d_retrieval.client.library.lock import LockTimeout
 from s3d_retrieval.client.library.merge import MergeStats
 from s3d_retrieval.client.library.moments import Moment
 from s3d_retrieval.client.library.rank import Match
-from s3d_retrieval.client.library.search import Filters, Result
+from s3d_retrieval.client.library.filters import Filters
+from s3d_retrieval.client.library.search import Result
 from s3d_retrieval.client.milvus.store import Milvus, MilvusError
 from s3d_retrieval.client.transport.session import ServerError
 

@@ -26,7 +26,8 @@ from starlette.staticfiles import StaticFiles
 
 from s3d_retrieval.client.library.index import IndexFolderError
 from s3d_retrieval.client.library.like import Like, LikeError
-from s3d_retrieval.client.library.search import Filters, search_view, version_warnings
+from s3d_retrieval.client.library.filters import Filters
+from s3d_retrieval.client.library.search import search_view, version_warnings
 from s3d_retrieval.client.outputs.stills import jpeg_at
 from s3d_retrieval.client.api import Client
 from s3d_retrieval.client.transport.session import ServerError
@@ -105,7 +106,7 @@ def create_app(catalog: Catalog, client: Client, probe: Client) -> Starlette:
         try:
             snapshot = catalog.current()
             view = snapshot.view
-            index.update(loaded=True, generation=view.generation, videos=len(view.entries), windows=view.windows,
+            index.update(loaded=True, generation=view.generation, videos=view.videos, windows=view.windows,
                          search=view.kind, stale=view.stale, model_versions=sorted(snapshot.versions))
         except (IndexFolderError, OSError, sqlite3.Error) as err:
             index["error"] = str(err)

@@ -101,7 +101,7 @@ class Catalog:
         """The file to send for `video`: only a path of the index, exactly as indexed, still inside the library
         once links are resolved, and still the file that was indexed (same size and modification time)."""
         snapshot = self.current()
-        entry = snapshot.entries.get(video)
+        entry = self.entry(video, snapshot)
         if entry is None:
             raise NotServed(404, f"{video!r} is not a video of this index; use a path from /api/videos")
         real = os.path.realpath(video)
@@ -115,6 +115,10 @@ class Catalog:
         if (stat.st_size, stat.st_mtime) != (entry.size, entry.mtime) and not self._touched(entry, stat):
             raise NotServed(409, f"{video!r} changed since it was indexed; run index again to serve it")
         return real
+
+    def entry(self, video: str, snapshot: Snapshot) -> Entry | None:
+        """The video's entry as the service knows it (None: not a video of the index)."""
+        return snapshot.entries.get(video)
 
     def _touched(self, loaded: Entry, stat: os.stat_result) -> bool:
         """The file as `index` last recorded it, with the loaded entry's content: a re-run that found its bytes

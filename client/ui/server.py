@@ -6,7 +6,7 @@ import socket
 import sys
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import uvicorn
@@ -14,6 +14,8 @@ from starlette.applications import Starlette
 
 from s3d_retrieval.client.api import Client, stderr_note
 from s3d_retrieval.client.defaults import MODEL_NAME
+from s3d_retrieval.client.milvus.catalog import MilvusCatalog
+from s3d_retrieval.client.milvus.store import Milvus, MilvusStore
 from s3d_retrieval.client.transport.session import ServerError
 from s3d_retrieval.client.ui.app import create_app
 from s3d_retrieval.client.ui.catalog import Catalog
@@ -32,10 +34,20 @@ def listen(host: str, port: int) -> socket.socket:
                          f"--host, or stop what uses it") from None
 
 
-def serve(index: Path, address: str, transport: dict, host: str, port: int, roots: list[Path] | None,
+def serve(index: Path | Milvus, address: str, transport: dict, host: str, port: int, roots: list[Path] | None,
           check_every: float) -> int:
-    """`transport`: `Client`'s keywords (the CLI's global flags)."""
-    catalog = Catalog(index, transport.get("model", MODEL_NAME), roots, check_every)
+    """`index`: a folder, or a Milvus collection; `transport`: `Client`'s keywords (the CLI's global flags)."""
+    model = transport.get("model", MODEL_NAME)
+    with ExitStack() as stack:
+        if isinstance(index, Milvus):
+            store = stack.enter_context(MilvusStore(index.uri, index.collection, model))
+            catalog: Catalog = MilvusCatalog(store, roots)
+        else:
+            catalog = Catalog(index, model, roots, check_every)
+        return _serve(catalog, address, transport, host, port)
+
+
+def _serve(catalog: Catalog, address: str, transport: dict, host: str, port: int) -> int:
     snapshot = catalog.current()  # a missing or unreadable index stops here, with its message
     listener = listen(host, port)
     probing = {**transport, "timeout": PROBE_TIMEOUT, "wait": 0}
@@ -45,8 +57,8 @@ def serve(index: Path, address: str, transport: dict, host: str, port: int, root
         except ServerError as err:
             print(f"note: {err}; the page will say so until it answers", file=sys.stderr)
         shown = "localhost" if host in ("127.0.0.1", "0.0.0.0", "::") else host
-        print(f"serving {len(snapshot.entries)} video(s) of {index} at http://{shown}:{listener.getsockname()[1]}/ "
-              f"(Ctrl-C stops)", file=sys.stderr)
+        print(f"serving {snapshot.view.videos} video(s) of {catalog.folder} at "
+              f"http://{shown}:{listener.getsockname()[1]}/ (Ctrl-C stops)", file=sys.stderr)
         uvicorn.Server(uvicorn.Config(create_app(catalog, client, probe), log_level="warning")).run(
             sockets=[listener])
     return 0
