@@ -100,6 +100,7 @@ ui: setup ## the search page at http://localhost:8080/ over INDEX (default: the 
 bench: model ## speed figures measured in one run, side by side as ratios (model, client, served path)
 	$(PY) -m model.bench
 	$(PY) -m client.bench
+	$(PY) -m client.milvus.bench
 	$(PY) -m serving.bench --model-dir $(MODEL_DIR)
 
 clean: ## remove the virtualenv and generated models

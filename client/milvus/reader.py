@@ -16,10 +16,8 @@ from s3d_retrieval.client.library.rank import Match
 from s3d_retrieval.client.library.filters import Filters
 from s3d_retrieval.client.library.index import Entry
 from s3d_retrieval.client.library.search import EmbedText, Result, embed_one, rank_queries
-from s3d_retrieval.client.milvus.store import STRONG, MilvusError, MilvusStore, _why, literal
+from s3d_retrieval.client.milvus.store import STRONG, TOP_K, MilvusError, MilvusStore, _why, literal
 from s3d_retrieval.client.transport.session import Session
-
-TOP_K = 16384  # the most hits Milvus returns for one search
 
 
 def expression(filters: Filters) -> str:
@@ -87,7 +85,7 @@ class MilvusView:
             if len(kept) >= top or len(hits) < limit or limit == TOP_K:
                 break
             limit = min(TOP_K, limit * 2)  # stale versions or coarse filters took places: ask for more
-        found = self.store.windows([e["path"] for e in kept])
+        found = self.store.windows([e["path"] for e in kept], current)
         matches = [Match(path, tuple(find(found.embeddings[found.rows(path)], found.spans[found.rows(path)], query,
                                           moments))) for path in found.videos if len(found.rows(path))]
         return sorted(matches, key=lambda m: -m.score)
