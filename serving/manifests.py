@@ -35,6 +35,7 @@ KUBERNETES_VERSION = "1.36.0"  # validated against; a recent release that manage
 TEMPLATES = Path(__file__).resolve().parent / "k8s"
 INDEXING_TEMPLATES = Path(__file__).resolve().parent / "k8s-indexing"
 UI_TEMPLATES = Path(__file__).resolve().parent / "k8s-ui"
+MILVUS_TEMPLATES = Path(__file__).resolve().parent / "k8s-milvus"  # values.yaml is Helm's, policy.yaml ours
 CLIENT_IMAGE = "s3d-client:1"  # serving/client.Dockerfile
 CONFIG_MAP = "s3d-milnce-config"
 BAKED_IMAGE = "s3d-milnce-serving:1"
@@ -90,6 +91,11 @@ def render(variant: str = "gpu", model_source: str = "image", image: str | None 
         del pod["spec"]["nodeSelector"], pod["spec"]["tolerations"]
         server["args"] = [a for a in server["args"] if not a.startswith("--per_process_gpu_memory_fraction")]
     return docs
+
+
+def render_milvus_policy() -> list[dict]:
+    """The NetworkPolicy letting the client pods reach Milvus's proxy (`serving/k8s-milvus/policy.yaml`)."""
+    return [d for d in yaml.safe_load_all((MILVUS_TEMPLATES / "policy.yaml").read_text()) if d]
 
 
 def _load(folder: Path) -> list[dict]:
@@ -204,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     renders = [(f"{variant}-{source}", render(variant, source)) for variant, source in VARIANTS]
     milvus = "http://milvus.milvus.svc:19530"
     for name, docs in [*renders, ("indexing", render_indexing()), ("indexing-milvus", render_indexing(milvus=milvus)),
-                       ("ui", render_ui()), ("ui-milvus", render_ui(milvus=milvus))]:
+                       ("ui", render_ui()), ("ui-milvus", render_ui(milvus=milvus)),
+                       ("milvus-policy", render_milvus_policy())]:
         path = args.out_dir / f"{name}.yaml"
         path.write_text(to_yaml(docs))
         problems = validate(docs)

@@ -141,6 +141,22 @@ def test_the_indexing_job_and_the_page_can_use_milvus():
     assert "index" not in {v["name"] for v in page["volumes"]} and "videos" in {v["name"] for v in page["volumes"]}
 
 
+def test_milvus_is_installed_as_sized_and_only_the_clients_reach_it():
+    from s3d_retrieval.client.milvus.bench import NODE_GB, sizing
+
+    values = yaml.safe_load((HERE / "k8s-milvus" / "values.yaml").read_text())
+    _, (nodes, _, _) = sizing(100_000_000)  # AUTOINDEX is HNSW on open-source Milvus
+    assert values["queryNode"]["replicas"] == nodes and values["queryNode"]["resources"]["limits"]["memory"] == \
+        f"{NODE_GB}Gi" and values["cluster"]["enabled"]
+    [policy] = manifests.render_milvus_policy()
+    assert manifests.validate([policy]) == [] and policy["spec"]["podSelector"]["matchLabels"]["component"] == "proxy"
+    [clients, scrape] = policy["spec"]["ingress"]
+    assert clients["from"][0]["podSelector"]["matchLabels"] == {"s3d-milnce-client": "true"}
+    assert clients["ports"] == [{"port": 19530, "protocol": "TCP"}]
+    job = manifests.render_indexing(milvus="http://s3d-milvus.milvus.svc:19530")[0]
+    assert job["spec"]["template"]["metadata"]["labels"]["s3d-milnce-client"] == "true"  # let in by the policy
+
+
 def test_indexing_job_shards_the_library_across_cpu_pods():
     docs = {f"{d['kind']}/{d['metadata']['name']}": d for d in manifests.render_indexing(shards=24, parallelism=6)}
     assert manifests.validate(list(docs.values())) == []
