@@ -152,7 +152,7 @@ def render_ui(image: str = CLIENT_IMAGE, milvus: str | None = None, collection: 
         pod = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]
         args = pod["containers"][0]["args"]
         at = args.index("--index")
-        args[at: at + 2] = ["--milvus", milvus, "--collection", collection, "--library", "/videos"]
+        args[at: at + 2] = ["--milvus", milvus, "--collection", collection]  # the template's --library stays
         _without_index_volume(pod, "index")
     return docs
 

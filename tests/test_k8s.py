@@ -137,7 +137,8 @@ def test_the_indexing_job_and_the_page_can_use_milvus():
     [page] = [d["spec"]["template"]["spec"] for d in docs if d["kind"] == "Deployment"]
     args = page["containers"][0]["args"]
     assert args[args.index("ui"):args.index("--host")] == ["ui", "--milvus", "http://milvus.db.svc:19530",
-                                                          "--collection", "tv", "--library", "/videos"]
+                                                          "--collection", "tv"]
+    assert args.count("--library") == 1 and args[args.index("--library") + 1] == "/videos"
     assert "index" not in {v["name"] for v in page["volumes"]} and "videos" in {v["name"] for v in page["volumes"]}
 
 
@@ -150,7 +151,8 @@ def test_milvus_is_installed_as_sized_and_only_the_clients_reach_it():
         f"{NODE_GB}Gi" and values["cluster"]["enabled"]
     [policy] = manifests.render_milvus_policy()
     assert manifests.validate([policy]) == [] and policy["spec"]["podSelector"]["matchLabels"]["component"] == "proxy"
-    [clients, scrape] = policy["spec"]["ingress"]
+    [clients, release, scrape] = policy["spec"]["ingress"]
+    assert release == {"from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/instance": "s3d-milvus"}}}]}
     assert clients["from"][0]["podSelector"]["matchLabels"] == {"s3d-milnce-client": "true"}
     assert clients["ports"] == [{"port": 19530, "protocol": "TCP"}]
     job = manifests.render_indexing(milvus="http://s3d-milvus.milvus.svc:19530")[0]

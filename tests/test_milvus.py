@@ -183,3 +183,27 @@ def test_two_writers_of_one_video_never_leave_its_row_without_windows(tmp_path, 
         found = a.windows([path])
         assert found.videos == [path] and len(found.embeddings) == 3
         assert found.embeddings[0, 0] == (3 if inside == "before its commit" else 2)  # the last commit's
+
+
+def test_stores_sharing_a_lite_file_and_a_page_whose_milvus_went_away(server, tmp_path, monkeypatch):
+    pytest.importorskip("starlette", reason="the [ui] extra is not installed")
+    from milvus_lite.server_manager import server_manager_instance
+    from starlette.testclient import TestClient
+
+    from s3d_retrieval import Client
+    from s3d_retrieval.client.decode.video import Sampling
+    from s3d_retrieval.client.milvus.catalog import MilvusCatalog
+    from s3d_retrieval.client.ui.app import create_app
+
+    monkeypatch.chdir(tmp_path)
+    first = MilvusStore("lib.db", "lib", "m", Sampling(), create=True)  # one file, named two ways
+    with MilvusStore(str(tmp_path / "lib.db"), "lib", "m") as second:
+        first.close()
+        assert second.count(second.videos_name) == 0  # the file's server outlived the first store
+        with Client(f"127.0.0.1:{server.port}") as api, \
+                TestClient(create_app(MilvusCatalog(second, [tmp_path]), api, api)) as http:
+            server_manager_instance.release_server(str(tmp_path / "lib.db"))  # Milvus goes away
+            health = http.get("/api/health")
+            assert health.status_code == 503 and health.json()["error"].startswith("index: Milvus at ")
+            answer = http.get("/api/search", params={"like": f"{tmp_path}/x.avi@1"})
+            assert answer.status_code == 503 and answer.json()["error"].startswith("index: ")

@@ -27,6 +27,8 @@ QUERIES = 8
 VIDEOS_PER_COMMIT = 200
 DIMENSION, FLOAT32 = 512, 4
 NODE_GB = 64  # a query node's memory (serving/k8s-milvus/values.yaml)
+HNSW_M = 18  # the graph's degree AUTOINDEX builds with
+SCALARS = 8 + 100 + 32 + 3 * 8  # bytes a window of id, path (~100), token and three doubles
 
 
 def fill(store: MilvusStore, matrix: np.ndarray) -> float:
@@ -73,9 +75,10 @@ def lite_against_folder(sizes: list[int]) -> None:
 def sizing(windows: int) -> tuple[tuple[float, float, float], list[int]]:
     """GB in query nodes' memory for HNSW, IVF_SQ8 and DiskANN, and the query nodes of `NODE_GB` holding them."""
     raw = windows * DIMENSION * FLOAT32 / 1e9
-    memory = (raw + windows * 16 * 2 * 4 / 1e9,  # HNSW, M = 16: 2M neighbour ids of 4 bytes a vector
-              windows * DIMENSION / 1e9,  # IVF_SQ8: a byte a dimension
-              raw / 8)  # DiskANN: compressed vectors in memory, the graph and full vectors on NVMe
+    fields = windows * SCALARS / 1e9  # loaded beside the vectors whatever the index
+    memory = (raw + windows * HNSW_M * 2 * 4 / 1e9 + fields,  # HNSW: 2M neighbour ids of 4 bytes a vector
+              windows * DIMENSION / 1e9 + fields,  # IVF_SQ8: a byte a dimension
+              raw / 8 + fields)  # DiskANN: compressed vectors in memory, the graph and full vectors on NVMe
     return memory, [int(np.ceil(m / (NODE_GB * 0.7))) for m in memory]  # 70% of a node's memory for segments
 
 

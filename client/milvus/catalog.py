@@ -17,7 +17,8 @@ class MilvusCatalog(Catalog):
         the service starts; give `--library` when the store grows elsewhere)."""
         self.store, self.folder = store, f"{store.uri} (collection {store.windows_name})"
         self._roots = [os.path.realpath(r) for r in roots] if roots else None
-        self._roots = self._library(store.entries())
+        if self._roots is None:  # the videos' deepest common folder (none yet: give --library)
+            self._roots = self._library(store.entries())
 
     def current(self) -> Snapshot:
         return Snapshot(MilvusView(self.store), set(), self._roots)

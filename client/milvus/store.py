@@ -101,7 +101,9 @@ class MilvusStore:
         made here takes it, else `new_sampling()` (the served model's), else the released model's."""
         self.uri, self.windows_name, self.videos_name = uri, name, f"{name}_videos"
         self.client = _client(uri, timeout)
-        OPEN_LITE[uri] += 1
+        self.wrote = False  # by this store: what refresh_search seals
+        self.key = os.path.abspath(uri) if uri.endswith(".db") else uri  # as Milvus Lite names its servers
+        OPEN_LITE[self.key] += 1
         try:
             exists = self.client.has_collection(name)
             if not exists and not create:
@@ -141,15 +143,18 @@ class MilvusStore:
         if self.client is None:
             return
         client, self.client = self.client, None
+        OPEN_LITE[self.key] -= 1
         try:
             client.close()
-            OPEN_LITE[self.uri] -= 1
-            if self.uri.endswith(".db") and not OPEN_LITE[self.uri]:
+        except Exception:  # closing a connection that broke: nothing left to keep
+            pass
+        if self.uri.endswith(".db") and not OPEN_LITE[self.key]:
+            try:
                 from milvus_lite.server_manager import server_manager_instance
 
-                server_manager_instance.release_server(self.uri)
-        except Exception:  # closing a connection that broke, or no Lite here: nothing left to keep
-            pass
+                server_manager_instance.release_server(self.key)
+            except Exception:  # no Lite here
+                pass
 
     @contextmanager
     def _asking(self, what: str) -> Iterator[None]:
@@ -257,6 +262,7 @@ class MilvusStore:
         if not entries:
             return []
         tokens = [uuid.uuid4().hex for _ in entries]
+        self.wrote = True
         with self._asking("store windows"):
             for entry, token, vectors, times in zip(entries, tokens, embeddings, spans):
                 self.client.insert(self.windows_name, [
@@ -291,11 +297,12 @@ class MilvusStore:
         for i in range(0, len(tokens), PAGE):
             chunk = "token in [" + ", ".join(map(literal, tokens[i: i + PAGE])) + "]"
             expected = sum(current[owner[t]].entry.row_count for t in tokens[i: i + PAGE])
+            rows = []
             if expected < TOP_K:  # one query (an iterator's pages cost ~20 ms each in Milvus Lite)
                 with self._asking("read windows"):
                     rows = self.client.query(self.windows_name, filter=chunk, output_fields=fields,
                                              limit=expected + 1, **STRONG)
-            else:
+            if len(rows) > expected or expected >= TOP_K:  # more than the rows say (a retried insert): read all
                 rows = self._rows(self.windows_name, chunk, fields)
             for row in rows:
                 by_token[row["token"]].append(row)
@@ -308,11 +315,16 @@ class MilvusStore:
         return Windows.join(parts)
 
     def refresh_search(self) -> None:
-        """At the end of a writer's run: seal what it wrote (Milvus then searches it through its index rather
-        than scanning the growing data; Milvus Lite searches sealed segments ~30x faster)."""
-        with self._asking("flush"):
+        """At the end of a writer's run that wrote something into a Lite file: seal it (Lite scans growing data
+        row by row; sealed segments are searched through their index, many times faster). A server seals
+        segments on its own and rate-limits flushes: nothing is asked of it."""
+        if not (self.wrote and self.uri.endswith(".db")):
+            return
+        try:
             for name in (self.videos_name, self.windows_name):
                 self.client.flush(name)
+        except Exception:  # what was committed stays searchable, only slower: not a failed run
+            pass
 
     def remove(self, paths: Iterable[str]) -> int:
         """Remove videos, or everything under folders: their rows first (invisible at once), then windows."""
@@ -322,6 +334,7 @@ class MilvusStore:
             filter = f"path == {literal(target)} or path like {literal(folder + '%')}"
             paths_gone = sorted({row["path"] for row in self._rows(self.videos_name, filter, ["path"])
                                  if row["path"] == target or row["path"].startswith(folder)})
+            self.wrote |= bool(paths_gone)
             with self._asking("remove videos"):
                 for i in range(0, len(paths_gone), PAGE):  # rows first: gone from search at once
                     self.client.delete(self.videos_name, ids=paths_gone[i: i + PAGE])

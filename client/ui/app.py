@@ -25,6 +25,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from s3d_retrieval.client.library.index import IndexFolderError
+from s3d_retrieval.client.milvus.store import MilvusError
 from s3d_retrieval.client.library.like import Like, LikeError
 from s3d_retrieval.client.library.filters import Filters
 from s3d_retrieval.client.library.search import search_view, version_warnings
@@ -108,7 +109,7 @@ def create_app(catalog: Catalog, client: Client, probe: Client) -> Starlette:
             view = snapshot.view
             index.update(loaded=True, generation=view.generation, videos=view.videos, windows=view.windows,
                          search=view.kind, stale=view.stale, model_versions=sorted(snapshot.versions))
-        except (IndexFolderError, OSError, sqlite3.Error) as err:
+        except (IndexFolderError, MilvusError, OSError, sqlite3.Error) as err:
             index["error"] = str(err)
         try:
             server.update(reachable=True, version=probe.ready())
@@ -144,7 +145,7 @@ def create_app(catalog: Catalog, client: Client, probe: Client) -> Starlette:
             return JSONResponse({"error": f"{request.url.path}: {err.detail}"}, err.status_code)
         if isinstance(err, ServerError):
             return JSONResponse({"error": f"model server: {err}"}, 503)
-        if isinstance(err, (IndexFolderError, OSError, sqlite3.Error)):
+        if isinstance(err, (IndexFolderError, MilvusError, OSError, sqlite3.Error)):
             return JSONResponse({"error": f"index: {err}"}, 503)
         return JSONResponse({"error": f"internal error ({type(err).__name__}: {err}); see the service's log"}, 500)
 
@@ -153,5 +154,5 @@ def create_app(catalog: Catalog, client: Client, probe: Client) -> Starlette:
                 Route("/api/health", health), Route("/api/media", media), Route("/api/still", still),
                 Mount("/static", StaticFiles(directory=STATIC), name="static")],
         exception_handlers={exc: as_json_error for exc in
-                            (HTTPException, NotServed, BadRequest, ServerError, IndexFolderError, OSError,
+                            (HTTPException, NotServed, BadRequest, ServerError, IndexFolderError, MilvusError, OSError,
                              sqlite3.Error, Exception)})
