@@ -2,7 +2,7 @@
 
 - preprocessing: ms per clip, ours (colab and segments sampling) against a colab-style loader on the same files;
 - requests: build + encode time and bytes of uint8 against float32 frames;
-- import: `import client.cli` against `import tensorflow_serving.apis` (fresh processes);
+- import: `import s3d_retrieval.client.cli` against `import tensorflow_serving.apis` (fresh processes);
 - search at scale: 1M and 10M synthetic windows (20 GB of float32 at 10M, written under TMPDIR),
   exact memory-mapped scan against faiss IVF-SQ8, latency, recall@10 of faiss against exact for queries near a
   window and queries shaped like sentences, training time, memory; then growth: an update by 1% of the rows and by
