@@ -207,3 +207,30 @@ def test_stores_sharing_a_lite_file_and_a_page_whose_milvus_went_away(server, tm
             assert health.status_code == 503 and health.json()["error"].startswith("index: Milvus at ")
             answer = http.get("/api/search", params={"like": f"{tmp_path}/x.avi@1"})
             assert answer.status_code == 503 and answer.json()["error"].startswith("index: ")
+
+
+def test_a_search_widens_past_filtered_and_uncommitted_videos(tmp_path):
+    """The best hits are an uncommitted version of a stored video (windows its row does not name) and videos a glob
+    refuses, which Milvus cannot express: the search drops them and asks for more groups until the one accepted
+    video comes back."""
+    import numpy as np
+
+    from s3d_retrieval.client.decode.video import Sampling
+    from s3d_retrieval.client.library.filters import Filters
+    from s3d_retrieval.client.library.index import Entry
+    from s3d_retrieval.client.milvus.reader import MilvusView
+
+    query = np.zeros(512, np.float32)
+    query[0] = 1.0
+    spans = np.array([[0.0, 1.0], [1.0, 2.0]])
+    with MilvusStore(str(tmp_path / "w.db"), "lib", "m", Sampling(), create=True) as store:
+        paths = [f"/lib/{name}.mp4" for name in ("a1", "a2", "a3", "a4", "b")]  # scores 0.9 down to 0.5
+        vectors = [np.tile(np.r_[0.9 - 0.1 * i, np.zeros(511)].astype(np.float32), (2, 1)) for i in range(5)]
+        store.commit([Entry(p, "s", 1, 1.0, 1, 2.0, "", 0, 0) for p in paths], vectors, [spans] * 5)
+        store.client.insert(store.windows_name, [{"path": "/lib/a4.mp4", "token": "uncommitted", "start": 0.0,
+                                                  "end": 1.0, "duration": 2.0, "vector": query.tolist()}])
+        view = MilvusView(store)
+        [[best]] = view.search(query[None], 1)
+        assert best.video == "/lib/a1.mp4"  # a4's uncommitted version scored higher, but its row names another
+        [[only]] = view.search(query[None], 1, Filters(glob="*b.mp4"))  # five groups refused before it
+        assert only.video == "/lib/b.mp4" and only.score == pytest.approx(0.5)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from s3d_retrieval.client.bench import (PER_VIDEO, approximate, percentiles, sentence_queries, synthetic_parts,
+from s3d_retrieval.client.bench import (approximate, percentiles, sentence_queries, synthetic_parts,
                                         synthetic_search, synthetic_windows)
 from s3d_retrieval.client.decode.video import Sampling
 from s3d_retrieval.client.library import vectors
