@@ -74,7 +74,9 @@ def add_train_parser(verbs) -> None:
     train.add_argument("--out", type=Path, required=True, help="module folder to create (must not exist)")
     train.add_argument("--size", choices=sorted(SIZES), default="tiny")
     train.add_argument("--steps", type=int, default=3000)
-    train.add_argument("--batch", type=int, default=16, help="clips per step; the others' narrations are negatives")
+    train.add_argument("--batch", type=int, default=16,
+                       help="clips per step across all replicas and workers; every other clip's narrations are "
+                            "a clip's negatives")
     train.add_argument("--frames", type=int, help="frames per clip (tiny 16, full 32)")
     train.add_argument("--image-size", type=int, help="clip height and width (tiny 64, full 224)")
     train.add_argument("--fps", type=float, help="sampling rate of clips (10)")
@@ -85,14 +87,20 @@ def add_train_parser(verbs) -> None:
     train.add_argument("--init", help="fine-tune from this module (its vocabulary and word vectors are kept)")
     train.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints")
     train.add_argument("--heldout", type=Path, help="video_id,sentence CSV (videos beside it) for held-out figures")
+    train.add_argument("--readers", type=int, help="threads decoding clips as they are drawn (one per core)")
+    train.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                       help="compute type of the video tower (bfloat16: mixed precision for GPUs and TPUs)")
+    train.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True,
+                       help="deterministic ops, so a resumed run retraces the uninterrupted one (GPUs run faster "
+                            "without)")
 
 
 def run_training(args) -> int:
     from s3d_retrieval.client.decode.video import Sampling
     from s3d_retrieval.model.clips import DEFAULT_SAMPLING, ClipSampling
 
-    if min(args.steps, args.batch, args.candidates, args.checkpoint_every) < 1 or args.lr <= 0:
-        print("error: --steps, --batch, --candidates and --checkpoint-every must be >= 1 and --lr > 0",
+    if min(args.steps, args.batch, args.candidates, args.checkpoint_every, args.readers or 1) < 1 or args.lr <= 0:
+        print("error: --steps, --batch, --candidates, --checkpoint-every and --readers must be >= 1 and --lr > 0",
               file=sys.stderr)
         return 2
     if args.batch < 2:
@@ -103,6 +111,8 @@ def run_training(args) -> int:
         return 2
     base = DEFAULT_SAMPLING[args.size]
     quiet_tensorflow()
+    import tensorflow as tf
+
     from s3d_retrieval.model.hub_format import ModuleError, read_manifest
     from s3d_retrieval.model.narration import DataError
     from s3d_retrieval.model.train import Settings, train
@@ -117,12 +127,17 @@ def run_training(args) -> int:
             raise DataError(f"--frames/--fps/--image-size: {err}") from None
         settings = Settings(str(args.data.resolve()), args.size, args.steps, args.batch, sampling, args.candidates,
                             args.lr, args.seed, str(Path(args.init).resolve()) if args.init else None,
-                            str(args.heldout.resolve()) if args.heldout else None)
+                            str(args.heldout.resolve()) if args.heldout else None, args.precision)
+        if args.deterministic:  # this process is ours: the library leaves global state to its caller
+            tf.config.experimental.enable_op_determinism()
         start = time.perf_counter()
-        out = train(settings, args.out, args.checkpoint_every)
+        out = train(settings, args.out, args.checkpoint_every, readers=args.readers)
     except (DataError, ModuleError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if out is None:  # a worker other than the chief: the chief writes the module
+        print(f"worker done; the chief writes {args.out}")
+        return 0
     manifest = json.loads((out / "manifest.json").read_text())
     print(f"wrote {out} ({folder_bytes(out) / 1e6:.1f} MB, {time.perf_counter() - start:.0f} s): "
           f"loss {manifest['first_loss']:.3f} -> {manifest['final_loss']:.3f}")

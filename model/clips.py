@@ -1,23 +1,22 @@
-"""Training batches for MIL-NCE: a clip around a narration, and its bag of candidate narrations.
+"""What a training clip is, and where each step's clips come from: a clip around a narration, its bag of
+candidate narrations, read from the video when it is drawn.
 
 Frames come from the client's own sampler (`client.decode.video.sampled_frames`), so training sees exactly what
-serving sees. Each video is decoded once into a memory-mapped uint8 cache file ([frames, size, size, 3] at the
-training fps), so memory stays bounded by the batch, not by the data. The batch of step `s` is drawn from a
-generator seeded by (seed, s): a resumed run sees the same clips in the same order.
+serving sees; a clip seeks to its first instant and decodes only its span, so nothing is decoded up front and
+memory, disk and the time to the first step do not grow with the corpus. The clips of step `s` are planned by a
+generator seeded by (seed, s): a resumed run, or any worker of a distributed one, draws the same ones.
 """
 from __future__ import annotations
 
-import hashlib
-import os
-from collections.abc import Callable
+import itertools
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from s3d_retrieval.client.defaults import FPS, FRAMES, SIZE
-from s3d_retrieval.client.files import atomic_write
 from s3d_retrieval.client.decode.video import VideoError, pad, sampled_frames
+from s3d_retrieval.client.defaults import FPS, FRAMES, SIZE
 from s3d_retrieval.model.narration import Line, NarratedVideo
 
 
@@ -34,38 +33,26 @@ class ClipSampling:
 DEFAULT_SAMPLING = {"tiny": ClipSampling(16, FPS, 64), "full": ClipSampling(FRAMES, FPS, SIZE)}
 
 
-class FrameCache:
-    """Every sampled frame of a video, decoded once, memory-mapped on later use."""
+def read_clip(path: Path, first: int, sampling: ClipSampling) -> np.ndarray:
+    """`sampling.frames` frames from sample instant `first` on ([T, S, S, 3] uint8), kept inside the video: a
+    clip that would run past the end is moved back to end with it, a video shorter than a clip is padded."""
+    length = sampling.frames
 
-    def __init__(self, folder: Path, sampling: ClipSampling):
-        self.folder = folder
-        self.sampling = sampling
-        folder.mkdir(parents=True, exist_ok=True)
+    def span(start: int) -> list[np.ndarray]:
+        return list(itertools.islice(sampled_frames(path, sampling.fps, sampling.size, start), length))
 
-    def _key(self, path: Path) -> str:
-        st = path.stat()
-        s = self.sampling
-        return hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{s.fps}|{s.size}".encode()).hexdigest()
-
-    def frames(self, path: Path) -> np.ndarray:
-        """[N, size, size, 3] uint8, read-only memory map; raises VideoError for an unusable video."""
-        key, side = self._key(path), self.sampling.size
-        found = list(self.folder.glob(f"{key}-*.u8"))
-        if not found:
-            count = 0
-
-            def write(f) -> None:
-                nonlocal count
-                for frame in sampled_frames(path, self.sampling.fps, side):  # streamed: no whole video in memory
-                    f.write(np.ascontiguousarray(frame).tobytes())
-                    count += 1
-
-            tmp = self.folder / f"{key}.partial"
-            atomic_write(tmp, write)
-            found = [self.folder / f"{key}-{count}.u8"]
-            os.replace(tmp, found[0])
-        count = int(found[0].stem.rsplit("-", 1)[1])
-        return np.memmap(found[0], np.uint8, "r", shape=(count, side, side, 3))
+    try:
+        frames = span(first)
+    except VideoError:
+        if not first:
+            raise
+        frames = []  # the instant lies past the end (a narration that outlasts its video)
+    if len(frames) < length and first:
+        if frames:
+            frames = span(max(0, first + len(frames) - length))
+        else:  # how long the video is is unknown: keep its last frames, streaming
+            frames = list(deque(sampled_frames(path, sampling.fps, sampling.size), maxlen=length))
+    return np.stack(frames) if len(frames) == length else pad(frames, length)
 
 
 def bag(lines: tuple[Line, ...], i: int, k: int) -> list[str]:
@@ -76,14 +63,13 @@ def bag(lines: tuple[Line, ...], i: int, k: int) -> list[str]:
     return texts + [lines[i].text] * (k - len(texts))
 
 
-def clip_at(frames: np.ndarray, centre: float, sampling: ClipSampling) -> np.ndarray:
-    """`sampling.frames` frames centred on `centre` seconds, kept inside the video (short ones padded)."""
-    length = sampling.frames
-    if len(frames) < length:
-        return pad(list(frames), length)
-    first = int(round(centre * sampling.fps)) - length // 2
-    first = min(max(first, 0), len(frames) - length)
-    return np.asarray(frames[first: first + length])
+@dataclass(frozen=True)
+class Draw:
+    """One planned clip: which video, which narration, and the sample instant its clip starts at."""
+
+    video: int
+    line: int
+    first: int
 
 
 @dataclass
@@ -92,37 +78,38 @@ class Batch:
     texts: list[str]  # B * K: clip b's bag is texts[b*K:(b+1)*K]
 
 
-class Sampler:
-    """Draws batch `step` deterministically: distinct videos, a narration in each, a clip around it, its bag."""
+class Plan:
+    """Draws the clips of step `step` deterministically: distinct videos, a narration in each, a clip around it.
 
-    def __init__(self, videos: list[NarratedVideo], frames: Callable[[Path], np.ndarray], sampling: ClipSampling,
-                 candidates: int, seed: int):
-        self.videos, self.frames, self.sampling = videos, frames, sampling
-        self.candidates, self.seed = candidates, seed
+    A slot whose video cannot be read takes a replacement drawn from (seed, step, slot, attempt) among the
+    videos the step did not plan, so what a step trains on depends on the data and (seed, step) only.
+    """
 
-    def batch(self, step: int, size: int) -> Batch:
+    def __init__(self, videos: list[NarratedVideo], sampling: ClipSampling, candidates: int, seed: int):
+        self.videos, self.sampling, self.candidates, self.seed = videos, sampling, candidates, seed
+
+    def draws(self, step: int, size: int) -> list[Draw]:
         rng = np.random.default_rng([self.seed, step])
         picks = rng.choice(len(self.videos), size, replace=len(self.videos) < size)
-        clips, texts = [], []
-        for v in picks:
-            video = self.videos[v]
-            i = int(rng.integers(len(video.lines)))
-            line = video.lines[i]
-            centre = rng.uniform(line.start, line.end)  # inside the narration's span
-            clips.append(clip_at(self.frames(video.path), centre, self.sampling))
-            texts += bag(video.lines, i, self.candidates)
-        return Batch(np.stack(clips), texts)
+        return [self._draw(rng, int(v)) for v in picks]
 
+    def replacement(self, step: int, slot: int, attempt: int, planned: set[int]) -> Draw:
+        rng = np.random.default_rng([self.seed, step, slot, attempt])
+        video = int(rng.integers(len(self.videos)))
+        for _ in range(64):  # the step's own videos are few: rejection ends fast unless it plans them all
+            if video not in planned:
+                break
+            video = int(rng.integers(len(self.videos)))
+        return self._draw(rng, video)
 
-def usable(videos: list[NarratedVideo], cache: FrameCache, log: Callable[[str], None]
-           ) -> tuple[list[NarratedVideo], list[tuple[Path, str]]]:
-    """Decode every video into the cache; corrupt or unreadable ones are named and left out."""
-    good, bad = [], []
-    for video in videos:
-        try:
-            cache.frames(video.path)
-            good.append(video)
-        except (VideoError, OSError) as err:
-            bad.append((video.path, str(err).removeprefix(f"{video.path}: ")))
-            log(f"skipped {video.path}: {bad[-1][1]}")
-    return good, bad
+    def _draw(self, rng: np.random.Generator, v: int) -> Draw:
+        lines = self.videos[v].lines
+        i = int(rng.integers(len(lines)))
+        centre = rng.uniform(lines[i].start, lines[i].end)  # inside the narration's span
+        return Draw(v, i, max(0, int(round(centre * self.sampling.fps)) - self.sampling.frames // 2))
+
+    def texts(self, draw: Draw) -> list[str]:
+        return bag(self.videos[draw.video].lines, draw.line, self.candidates)
+
+    def path(self, draw: Draw) -> Path:
+        return self.videos[draw.video].path

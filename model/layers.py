@@ -19,7 +19,15 @@ def variable(name: str, shape: Sequence[int], trainable: bool = True) -> tf.Vari
     A v1 variable: eagerly and by default it is a resource variable, but inside
     `tf.compat.v1.variable_scope("", use_resource=False)` it becomes a legacy reference variable.
     """
-    return tf.compat.v1.Variable(tf.zeros(shape), name=name, trainable=trainable)
+    # Statistics are assigned by every replica of a tf.distribute run: all hold the same synchronised values.
+    aggregation = tf.VariableAggregation.NONE if trainable else tf.VariableAggregation.ONLY_FIRST_REPLICA
+    return tf.compat.v1.Variable(tf.zeros(shape), name=name, trainable=trainable, aggregation=aggregation)
+
+
+def replicas() -> int:
+    """How many replicas share this training step under tf.distribute (1 outside a strategy)."""
+    context = tf.distribute.get_replica_context()
+    return context.num_replicas_in_sync if context is not None else 1
 
 
 class BatchNorm(tf.Module):
@@ -41,14 +49,33 @@ class BatchNorm(tf.Module):
                 x, self.gamma, self.beta, mean=self.moving_mean, variance=self.moving_variance,
                 epsilon=self.epsilon, is_training=False, data_format="NDHWC")
             return y
-        y, mean, var = tf.compat.v1.nn.fused_batch_norm(
-            x, self.gamma, self.beta, epsilon=self.epsilon, is_training=True, data_format="NDHWC")
+        if replicas() > 1:
+            y, mean, var = self._synchronised(x)
+        else:
+            y, mean, var = tf.compat.v1.nn.fused_batch_norm(
+                x, self.gamma, self.beta, epsilon=self.epsilon, is_training=True, data_format="NDHWC")
         updates = [self.moving_mean.assign_sub((self.moving_mean - mean) * self.momentum),
                    self.moving_variance.assign_sub((self.moving_variance - var) * self.momentum)]
         if not tf.executing_eagerly():
             for update in updates:
                 tf.compat.v1.add_to_collection(UPDATE_OPS, update)
         return y
+
+
+    def _synchronised(self, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """Normalise by the global batch's mean and (biased) variance; return the unbiased variance for the
+        moving statistics, as the fused kernel does. Two passes (mean, then squared deviations): the shortcut
+        E[x^2] - E[x]^2 loses the variance of near-flat feature maps to float32 cancellation."""
+        context = tf.distribute.get_replica_context()
+        values = tf.cast(x, tf.float32)
+        axes = [0, 1, 2, 3]
+        count = tf.cast(tf.reduce_prod(tf.shape(values)[:-1]), tf.float32)
+        sums = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.concat([tf.reduce_sum(values, axes), count[None]], 0))
+        n = sums[-1]
+        mean = sums[:-1] / n
+        var = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.reduce_sum(tf.square(values - mean), axes)) / n
+        y = tf.nn.batch_normalization(values, mean, var, self.beta, self.gamma, self.epsilon)
+        return tf.cast(y, x.dtype), mean, var * n / tf.maximum(n - 1, 1.0)
 
 
 class Unit(tf.Module):
@@ -60,7 +87,7 @@ class Unit(tf.Module):
         self.bn = BatchNorm(f"{scope}/batch_norm", cout, epsilon)
 
     def __call__(self, x: tf.Tensor, training: bool) -> tf.Tensor:
-        y = tf.nn.conv3d(x, self.weights, strides=[1, 1, 1, 1, 1], padding="SAME")
+        y = tf.nn.conv3d(x, tf.cast(self.weights, x.dtype), strides=[1, 1, 1, 1, 1], padding="SAME")
         return tf.nn.relu(self.bn(y, training))
 
 
@@ -85,7 +112,7 @@ class Dense(tf.Module):
         self.bias = variable(f"{scope}/bias", [cout])
 
     def __call__(self, x: tf.Tensor) -> tf.Tensor:
-        return tf.nn.bias_add(tf.matmul(x, self.kernel), self.bias)
+        return tf.nn.bias_add(tf.matmul(x, tf.cast(self.kernel, x.dtype)), tf.cast(self.bias, x.dtype))
 
 
 class SelfGating(tf.Module):

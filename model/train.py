@@ -1,14 +1,17 @@
-"""MIL-NCE training on narrated videos (Miech et al., CVPR 2020), resumable, publishing a hub-format module.
+"""MIL-NCE training on narrated videos (Miech et al., CVPR 2020), resumable, on one device or many, publishing a
+hub-format module.
 
-reader (`model.narration`) -> batches (`model.clips`: a clip inside a narration's span, its bag of the K
-temporally nearest narrations) -> step (training-mode BatchNorm, MIL-NCE loss against the rest of the batch,
-Adam with warm-up and cosine decay) -> checkpoints -> module (`model.hub_format`, with a manifest carrying
-the sampling, the data, the loss and the held-out figures).
+reader (`model.narration`) -> plan (`model.clips`: a clip inside a narration's span, its bag of the K temporally
+nearest narrations) -> readers (`model.readers`: a pool decoding each step's clips as they are drawn) -> step
+(training-mode BatchNorm over the global batch, MIL-NCE against every replica's clips, Keras Adam with warm-up
+and cosine decay, under the tf.distribute strategy of `model.distribute`) -> checkpoints -> module
+(`model.hub_format`, with a manifest carrying the sampling, the data, the loss and the held-out figures).
 
-Everything a run needs to resume lives in `<out>.train/`: `run.json` (its settings), `checkpoint.npz`
-(weights, moving statistics, Adam state, step; written under a temporary name, then renamed), `log.csv`
-(loss per step) and `frames/` (decoded clips). The batch of step s depends only on (seed, s) and ops run
-deterministically, so a killed run resumed from its last checkpoint retraces the uninterrupted one.
+Everything a run needs to resume lives in `<out>.train/`, written by the chief alone: `run.json` (its settings),
+`checkpoints/` (`tf.train.CheckpointManager`: the last few, each listed only once complete), `log.csv` (loss per
+step) and `tensorboard/` (loss, learning rate, clips/s, input wait). The clips of step s depend only on (seed, s);
+with op determinism on (`python -m model train` turns it on unless told not to) a killed run resumed from its
+last checkpoint retraces the uninterrupted one.
 """
 from __future__ import annotations
 
@@ -16,12 +19,14 @@ import csv
 import dataclasses
 import json
 import math
+import shutil
 import sys
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
+import keras
 import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
@@ -31,17 +36,21 @@ from s3d_retrieval.client.files import atomic_write
 from s3d_retrieval.client.library.evalset import read_sentences
 from s3d_retrieval.client.library.evaluate import clip_scores
 from s3d_retrieval.client.library.metrics import ranks, summary
-from s3d_retrieval.model.clips import ClipSampling, FrameCache, Sampler, usable
+from s3d_retrieval.model.clips import Batch, ClipSampling, Plan
 from s3d_retrieval.model.config import SIZES
+from s3d_retrieval.model.distribute import Cluster, cluster_from_environment
 from s3d_retrieval.model.hub_format import Module, read_module, write_module
-from s3d_retrieval.model.loss import milnce_loss
+from s3d_retrieval.model.loss import milnce_rows
 from s3d_retrieval.model.narration import DataError, read_dataset
 from s3d_retrieval.model.network import Network
+from s3d_retrieval.model.readers import PREFETCH, ClipReader, default_readers
 from s3d_retrieval.model.text import vocabulary_table
 from s3d_retrieval.model.vocab import build_vocabulary
 from s3d_retrieval.model.weights import assign, snapshot, standin_weights
 
-CHECKPOINT, LOG, RUN = "checkpoint.npz", "log.csv", "run.json"
+CHECKPOINTS, LOG, RUN, TENSORBOARD = "checkpoints", "log.csv", "run.json", "tensorboard"
+KEEP_CHECKPOINTS = 3
+PRECISIONS = {"float32": tf.float32, "bfloat16": tf.bfloat16}
 # Training-mode BatchNorm needs this many values per channel in its deepest layers. On fixed batches of the tiny
 # network (`python -m model.bench`, README "Training"): with 4 (batch 4 of 8x32x32 clips) the early layers'
 # gradients are up to 10^5 times the loss's real slope and the loss only wanders; with 32 it falls steadily.
@@ -50,7 +59,7 @@ MIN_BATCHNORM_VALUES = 16
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """One run's settings; a resumed run must have the same ones."""
+    """One run's settings; a resumed run must have the same ones. `batch` is the global batch."""
 
     data: str
     size: str
@@ -62,87 +71,95 @@ class Settings:
     seed: int
     init: str | None
     heldout: str | None = None
+    precision: str = "float32"
 
     def as_json(self) -> dict:
         return dataclasses.asdict(self)
 
 
-def learning_rate(step: int, settings: Settings) -> float:
-    """Linear warm-up over the first 5% of steps, then cosine decay to zero."""
+def schedule(settings: Settings) -> keras.optimizers.schedules.LearningRateSchedule:
+    """Linear warm-up over the first 5% of steps, then cosine decay to zero at the last step."""
     warmup = max(1, settings.steps // 20)
-    if step < warmup:
-        return settings.lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, settings.steps - warmup)
-    return settings.lr * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-class Adam:
-    """Adam (Kingma & Ba) on plain variables, its state exposed for checkpoints."""
-
-    def __init__(self, variables: list[tf.Variable], beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8):
-        self.variables, self.beta1, self.beta2, self.eps = variables, beta1, beta2, eps
-        self.m = [tf.Variable(tf.zeros_like(v), trainable=False) for v in variables]
-        self.v = [tf.Variable(tf.zeros_like(v), trainable=False) for v in variables]
-        self.t = tf.Variable(0.0, trainable=False)
-
-    def apply(self, grads: list[tf.Tensor], lr: tf.Tensor) -> None:
-        t = self.t.assign_add(1.0)
-        scale = lr * tf.sqrt(1 - self.beta2 ** t) / (1 - self.beta1 ** t)
-        for var, g, m, v in zip(self.variables, grads, self.m, self.v):
-            g = tf.convert_to_tensor(g)  # embedding gradients arrive as IndexedSlices
-            m.assign(self.beta1 * m + (1 - self.beta1) * g)
-            v.assign(self.beta2 * v + (1 - self.beta2) * tf.square(g))
-            var.assign_sub(scale * m / (tf.sqrt(v) + self.eps))
-
-    def state(self, names: list[str]) -> dict[str, np.ndarray]:
-        out = {f"adam_m/{n}": m.numpy() for n, m in zip(names, self.m)}
-        out.update({f"adam_v/{n}": v.numpy() for n, v in zip(names, self.v)})
-        out["adam_t"] = self.t.numpy()
-        return out
-
-    def restore(self, names: list[str], state) -> None:
-        for n, m, v in zip(names, self.m, self.v):
-            m.assign(state[f"adam_m/{n}"])
-            v.assign(state[f"adam_v/{n}"])
-        self.t.assign(state["adam_t"])
+    return keras.optimizers.schedules.CosineDecay(settings.lr / warmup, max(1, settings.steps - warmup), alpha=0.0,
+                                                  warmup_target=settings.lr, warmup_steps=warmup)
 
 
 class Trainer:
-    """The network, its optimiser and one compiled training step."""
+    """The network, its optimiser, its checkpoints and one compiled training step over the cluster's replicas."""
 
-    def __init__(self, net: Network, settings: Settings, freeze_words: bool):
+    def __init__(self, net: Network, settings: Settings, freeze_words: bool, cluster: Cluster | None = None):
         self.net, self.settings = net, settings
+        self.cluster = cluster = cluster or Cluster(tf.distribute.get_strategy(), 0, 1, True)
         self.trainable = [v for v in net.trainable_variables
                           if not (freeze_words and v is net.text.embedding)]
-        self.names = [v.name.split(":")[0] for v in self.trainable]
-        self.adam = Adam(self.trainable)
-        batch, k = settings.batch, settings.candidates
+        self.schedule = schedule(settings)
+        with cluster.strategy.scope():
+            self.optimizer = keras.optimizers.Adam(self.schedule)
+            self.optimizer.build(self.trainable)
+        self.checkpoint = tf.train.Checkpoint(network=net, optimizer=self.optimizer)
+        dtype, k, batch = PRECISIONS[settings.precision], settings.candidates, settings.batch
+        local = batch // cluster.replicas
 
-        @tf.function(reduce_retracing=True)
-        def step(clips: tf.Tensor, texts: tf.Tensor, lr: tf.Tensor) -> tf.Tensor:
+        def replica_step(clips: tf.Tensor, texts: tf.Tensor) -> tf.Tensor:
+            context = tf.distribute.get_replica_context()
             with tf.GradientTape() as tape:
-                video = net.video(tf.cast(clips, tf.float32) / 255.0, training=True)["video_embedding"]
-                text = tf.reshape(net.text(texts)["text_embedding"], [batch, k, -1])
-                loss = milnce_loss(video, text)
-            self.adam.apply(tape.gradient(loss, self.trainable), lr)
+                video = net.video(tf.cast(clips, dtype) / 255.0, training=True)["video_embedding"]
+                video = tf.cast(video, tf.float32)
+                text = tf.reshape(net.text(texts)["text_embedding"], [local, k, -1])
+                if context.num_replicas_in_sync > 1:  # negatives from the whole global batch
+                    rows = milnce_rows(video, text, context.all_gather(video, 0), context.all_gather(text, 0),
+                                       context.replica_id_in_sync_group * local)
+                else:
+                    rows = milnce_rows(video, text, video, text, 0)
+                loss = tf.reduce_sum(rows) / batch  # gradients are summed across replicas
+            grads = tape.gradient(loss, self.trainable)
+            # embedding gradients arrive as IndexedSlices
+            self.optimizer.apply_gradients(zip([tf.convert_to_tensor(g) for g in grads], self.trainable))
             return loss
+
+        @tf.function
+        def step(clips, texts) -> tf.Tensor:
+            losses = cluster.strategy.run(replica_step, (clips, texts))
+            return cluster.strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
 
         self._step = step
 
-    def step(self, clips: np.ndarray, texts: list[str], lr: float) -> float:
-        return float(self._step(tf.constant(clips), tf.constant(texts), tf.constant(lr, tf.float32)))
+    @property
+    def steps_done(self) -> int:
+        return int(self.optimizer.iterations.numpy())
 
-    def save(self, path: Path, step: int) -> None:
-        arrays = {f"w/{k}": v for k, v in snapshot(self.net).items()}
-        arrays.update(self.adam.state(self.names))
-        arrays["step"] = np.array(step)
-        atomic_write(path, lambda f: np.savez(f, **arrays))
+    def learning_rate(self, step: int) -> float:
+        return float(self.schedule(step))
 
-    def restore(self, path: Path) -> int:
-        with np.load(path) as state:
-            assign(self.net, {k[2:]: state[k] for k in state.files if k.startswith("w/")})
-            self.adam.restore(self.names, state)
-            return int(state["step"])
+    def step(self, clips: np.ndarray, texts: list[str]) -> float:
+        """One step on this worker's share of the global batch; returns the global batch's mean loss."""
+        replicas, k = self.cluster.local_replicas, self.settings.candidates
+        size = len(clips) // replicas
+        first = self.cluster.worker * replicas
+
+        def part(values, width: int):
+            def value(context) -> tf.Tensor:
+                i = context.replica_id_in_sync_group - first
+                return tf.constant(values[i * size * width:(i + 1) * size * width])
+            return self.cluster.strategy.experimental_distribute_values_from_function(value)
+
+        return float(self._step(part(clips, 1), part(texts, k)))
+
+    def save(self, work: Path) -> None:
+        """Every worker saves (as tf.distribute requires); only the chief's copy is kept."""
+        folder = work / CHECKPOINTS if self.cluster.chief else work / f"{CHECKPOINTS}-worker{self.cluster.worker}"
+        manager = tf.train.CheckpointManager(self.checkpoint, str(folder),
+                                             max_to_keep=KEEP_CHECKPOINTS if self.cluster.chief else 1)
+        manager.save(checkpoint_number=self.steps_done)
+        if not self.cluster.chief:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def restore(self, work: Path) -> int:
+        """Restore the last complete checkpoint of the run, if any; the step it was taken at."""
+        latest = tf.train.latest_checkpoint(str(work / CHECKPOINTS))
+        if latest:
+            self.checkpoint.restore(latest).assert_existing_objects_matched()
+        return self.steps_done
 
 
 def batchnorm_values(batch: int, sampling: ClipSampling) -> int:
@@ -179,16 +196,24 @@ def _read_log(path: Path, upto: int) -> list[dict]:
 
 def _write_log(path: Path, rows: list[dict]) -> None:
     def write(f) -> None:
-        out = csv.DictWriter(f, ["step", "loss", "lr", "clips_per_s"])
+        out = csv.DictWriter(f, ["step", "loss", "lr", "clips_per_s", "input_wait_s"])
         out.writeheader()
         out.writerows(rows)
 
     atomic_write(path, write, "w")
 
 
+def check_replicas(settings: Settings, cluster: Cluster) -> None:
+    if settings.batch % cluster.replicas:
+        raise DataError(f"--batch {settings.batch} is the global batch and must split evenly over the "
+                        f"{cluster.replicas} replicas of {cluster.describe()}: pass a multiple of {cluster.replicas}")
+
+
 def train(settings: Settings, out: Path, checkpoint_every: int = 100, progress: bool | None = None,
-          log: Callable[[str], None] = print, stop_after: int | None = None) -> Path | None:
-    """Train and publish the module at `out`; resumes from `<out>.train/` when it holds the same run.
+          log: Callable[[str], None] = print, stop_after: int | None = None, readers: int | None = None,
+          prefetch: int = PREFETCH, cluster: Cluster | None = None) -> Path | None:
+    """Train and publish the module at `out` (the chief does); resumes from `<out>.train/` when it holds the
+    same run. `cluster` defaults to the one the environment describes (TF_CONFIG, GPUs).
 
     `stop_after` ends the run early after that many steps of this call, with a checkpoint and no module
     (what a kill between checkpoints leaves, minus the lost steps); used to test resuming.
@@ -203,65 +228,80 @@ def train(settings: Settings, out: Path, checkpoint_every: int = 100, progress: 
             raise DataError(f"{work} holds a run with other settings; pass the same ones to resume it, "
                             f"or remove {work} to start afresh")
     check_batch(settings)
-    tf.config.experimental.enable_op_determinism()
     dataset = read_dataset(Path(settings.data))
+    cluster = cluster or cluster_from_environment()
+    check_replicas(settings, cluster)
     for path in dataset.unnarrated:
         log(f"skipped {path}: no narration")
     for name in dataset.missing:
         log(f"skipped {name}: named in the CSV but not found")
-    cache = FrameCache(work / "frames", settings.sampling)
-    videos, corrupt = usable(dataset.videos, cache, log)
-    if not videos:
-        raise DataError(f"{settings.data}: none of the narrated videos could be decoded")
-    narrations = [line.text for v in videos for line in v.lines]
+    narrations = [line.text for v in dataset.videos for line in v.lines]
     start_module, freeze_words = initial_module(settings, narrations)
-    net = Network(start_module.config, vocabulary_table(words=start_module.vocabulary))
-    assign(net, start_module.weights)
-    trainer = Trainer(net, settings, freeze_words)
-    sampler = Sampler(videos, cache.frames, settings.sampling, settings.candidates, settings.seed)
-    atomic_write(run_file, lambda f: f.write(json.dumps(settings.as_json(), indent=2) + "\n"), "w")
-    step = trainer.restore(work / CHECKPOINT) if (work / CHECKPOINT).is_file() else 0
+    with cluster.strategy.scope():
+        net = Network(start_module.config, vocabulary_table(words=start_module.vocabulary))
+        assign(net, start_module.weights)
+    trainer = Trainer(net, settings, freeze_words, cluster)
+    if cluster.chief:
+        atomic_write(run_file, lambda f: f.write(json.dumps(settings.as_json(), indent=2) + "\n"), "w")
+    step = trainer.restore(work)
     rows = _read_log(work / LOG, step)
     if step:
         log(f"resuming {work} at step {step} of {settings.steps}")
-    log(f"training on {len(videos)} videos, {len(narrations)} narrations, vocabulary {len(start_module.vocabulary)}"
-        f" words; skipped {len(dataset.unnarrated) + len(dataset.missing) + len(corrupt)}")
+    reader = ClipReader(Plan(dataset.videos, settings.sampling, settings.candidates, settings.seed), settings.batch,
+                        readers or default_readers(), prefetch, (cluster.worker, cluster.workers), log)
+    log(f"training on {len(dataset.videos)} narrated videos, {len(narrations)} narrations, vocabulary "
+        f"{len(start_module.vocabulary)} words, {cluster.describe()}, {reader.readers} clip readers")
+    summaries = (tf.summary.create_file_writer(str(work / TENSORBOARD)) if cluster.chief
+                 else tf.summary.create_noop_writer())
     started = time.perf_counter()
     bar = tqdm(total=settings.steps, initial=step, unit="step", desc="training", file=sys.stderr,
-               disable=not (sys.stderr.isatty() if progress is None else progress))
+               disable=not cluster.chief or not (sys.stderr.isatty() if progress is None else progress))
+    batches = reader.batches(step, settings.steps)
     done_here = 0
     while step < settings.steps:
         tick = time.perf_counter()
-        batch = sampler.batch(step, settings.batch)
-        lr = learning_rate(step, settings)
-        loss = trainer.step(batch.clips, batch.texts, lr)
+        batch: Batch = next(batches)
+        waited = time.perf_counter() - tick
+        lr = trainer.learning_rate(step)
+        loss = trainer.step(batch.clips, batch.texts)
         if not math.isfinite(loss):
             raise DataError(f"the loss became {loss} at step {step}; lower --lr (now {settings.lr:g})")
         rate = settings.batch / (time.perf_counter() - tick)
-        rows.append({"step": step, "loss": f"{loss:.5f}", "lr": f"{lr:.3g}", "clips_per_s": f"{rate:.1f}"})
+        rows.append({"step": step, "loss": f"{loss:.5f}", "lr": f"{lr:.3g}", "clips_per_s": f"{rate:.1f}",
+                     "input_wait_s": f"{waited:.4f}"})
+        with summaries.as_default(step=step):
+            for name, value in (("loss", loss), ("learning_rate", lr), ("clips_per_s", rate), ("input_wait_s", waited)):
+                tf.summary.scalar(name, value)
         step += 1
         done_here += 1
         bar.set_postfix(loss=f"{loss:.3f}", clips_s=f"{rate:.0f}")
         bar.update()
         if step % checkpoint_every == 0 or step == settings.steps or done_here == stop_after:
-            trainer.save(work / CHECKPOINT, step)
-            _write_log(work / LOG, rows)
-            if bar.disable:  # no progress bar (not a terminal): a line per checkpoint instead
+            if cluster.chief:  # the log first: a kill between the two leaves rows the resume drops, none missing
+                _write_log(work / LOG, rows)
+                summaries.flush()
+            trainer.save(work)
+            if bar.disable and cluster.chief:  # no progress bar (not a terminal): a line per checkpoint instead
                 recent = [float(r["loss"]) for r in rows[-checkpoint_every:]]
                 log(f"step {step}/{settings.steps}: loss {np.mean(recent):.3f}, {rate:.0f} clips/s")
         if done_here == stop_after:
-            bar.close()
-            return None
+            break
+    batches.close()
     bar.close()
+    summaries.close()
+    if step < settings.steps or not cluster.chief:
+        return None
     seconds = time.perf_counter() - started
     heldout = heldout_figures(net, Path(settings.heldout), settings.sampling) if settings.heldout else None
     losses = [float(r["loss"]) for r in rows]
+    skipped = [str(p) for p in dataset.unnarrated] + dataset.missing + [str(p) for p in reader.skipped]
     manifest = {
         "kind": "s3d-milnce, trained with MIL-NCE by `python -m model train`",
         "settings": settings.as_json(),
         "sampling": dataclasses.asdict(settings.sampling),
-        "data": {"videos": len(videos), "narrations": len(narrations),
-                 "skipped": [str(p) for p in dataset.unnarrated] + dataset.missing + [str(p) for p, _ in corrupt]},
+        "data": {"videos": len(dataset.videos) - len(reader.skipped), "narrations": len(narrations),
+                 "skipped": skipped},
+        "distribution": {"workers": cluster.workers, "replicas": cluster.replicas},
         "vocabulary": len(start_module.vocabulary), "parameters": int(sum(np.prod(v.shape) for v in trainer.trainable)),
         "final_loss": float(np.mean(losses[-max(1, len(losses) // 20):])), "first_loss": losses[0] if losses else None,
         "heldout": heldout, "init_manifest": start_module.manifest or None,  # lineage of a fine-tune

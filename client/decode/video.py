@@ -26,6 +26,9 @@ from s3d_retrieval.client.defaults import FPS, FRAMES, SIZE  # noqa: E402
 from s3d_retrieval.client.errors import Error  # noqa: E402
 
 FALLBACK_FPS = 25.0  # when a file states no usable frame rate
+# Containers such as WebM keep timestamps in whole milliseconds: a frame stamped 0.067 s of a 30 fps file really
+# starts at 0.0667 and is gone by 0.1. A sample instant within this much of a frame's end belongs to the next one.
+TIMESTAMP_SLACK = 1e-3
 
 
 class VideoError(Error):
@@ -118,6 +121,12 @@ class Capture:
             raise VideoError(f"{self.path}: frame {self.index} cannot be decoded (corrupt file?)")
         return frame
 
+    def seek(self, seconds: float) -> None:
+        """Go to the frame on screen at `seconds` (or just before it); the next `grab` returns it."""
+        self.cap.set(cv2.CAP_PROP_POS_MSEC, max(0.0, seconds) * 1000)
+        self.index = int(self.cap.get(cv2.CAP_PROP_POS_FRAMES)) - 1
+        self._last = -1.0
+
     def frame_at(self, seconds: float) -> np.ndarray | None:
         """The BGR frame shown at `seconds` (a seek: for thumbnails, not for sampling)."""
         self.cap.set(cv2.CAP_PROP_POS_MSEC, seconds * 1000)
@@ -141,18 +150,21 @@ def colab_windows(path: str | Path, sampling: Sampling) -> Iterator[Window]:
     yield Window(0.0, len(frames) / cap.fps, pad(frames, sampling.frames))
 
 
-def sampled_frames(path: str | Path, fps: float, size: int) -> Iterator[np.ndarray]:
-    """Frame k of the result is the one on screen at k / fps seconds (by the file's timestamps), as RGB
-    size x size. Only frames that land on a sampling instant are converted; the others are skipped."""
+def sampled_frames(path: str | Path, fps: float, size: int, first: int = 0) -> Iterator[np.ndarray]:
+    """Frame k of the result is the one on screen at (first + k) / fps seconds (by the file's timestamps), as
+    RGB size x size. Only frames that land on a sampling instant are converted; the others are skipped. A
+    `first` past the start seeks there (the decoder starts from the keyframe before it, not from the start)."""
     interval = 1.0 / fps
     cap = Capture(path)
-    sampled = 0  # frames sampled so far; sample k stands for time k * interval
+    sampled = first  # sample k stands for time k * interval
     try:
+        if first:
+            cap.seek(first * interval - 0.5 / cap.fps)
         while (t := cap.grab()) is not None:
             # This frame is on screen from t until the next one: it is every sample k with k*interval in there.
             until = t + 1.0 / cap.fps
             count = 0
-            while (sampled + count) * interval < until - 1e-9:
+            while (sampled + count) * interval < until - TIMESTAMP_SLACK:
                 count += 1
             if not count:
                 continue
@@ -162,8 +174,8 @@ def sampled_frames(path: str | Path, fps: float, size: int) -> Iterator[np.ndarr
             sampled += count
     finally:
         cap.close()
-    if sampled == 0:
-        raise VideoError(f"{path}: no frames could be decoded")
+    if sampled == first:
+        raise VideoError(f"{path}: no frames could be decoded" + (f" from {first * interval:g} s" if first else ""))
 
 
 def segment_windows(path: str | Path, sampling: Sampling) -> Iterator[Window]:

@@ -1,0 +1,134 @@
+"""Training clips as they are drawn: a clip read by seeking is the clip of the whole decode, each step's clips
+depend only on (seed, step), each worker reads only its share, readers decode a bounded number of steps ahead,
+and an unreadable video is named once, counted and replaced the same way whatever was met before."""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from s3d_retrieval.client.decode.video import VideoError, pad, sampled_frames
+from s3d_retrieval.model.clips import ClipSampling, Plan, read_clip
+from s3d_retrieval.model.narration import Line, NarratedVideo
+from s3d_retrieval.model.readers import ClipReader
+from tests.conftest import write_clip
+
+SAMPLING = ClipSampling(frames=8, fps=10, size=32)
+
+
+def whole_decode_clip(path: Path, first: int, sampling: ClipSampling) -> np.ndarray:
+    """What a clip starting at sample `first` is, from every frame of the video: kept inside it."""
+    frames = np.stack(list(sampled_frames(path, sampling.fps, sampling.size)))
+    first = min(first, len(frames) - sampling.frames)
+    return frames[first: first + sampling.frames]
+
+
+@pytest.mark.parametrize("fourcc,suffix,fps", [("VP80", "webm", 30), ("mp4v", "mp4", 25), ("MJPG", "avi", 7.5)])
+def test_a_clip_read_by_seeking_is_the_clip_of_the_whole_decode(tmp_path, fourcc, suffix, fps):
+    # Noise frames: a clip one frame early or late differs everywhere. WebM keeps millisecond timestamps, which a
+    # 30 fps file cannot hit exactly.
+    path = write_clip(tmp_path / f"clip.{suffix}", int(6 * fps), fps, fourcc=fourcc, seed=3)
+    samples = len(list(sampled_frames(path, SAMPLING.fps, SAMPLING.size)))
+    for first in (0, 1, 7, 23, samples - SAMPLING.frames, samples - 3, samples + 40):  # the last two run past the end
+        np.testing.assert_array_equal(read_clip(path, first, SAMPLING), whole_decode_clip(path, first, SAMPLING),
+                                      err_msg=f"first sample {first} of {samples}")
+
+
+def test_a_video_shorter_than_a_clip_is_padded(tmp_path):
+    path = write_clip(tmp_path / "short.avi", 5, 10, seed=4)
+    frames = list(sampled_frames(path, SAMPLING.fps, SAMPLING.size))
+    assert len(frames) == 5
+    np.testing.assert_array_equal(read_clip(path, 3, SAMPLING), pad(frames, 8))  # f0 f0 f1 f1 f2 f2 f3 f3
+
+
+def narrated(count: int, folder: Path = Path("/corpus")) -> list[NarratedVideo]:
+    return [NarratedVideo(folder / f"v{i:03}.webm", tuple(Line(4.0 * j, 4.0 * j + 2, f"video {i} line {j}")
+                                                          for j in range(5))) for i in range(count)]
+
+
+class FakeDecoder:
+    """Stands in for `read_clip`: a clip whose pixels encode (video number, first sample); counts its calls and
+    fails for the videos named bad."""
+
+    def __init__(self, bad: set[str] = frozenset()):
+        self.bad, self.calls, self.lock = bad, [], threading.Lock()
+
+    def __call__(self, path: Path, first: int, sampling: ClipSampling) -> np.ndarray:
+        with self.lock:
+            self.calls.append((path.name, first))
+        if path.name in self.bad:
+            raise VideoError(f"{path}: cannot be opened as a video (unsupported format or corrupt file)")
+        clip = np.zeros((sampling.frames, 2, 2, 3), np.int32)
+        clip[..., 0], clip[..., 1] = int(path.stem[1:]), first
+        return clip
+
+
+def read(videos, batch, steps, share=(0, 1), readers=2, decoder=None, log=None) -> list:
+    plan = Plan(videos, SAMPLING, candidates=2, seed=11)
+    reader = ClipReader(plan, batch, readers, share=share, log=log or (lambda _: None), read=decoder or FakeDecoder())
+    return [(b.clips[:, 0, 0, 0, :2].tolist(), b.texts) for b in reader.batches(*steps)]
+
+
+def test_the_clips_of_a_step_depend_only_on_seed_and_step():
+    videos = narrated(40)
+    whole = read(videos, 8, (0, 6))
+    assert read(videos, 8, (3, 6)) == whole[3:]  # a resumed run reads what the uninterrupted one did
+    assert read(videos, 8, (0, 6), readers=5) == whole  # however many readers
+    for clips, texts in whole:
+        assert len({video for video, _ in clips}) == 8  # distinct videos: no clip is another's false negative
+        for (video, first), (text, _) in zip(clips, zip(texts[::2], texts[1::2])):
+            line = int(text.split()[-1])
+            assert text.startswith(f"video {video} ")  # a clip's bag is its own video's narration...
+            assert abs((first + 4) / SAMPLING.fps - (4.0 * line + 1)) <= 1.0 + 0.05  # ...and the clip sits on it
+    assert whole[0] != whole[1]
+
+
+def test_each_worker_reads_only_its_share_of_the_global_batch():
+    videos = narrated(40)
+    whole = read(videos, 8, (0, 3))
+    decoders = [FakeDecoder(), FakeDecoder()]
+    shares = [read(videos, 8, (0, 3), share=(w, 2), decoder=decoders[w]) for w in (0, 1)]
+    for step, (clips, texts) in enumerate(whole):
+        assert shares[0][step][0] + shares[1][step][0] == clips and shares[0][step][1] + shares[1][step][1] == texts
+    assert len(decoders[0].calls) == len(decoders[1].calls) == 3 * 4  # half of each step's clips each
+    assert not {c[0] for c in decoders[0].calls[:4]} & {c[0] for c in decoders[1].calls[:4]}
+
+
+def test_readers_decode_nothing_up_front_and_a_bounded_number_of_steps_ahead():
+    decoder = FakeDecoder()
+    plan = Plan(narrated(1000), SAMPLING, candidates=2, seed=11)
+    reader = ClipReader(plan, 4, readers=2, prefetch=2, read=decoder)
+    batches = reader.batches(0, 100)
+    assert decoder.calls == []
+    next(batches)
+    assert len(decoder.calls) <= 3 * 4  # the step taken and two ahead, not the corpus nor the run
+    batches.close()
+
+
+def test_an_unreadable_video_is_named_once_counted_and_replaced_the_same_way_whatever_came_before():
+    videos = narrated(12)
+    clean = read(videos, 6, (0, 8))
+    drawn = [{v for v, _ in clips} for clips, _ in clean]
+    bad = min(drawn[1] - drawn[0])  # first met at step 1, and drawn again later
+    assert any(bad in later for later in drawn[2:])
+    name = f"v{bad:03}.webm"
+    said: list[str] = []
+    broken = read(videos, 6, (0, 8), decoder=FakeDecoder({name}), log=said.append)
+    assert said == [f"skipped {Path('/corpus') / name}: cannot be opened as a video (unsupported format or "
+                    "corrupt file)"]  # once, though later steps draw it too
+    assert broken[0] == clean[0]
+    for (clips, _), (was, _) in zip(broken[1:], clean[1:]):
+        assert bad not in {v for v, _ in clips} and len({v for v, _ in clips}) == 6  # replaced by an unplanned video
+        assert [c for c in clips if c in was] == [c for c in was if c[0] != bad]  # the other slots are untouched
+    # a run resumed after the failure (it never met the bad video before) replaces it with the same clips
+    assert read(videos, 6, (2, 8), decoder=FakeDecoder({name})) == broken[2:]
+
+
+def test_data_that_cannot_be_read_at_all_is_one_clear_error():
+    from s3d_retrieval.model.narration import DataError
+
+    bad = FakeDecoder({f"v{i:03}.webm" for i in range(6)})
+    with pytest.raises(DataError, match="videos in a row could not be read"):
+        read(narrated(6), 2, (0, 1), decoder=bad)
