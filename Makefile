@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCK) | cksum | cut -d
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help setup lock browser test ui k8s-check image client-image demo demo-model moments corpus standin model export serve bench clean
+.PHONY: help setup lock browser test ui k8s-check image client-image train-image demo demo-model moments corpus standin model export serve bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -35,7 +35,7 @@ browser: ## Debian's Chromium for the search page's browser test (apt-get, as ro
 test: setup k8s-check ## validate the Kubernetes manifests, then run the whole suite in one pytest process
 	$(PY) -m pytest -q
 
-k8s-check: setup ## render the Kubernetes manifests (gpu/cpu x image/init, indexing Jobs, search page) and validate them offline, strictly
+k8s-check: setup ## render the Kubernetes manifests (gpu/cpu x image/init, indexing Jobs, search page, training Job) and validate them offline, strictly
 	$(PY) -m serving.manifests check
 
 IMAGE_VARIANT ?= gpu
@@ -46,12 +46,15 @@ image: model ## build the TF Serving image with MODEL_DIR baked in (needs a Dock
 client-image: ## build the thin client image for indexing Jobs (no TensorFlow; needs a Docker engine)
 	docker build -f serving/client.Dockerfile -t s3d-client:1 .
 
+train-image: ## build the training image for the multi-worker training Job (TensorFlow GPU; needs a Docker engine)
+	docker build -f serving/train.Dockerfile -t s3d-train:1 .
+
 DEMO_MODULE    := model/demo/s3d-demo-tiny
 DEMO_MODEL_DIR := out/demo/models/s3d_milnce
 CORPUS         := out/corpus
 DEMO_STEPS     ?= 8000
 DEMO_TRAIN      = $(PY) -m model train --data $(CORPUS)/train --heldout $(CORPUS)/heldout/queries.csv \
-                    --size tiny --steps $(DEMO_STEPS) --candidates 2 --checkpoint-every 500
+                    --size tiny --steps $(DEMO_STEPS) --checkpoint-every 500
 
 demo: setup ## the main job, offline: serve the trained demo model, search held-out clips and a story video, write out/demo/report.html
 	@ls -d $(DEMO_MODEL_DIR)/[0-9]* >/dev/null 2>&1 || $(PY) -m export --source $(DEMO_MODULE) --model-dir $(DEMO_MODEL_DIR)
@@ -97,8 +100,9 @@ INDEX ?= out/demo/index
 ui: setup ## the search page at http://localhost:8080/ over INDEX (default: the demo's), asking a running `make serve`
 	$(PY) -m client ui --index $(INDEX) $(UI_FLAGS)
 
-bench: model ## speed figures measured in one run, side by side as ratios (model, client, served path)
+bench: model ## speed figures measured in one run, side by side as ratios (model, training at scale, client, served path)
 	$(PY) -m model.bench
+	$(PY) -m model.training_bench
 	$(PY) -m client.bench
 	$(PY) -m client.milvus.bench
 	$(PY) -m serving.bench --model-dir $(MODEL_DIR)

@@ -80,14 +80,18 @@ def add_train_parser(verbs) -> None:
     train.add_argument("--frames", type=int, help="frames per clip (tiny 16, full 32)")
     train.add_argument("--image-size", type=int, help="clip height and width (tiny 64, full 224)")
     train.add_argument("--fps", type=float, help="sampling rate of clips (10)")
-    train.add_argument("--candidates", type=int, default=3,
+    train.add_argument("--candidates", type=int, default=2,
                        help="K: a clip's bag of positives is its narration and the K-1 nearest in time")
-    train.add_argument("--lr", type=float, default=1e-3, help="peak Adam learning rate (warm-up, cosine decay)")
+    train.add_argument("--lr", type=float, default=1e-3,
+                       help="peak Adam learning rate (5%% warm-up, then cosine decay to a tenth of it)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--init", help="fine-tune from this module (its vocabulary and word vectors are kept)")
     train.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints")
     train.add_argument("--heldout", type=Path, help="video_id,sentence CSV (videos beside it) for held-out figures")
     train.add_argument("--readers", type=int, help="threads decoding clips as they are drawn (one per core)")
+    train.add_argument("--cache-mb", type=int, default=0,
+                       help="keep up to this many MB of decoded videos in memory (small corpora: a video drawn "
+                            "again is not decoded again; the same clips); 0: off")
     train.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
                        help="compute type of the video tower (bfloat16: mixed precision for GPUs and TPUs)")
     train.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True,
@@ -99,9 +103,10 @@ def run_training(args) -> int:
     from s3d_retrieval.client.decode.video import Sampling
     from s3d_retrieval.model.clips import DEFAULT_SAMPLING, ClipSampling
 
-    if min(args.steps, args.batch, args.candidates, args.checkpoint_every, args.readers or 1) < 1 or args.lr <= 0:
-        print("error: --steps, --batch, --candidates, --checkpoint-every and --readers must be >= 1 and --lr > 0",
-              file=sys.stderr)
+    counts = (args.steps, args.batch, args.candidates, args.checkpoint_every, 1 if args.readers is None else args.readers)
+    if min(counts) < 1 or args.lr <= 0 or args.cache_mb < 0:
+        print("error: --steps, --batch, --candidates, --checkpoint-every and --readers must be >= 1, --lr > 0 and "
+              "--cache-mb >= 0", file=sys.stderr)
         return 2
     if args.batch < 2:
         print("error: --batch must be at least 2: the other clips of a batch are the negatives", file=sys.stderr)
@@ -131,7 +136,7 @@ def run_training(args) -> int:
         if args.deterministic:  # this process is ours: the library leaves global state to its caller
             tf.config.experimental.enable_op_determinism()
         start = time.perf_counter()
-        out = train(settings, args.out, args.checkpoint_every, readers=args.readers)
+        out = train(settings, args.out, args.checkpoint_every, readers=args.readers, cache_mb=args.cache_mb)
     except (DataError, ModuleError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -21,6 +21,7 @@ import tensorflow_hub as hub
 
 from s3d_retrieval.client.files import folder_bytes
 from s3d_retrieval.model.clips import DEFAULT_SAMPLING
+from s3d_retrieval.model.readers import ClipReader
 from s3d_retrieval.model.network import Network
 from s3d_retrieval.model.standin import write_standin
 from s3d_retrieval.model.text import vocabulary_table
@@ -69,7 +70,7 @@ def batchnorm(steps: int = 16, lr: float = 1e-4) -> None:
     BatchNorm offset compares with the loss's slope along it (central differences, step 1e-3)."""
     import tempfile as temp
 
-    from s3d_retrieval.model.clips import ClipSampling, FrameCache, Sampler
+    from s3d_retrieval.model.clips import ClipSampling, Plan
     from s3d_retrieval.model.corpus import write_corpus
     from s3d_retrieval.model.loss import milnce_loss
     from s3d_retrieval.model.narration import read_dataset
@@ -88,12 +89,10 @@ def batchnorm(steps: int = 16, lr: float = 1e-4) -> None:
                 settings = Settings(str(world / "train"), "tiny", 100, 4, sampling, 2, lr, 7, None)
                 data = read_dataset(world / "train")
                 module, _ = initial_module(settings, [line.text for v in data.videos for line in v.lines])
-                sampler = Sampler(data.videos, FrameCache(Path(tmp) / f"frames{seed}-{size}", sampling).frames,
-                                  sampling, 2, 7)
+                reader = ClipReader(Plan(data.videos, sampling, 2, 7), 4, readers=2)
                 net = Network(module.config, vocabulary_table(words=module.vocabulary))
-                for step in range(3):
+                for step, batch in enumerate(reader.batches(0, 3)):
                     assign(net, module.weights)
-                    batch = sampler.batch(step, 4)
                     clips, texts = tf.constant(batch.clips, tf.float32) / 255.0, tf.constant(batch.texts)
                     loss = lambda: milnce_loss(net.video(clips, training=True)["video_embedding"],  # noqa: E731
                                                tf.reshape(net.text(texts)["text_embedding"], [4, 2, -1]))
@@ -108,8 +107,8 @@ def batchnorm(steps: int = 16, lr: float = 1e-4) -> None:
                     down = float(loss())
                     offset.assign_add(nudge)
                     ratios.append(float(tf.norm(grad)) / max(abs(up - down) / 2e-3, 1e-9))
-                    trainer = Trainer(net, settings, freeze_words=False)
-                    losses = [trainer.step(batch.clips, batch.texts, lr) for _ in range(steps)]
+                    trainer = Trainer(net, settings, freeze_words=False, learning_rate=lr)
+                    losses = [trainer.step(batch.clips, batch.texts) for _ in range(steps)]
                     drops.append(1 - np.mean(losses[-3:]) / losses[0])
             print(f"  {f'{frames}x{size}x{size}':18} {batchnorm_values(4, sampling):6} "
                   f"{f'{100 * min(drops):.0f}-{100 * max(drops):.0f}%':>32} "
@@ -159,14 +158,14 @@ def training_step(batch: int = 16, candidates: int = 2) -> None:
     module, _ = initial_module(settings, sentences)
     net = Network(module.config, vocabulary_table(words=module.vocabulary))
     assign(net, module.weights)
-    trainer = Trainer(net, settings, freeze_words=False)
+    trainer = Trainer(net, settings, freeze_words=False, learning_rate=1e-4)
     clips = np.random.default_rng(0).integers(0, 256, (batch, sampling.frames, sampling.size, sampling.size, 3),
                                               dtype=np.uint8)
     texts = [sentences[i % 2] for i in range(batch * candidates)]
     start = time.perf_counter()
-    trainer.step(clips, texts, 1e-4)
+    trainer.step(clips, texts)
     trace = time.perf_counter() - start
-    step = _seconds(lambda: trainer.step(clips, texts, 1e-4), repeat=10)
+    step = _seconds(lambda: trainer.step(clips, texts), repeat=10)
     images = tf.constant(clips, tf.float32) / 255.0
     infer = tf.function(lambda x: net.video(x)["video_embedding"])
     forward = _seconds(lambda: infer(images), repeat=10)

@@ -31,7 +31,8 @@ class Cluster:
 
     @property
     def local_replicas(self) -> int:
-        return self.replicas // self.workers
+        """Replicas on this worker's devices."""
+        return self.replicas if self.workers == 1 else len(self.strategy.extended.worker_devices)
 
     def describe(self) -> str:
         if self.replicas == 1:
@@ -43,18 +44,30 @@ def cluster_from_environment() -> Cluster:
     """The strategy for this process, from TF_CONFIG and the visible GPUs."""
     config = os.environ.get("TF_CONFIG")
     if config:
-        try:
-            spec = json.loads(config)
-            tasks = spec["cluster"]
-            task = spec["task"]
-            workers = len(tasks.get("chief", [])) + len(tasks.get("worker", []))
-            index = int(task["index"]) + (len(tasks.get("chief", [])) if task["type"] == "worker" else 0)
-        except (ValueError, KeyError, TypeError) as err:
-            raise DataError(f"TF_CONFIG is not a cluster spec ({err}); set it as "
-                            '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": N}}'
-                            ) from None
+        workers, index = _task(config)
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
-        return Cluster(strategy, index, workers, index == 0)
+        cluster = Cluster(strategy, index, workers, index == 0)
+        if cluster.local_replicas * workers != cluster.replicas:
+            raise DataError(f"worker {index} has {cluster.local_replicas} device(s) of the cluster's {cluster.replicas}:"
+                            " every worker needs as many GPUs (each reads an equal share of the batch)")
+        return cluster
     gpus = tf.config.list_logical_devices("GPU")
     strategy = tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
     return Cluster(strategy, 0, 1, True)
+
+
+def _task(config: str) -> tuple[int, int]:
+    """(workers, this worker's index) from TF_CONFIG: chief and worker tasks only, a list of hosts each."""
+    usage = ('set it as {"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": N}}')
+    try:
+        spec = json.loads(config)
+        tasks, task = spec["cluster"], spec["task"]
+        hosts = {kind: tasks.get(kind, []) for kind in ("chief", "worker")}
+        if set(tasks) - set(hosts) or not all(isinstance(h, list) for h in hosts.values()):
+            raise ValueError("only chief and worker tasks, each a list of host:port")
+        chiefs, index = len(hosts["chief"]), int(task["index"])
+        if task["type"] not in hosts or not 0 <= index < len(hosts[task["type"]]):
+            raise ValueError(f"task {task['type']} {index} is not in the cluster")
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise DataError(f"TF_CONFIG is not a cluster spec ({err}); {usage}") from None
+    return chiefs + len(hosts["worker"]), index + (chiefs if task["type"] == "worker" else 0)

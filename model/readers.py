@@ -2,20 +2,21 @@
 (OpenCV releases the GIL while it decodes), `prefetch` steps ahead, and a video that cannot be read is named,
 skipped and counted when it is met, its slot taken by a replacement (`Plan.replacement`).
 
-Memory is bounded by design: at most `prefetch` + 1 steps of clips exist at once, whatever the corpus.
+Memory is bounded by design: at most `prefetch` + 2 steps of clips exist at once (those read ahead, the one being
+assembled and the one training), whatever the corpus.
 """
 from __future__ import annotations
 
 import os
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from s3d_retrieval.client.decode.video import VideoError
+from s3d_retrieval.client.decode.video import VideoError, pad, sampled_frames
 from s3d_retrieval.model.clips import Batch, ClipSampling, Draw, Plan, read_clip
 from s3d_retrieval.model.narration import DataError
 
@@ -26,6 +27,55 @@ ATTEMPTS = 32  # replacements tried for one slot before the data is declared unr
 def default_readers() -> int:
     """One reader per core this process may use (a container's CPU set, not the host's)."""
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+class FrameCache:
+    """Optional, for small corpora: whole videos' sampled frames kept in memory up to `limit` bytes (least recently
+    used out first), so a video drawn again is not decoded again. A video larger than an eighth of the limit is
+    never kept (its clips are read by seeking). The clip it cuts is the clip `read_clip` decodes."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._videos: OrderedDict[Path, np.ndarray] = OrderedDict()
+        self._large: set[Path] = set()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def read(self, path: Path, first: int, sampling: ClipSampling) -> np.ndarray:
+        with self._lock:
+            frames = self._videos.get(path)
+            if frames is not None:
+                self._videos.move_to_end(path)
+            large = path in self._large
+        if large:
+            return read_clip(path, first, sampling)
+        if frames is None:
+            frames = self._decode(path, sampling)
+            if frames is None:
+                return read_clip(path, first, sampling)
+        length = sampling.frames
+        if len(frames) < length:
+            return pad(list(frames), length)
+        first = min(first, len(frames) - length)
+        return frames[first: first + length]
+
+    def _decode(self, path: Path, sampling: ClipSampling) -> np.ndarray | None:
+        kept, size = [], 0
+        for frame in sampled_frames(path, sampling.fps, sampling.size):
+            kept.append(frame)
+            size += frame.nbytes
+            if size > self.limit // 8:
+                with self._lock:
+                    self._large.add(path)
+                return None
+        frames = np.stack(kept)
+        with self._lock:
+            if path not in self._videos:
+                self._videos[path] = frames
+                self._bytes += frames.nbytes
+            while self._bytes > self.limit:
+                self._bytes -= self._videos.popitem(last=False)[1].nbytes
+        return frames
 
 
 class ClipReader:
@@ -40,10 +90,11 @@ class ClipReader:
         local = batch // workers
         self.slots = range(index * local, (index + 1) * local)
         self.skipped: dict[Path, str] = {}  # video -> why, in the order they were met
+        self._unopenable: set[Path] = set()  # fail whatever the span: not decoded again
         self._lock = threading.Lock()
 
     def batches(self, start: int, stop: int) -> Iterator[Batch]:
-        """This worker's batch of each step in [start, stop), in order."""
+        """This worker's batch of each step in [start, stop), in order; `prefetch` steps are read ahead."""
         with ThreadPoolExecutor(self.readers, thread_name_prefix="clip-reader") as pool:
             pending: deque[list[Future]] = deque()
             step = start
@@ -56,26 +107,34 @@ class ClipReader:
                                         for slot in self.slots])
                         step += 1
                     results = [future.result() for future in pending.popleft()]
-                    yield Batch(np.stack([clip for clip, _ in results]), [t for _, texts in results for t in texts])
+                    batch = Batch(np.stack([clip for clip, _ in results]), [t for _, texts in results for t in texts])
+                    del results
+                    yield batch
+                    del batch
             finally:
                 for futures in pending:
                     for future in futures:
                         future.cancel()
 
     def _slot(self, step: int, slot: int, draw: Draw, planned: set[int]) -> tuple[np.ndarray, list[str]]:
-        for attempt in range(ATTEMPTS + 1):
+        """The planned clip, or the first replacement that reads. Whether a clip reads depends on the file and the
+        span only, so the outcome does not depend on what this process met before."""
+        for attempt in range(ATTEMPTS):
             path = self.plan.path(draw)
-            if path not in self.skipped:  # a known-bad video fails again: skip it without decoding
+            if path not in self._unopenable:
                 try:
                     return self.read(path, draw.first, self.plan.sampling), self.plan.texts(draw)
                 except (VideoError, OSError) as err:
-                    self._skip(path, str(err).removeprefix(f"{path}: "))
+                    self._skip(path, str(err).removeprefix(f"{path}: "),
+                               unopenable=not path.is_file() or "cannot be opened" in str(err))
             draw = self.plan.replacement(step, slot, attempt, planned)
-        raise DataError(f"{self.plan.path(draw).parent}: {ATTEMPTS} videos in a row could not be read "
-                        f"({len(self.skipped)} skipped so far); check the data")
+        raise DataError(f"{self.plan.path(draw).parent}: {ATTEMPTS} clips in a row could not be read "
+                        f"({len(self.skipped)} videos skipped so far); check the data")
 
-    def _skip(self, path: Path, why: str) -> None:
+    def _skip(self, path: Path, why: str, unopenable: bool) -> None:
         with self._lock:
+            if unopenable:
+                self._unopenable.add(path)
             if path in self.skipped:
                 return
             self.skipped[path] = why

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import itertools
 import json
 import math
 import shutil
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -36,14 +38,14 @@ from s3d_retrieval.client.files import atomic_write
 from s3d_retrieval.client.library.evalset import read_sentences
 from s3d_retrieval.client.library.evaluate import clip_scores
 from s3d_retrieval.client.library.metrics import ranks, summary
-from s3d_retrieval.model.clips import Batch, ClipSampling, Plan
+from s3d_retrieval.model.clips import Batch, ClipSampling, Plan, read_clip
 from s3d_retrieval.model.config import SIZES
 from s3d_retrieval.model.distribute import Cluster, cluster_from_environment
 from s3d_retrieval.model.hub_format import Module, read_module, write_module
 from s3d_retrieval.model.loss import milnce_rows
 from s3d_retrieval.model.narration import DataError, read_dataset
 from s3d_retrieval.model.network import Network
-from s3d_retrieval.model.readers import PREFETCH, ClipReader, default_readers
+from s3d_retrieval.model.readers import PREFETCH, ClipReader, FrameCache, default_readers
 from s3d_retrieval.model.text import vocabulary_table
 from s3d_retrieval.model.vocab import build_vocabulary
 from s3d_retrieval.model.weights import assign, snapshot, standin_weights
@@ -77,24 +79,32 @@ class Settings:
         return dataclasses.asdict(self)
 
 
+# Where the cosine decay ends, as a fraction of --lr. On 120 narrated videos, 800 steps of batch 16 (README
+# "Training", the curves): decaying to a tenth ended at the lowest loss and the best held-out R@5; to zero, the
+# loss stalled over the last quarter; a constant rate ended between the two.
+FINAL_LR = 0.1
+
+
 def schedule(settings: Settings) -> keras.optimizers.schedules.LearningRateSchedule:
-    """Linear warm-up over the first 5% of steps, then cosine decay to zero at the last step."""
+    """Linear warm-up over the first 5% of steps, then cosine decay to a tenth of --lr at the last step."""
     warmup = max(1, settings.steps // 20)
-    return keras.optimizers.schedules.CosineDecay(settings.lr / warmup, max(1, settings.steps - warmup), alpha=0.0,
-                                                  warmup_target=settings.lr, warmup_steps=warmup)
+    return keras.optimizers.schedules.CosineDecay(settings.lr / warmup, max(1, settings.steps - warmup),
+                                                  alpha=FINAL_LR, warmup_target=settings.lr, warmup_steps=warmup)
 
 
 class Trainer:
     """The network, its optimiser, its checkpoints and one compiled training step over the cluster's replicas."""
 
-    def __init__(self, net: Network, settings: Settings, freeze_words: bool, cluster: Cluster | None = None):
+    def __init__(self, net: Network, settings: Settings, freeze_words: bool, cluster: Cluster | None = None,
+                 learning_rate: float | None = None):
+        """`learning_rate`: a constant one instead of the run's schedule (for experiments on fixed batches)."""
         self.net, self.settings = net, settings
         self.cluster = cluster = cluster or Cluster(tf.distribute.get_strategy(), 0, 1, True)
         self.trainable = [v for v in net.trainable_variables
                           if not (freeze_words and v is net.text.embedding)]
-        self.schedule = schedule(settings)
+        self.rate = schedule(settings) if learning_rate is None else learning_rate
         with cluster.strategy.scope():
-            self.optimizer = keras.optimizers.Adam(self.schedule)
+            self.optimizer = keras.optimizers.Adam(self.rate)
             self.optimizer.build(self.trainable)
         self.checkpoint = tf.train.Checkpoint(network=net, optimizer=self.optimizer)
         dtype, k, batch = PRECISIONS[settings.precision], settings.candidates, settings.batch
@@ -129,7 +139,7 @@ class Trainer:
         return int(self.optimizer.iterations.numpy())
 
     def learning_rate(self, step: int) -> float:
-        return float(self.schedule(step))
+        return float(self.rate(step)) if callable(self.rate) else self.rate
 
     def step(self, clips: np.ndarray, texts: list[str]) -> float:
         """One step on this worker's share of the global batch; returns the global batch's mean loss."""
@@ -146,20 +156,34 @@ class Trainer:
         return float(self._step(part(clips, 1), part(texts, k)))
 
     def save(self, work: Path) -> None:
-        """Every worker saves (as tf.distribute requires); only the chief's copy is kept."""
-        folder = work / CHECKPOINTS if self.cluster.chief else work / f"{CHECKPOINTS}-worker{self.cluster.worker}"
-        manager = tf.train.CheckpointManager(self.checkpoint, str(folder),
-                                             max_to_keep=KEEP_CHECKPOINTS if self.cluster.chief else 1)
-        manager.save(checkpoint_number=self.steps_done)
-        if not self.cluster.chief:
-            shutil.rmtree(folder, ignore_errors=True)
+        """Every worker saves (as tf.distribute requires); only the chief's copy is kept, the others go to a
+        scratch folder on local disk, never into the shared run folder."""
+        if self.cluster.chief:
+            manager = tf.train.CheckpointManager(self.checkpoint, str(work / CHECKPOINTS), max_to_keep=KEEP_CHECKPOINTS)
+            manager.save(checkpoint_number=self.steps_done)
+            return
+        scratch = tempfile.mkdtemp(prefix="s3d-checkpoint-")
+        try:
+            tf.train.CheckpointManager(self.checkpoint, scratch, max_to_keep=1).save(checkpoint_number=self.steps_done)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
 
     def restore(self, work: Path) -> int:
-        """Restore the last complete checkpoint of the run, if any; the step it was taken at."""
+        """Restore the last complete checkpoint of the run, if any; the step it was taken at, which every worker
+        must agree on (a run folder that is not really shared, or read while the chief was saving, would not)."""
         latest = tf.train.latest_checkpoint(str(work / CHECKPOINTS))
         if latest:
             self.checkpoint.restore(latest).assert_existing_objects_matched()
-        return self.steps_done
+        step = self.steps_done
+        if self.cluster.workers > 1:
+            strategy = self.cluster.strategy
+            steps = strategy.run(lambda: tf.constant(step, tf.int64))
+            low, high = (int(strategy.reduce(op, steps, axis=None)) for op in (tf.distribute.ReduceOp.MIN,
+                                                                               tf.distribute.ReduceOp.MAX))
+            if low != high:
+                raise DataError(f"the workers found checkpoints of steps {low} and {high} in {work / CHECKPOINTS}: "
+                                "--out must be one folder every worker shares; start them all again")
+        return step
 
 
 def batchnorm_values(batch: int, sampling: ClipSampling) -> int:
@@ -211,13 +235,15 @@ def check_replicas(settings: Settings, cluster: Cluster) -> None:
 
 def train(settings: Settings, out: Path, checkpoint_every: int = 100, progress: bool | None = None,
           log: Callable[[str], None] = print, stop_after: int | None = None, readers: int | None = None,
-          prefetch: int = PREFETCH, cluster: Cluster | None = None) -> Path | None:
+          prefetch: int = PREFETCH, cluster: Cluster | None = None, cache_mb: int = 0) -> Path | None:
     """Train and publish the module at `out` (the chief does); resumes from `<out>.train/` when it holds the
     same run. `cluster` defaults to the one the environment describes (TF_CONFIG, GPUs).
 
     `stop_after` ends the run early after that many steps of this call, with a checkpoint and no module
-    (what a kill between checkpoints leaves, minus the lost steps); used to test resuming.
+    (what a kill between checkpoints leaves, minus the lost steps); used to test resuming. `cache_mb` keeps up to
+    that many MB of decoded videos in memory (`model.readers.FrameCache`: for small corpora; the same clips).
     """
+    begun = time.perf_counter()
     if out.exists():
         raise DataError(f"{out} already exists; pass a new --out folder or remove it first")
     work = out.parent / f"{out.name}.train"
@@ -241,57 +267,24 @@ def train(settings: Settings, out: Path, checkpoint_every: int = 100, progress: 
         net = Network(start_module.config, vocabulary_table(words=start_module.vocabulary))
         assign(net, start_module.weights)
     trainer = Trainer(net, settings, freeze_words, cluster)
-    if cluster.chief:
-        atomic_write(run_file, lambda f: f.write(json.dumps(settings.as_json(), indent=2) + "\n"), "w")
     step = trainer.restore(work)
-    rows = _read_log(work / LOG, step)
-    if step:
-        log(f"resuming {work} at step {step} of {settings.steps}")
+    read = FrameCache(cache_mb * 2**20).read if cache_mb else read_clip
     reader = ClipReader(Plan(dataset.videos, settings.sampling, settings.candidates, settings.seed), settings.batch,
-                        readers or default_readers(), prefetch, (cluster.worker, cluster.workers), log)
+                        readers or default_readers(), prefetch, (cluster.worker, cluster.workers), log, read)
     log(f"training on {len(dataset.videos)} narrated videos, {len(narrations)} narrations, vocabulary "
         f"{len(start_module.vocabulary)} words, {cluster.describe()}, {reader.readers} clip readers")
-    summaries = (tf.summary.create_file_writer(str(work / TENSORBOARD)) if cluster.chief
-                 else tf.summary.create_noop_writer())
-    started = time.perf_counter()
-    bar = tqdm(total=settings.steps, initial=step, unit="step", desc="training", file=sys.stderr,
-               disable=not cluster.chief or not (sys.stderr.isatty() if progress is None else progress))
     batches = reader.batches(step, settings.steps)
-    done_here = 0
-    while step < settings.steps:
-        tick = time.perf_counter()
-        batch: Batch = next(batches)
-        waited = time.perf_counter() - tick
-        lr = trainer.learning_rate(step)
-        loss = trainer.step(batch.clips, batch.texts)
-        if not math.isfinite(loss):
-            raise DataError(f"the loss became {loss} at step {step}; lower --lr (now {settings.lr:g})")
-        rate = settings.batch / (time.perf_counter() - tick)
-        rows.append({"step": step, "loss": f"{loss:.5f}", "lr": f"{lr:.3g}", "clips_per_s": f"{rate:.1f}",
-                     "input_wait_s": f"{waited:.4f}"})
-        with summaries.as_default(step=step):
-            for name, value in (("loss", loss), ("learning_rate", lr), ("clips_per_s", rate), ("input_wait_s", waited)):
-                tf.summary.scalar(name, value)
-        step += 1
-        done_here += 1
-        bar.set_postfix(loss=f"{loss:.3f}", clips_s=f"{rate:.0f}")
-        bar.update()
-        if step % checkpoint_every == 0 or step == settings.steps or done_here == stop_after:
-            if cluster.chief:  # the log first: a kill between the two leaves rows the resume drops, none missing
-                _write_log(work / LOG, rows)
-                summaries.flush()
-            trainer.save(work)
-            if bar.disable and cluster.chief:  # no progress bar (not a terminal): a line per checkpoint instead
-                recent = [float(r["loss"]) for r in rows[-checkpoint_every:]]
-                log(f"step {step}/{settings.steps}: loss {np.mean(recent):.3f}, {rate:.0f} clips/s")
-        if done_here == stop_after:
-            break
-    batches.close()
-    bar.close()
-    summaries.close()
+    try:
+        first = list(itertools.islice(batches, 1))  # data that cannot be read at all is refused here, before the
+        if cluster.chief:                            # run writes anything
+            atomic_write(run_file, lambda f: f.write(json.dumps(settings.as_json(), indent=2) + "\n"), "w")
+        step, rows = _loop(settings, work, trainer, itertools.chain(first, batches), step, cluster, checkpoint_every,
+                           progress, log, stop_after, begun)
+    finally:
+        batches.close()
     if step < settings.steps or not cluster.chief:
         return None
-    seconds = time.perf_counter() - started
+    seconds = time.perf_counter() - begun
     heldout = heldout_figures(net, Path(settings.heldout), settings.sampling) if settings.heldout else None
     losses = [float(r["loss"]) for r in rows]
     skipped = [str(p) for p in dataset.unnarrated] + dataset.missing + [str(p) for p in reader.skipped]
@@ -311,6 +304,57 @@ def train(settings: Settings, out: Path, checkpoint_every: int = 100, progress: 
     }
     write_module(out, start_module.config, snapshot(net), start_module.vocabulary, manifest=manifest)
     return out
+
+
+def _loop(settings: Settings, work: Path, trainer: Trainer, batches: Iterator[Batch], step: int, cluster: Cluster,
+          checkpoint_every: int, progress: bool | None, log: Callable[[str], None], stop_after: int | None,
+          begun: float) -> tuple[int, list[dict]]:
+    """Steps from `step` to the end (or `stop_after` steps): log, TensorBoard and checkpoints, the chief's alone.
+    Returns the step reached and the log's rows."""
+    rows = _read_log(work / LOG, step)
+    if step:
+        log(f"resuming {work} at step {step} of {settings.steps}")
+    summaries = (tf.summary.create_file_writer(str(work / TENSORBOARD)) if cluster.chief
+                 else tf.summary.create_noop_writer())
+    bar = tqdm(total=settings.steps, initial=step, unit="step", desc="training", file=sys.stderr,
+               disable=not cluster.chief or not (sys.stderr.isatty() if progress is None else progress))
+    done_here = 0
+    try:
+        while step < settings.steps:
+            tick = time.perf_counter()
+            batch = next(batches)
+            waited = time.perf_counter() - tick
+            lr = trainer.learning_rate(step)
+            loss = trainer.step(batch.clips, batch.texts)
+            if not math.isfinite(loss):
+                raise DataError(f"the loss became {loss} at step {step}; lower --lr (now {settings.lr:g})")
+            rate = settings.batch / (time.perf_counter() - tick)
+            rows.append({"step": step, "loss": f"{loss:.5f}", "lr": f"{lr:.3g}", "clips_per_s": f"{rate:.1f}",
+                         "input_wait_s": f"{waited:.4f}"})
+            with summaries.as_default(step=step):
+                for name, value in (("loss", loss), ("learning_rate", lr), ("clips_per_s", rate),
+                                    ("input_wait_s", waited)):
+                    tf.summary.scalar(name, value)
+            step += 1
+            done_here += 1
+            if done_here == 1:
+                log(f"first step done {time.perf_counter() - begun:.1f} s after the start")
+            bar.set_postfix(loss=f"{loss:.3f}", clips_s=f"{rate:.0f}")
+            bar.update()
+            if step % checkpoint_every == 0 or step == settings.steps or done_here == stop_after:
+                if cluster.chief:  # the log first: a kill between the two leaves rows the resume drops, none missing
+                    _write_log(work / LOG, rows)
+                    summaries.flush()
+                trainer.save(work)
+                if bar.disable and cluster.chief:  # no progress bar (not a terminal): a line per checkpoint instead
+                    recent = [float(r["loss"]) for r in rows[-checkpoint_every:]]
+                    log(f"step {step}/{settings.steps}: loss {np.mean(recent):.3f}, {rate:.0f} clips/s")
+            if done_here == stop_after:
+                break
+    finally:
+        bar.close()
+        summaries.close()
+    return step, rows
 
 
 def heldout_figures(net: Network, queries_csv: Path, sampling: ClipSampling) -> dict:

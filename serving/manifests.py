@@ -17,11 +17,16 @@ strictly against the pinned Kubernetes version (offline schemas of `kubernetes-v
   Milvus collection (no shard PVC, no merge).
 - `render --ui [--client-image IMAGE] [--milvus URI [--collection NAME]]`: the search page's Deployment and
   Service (`serving/k8s-ui/`), over the merged index on its PVC or over the Milvus collection.
+- `render --training [--workers N] [--gpus G] [--training-image IMAGE]`: the multi-worker MIL-NCE training Job
+  (`serving/k8s-training/`): N workers with stable names behind a headless Service, TF_CONFIG from each one's
+  completion index, G GPUs each (0: CPU workers), the run folder on a shared volume.
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
+import re
 import sys
 from pathlib import Path
 
@@ -36,7 +41,15 @@ TEMPLATES = Path(__file__).resolve().parent / "k8s"
 INDEXING_TEMPLATES = Path(__file__).resolve().parent / "k8s-indexing"
 UI_TEMPLATES = Path(__file__).resolve().parent / "k8s-ui"
 MILVUS_TEMPLATES = Path(__file__).resolve().parent / "k8s-milvus"  # values.yaml is Helm's, policy.yaml ours
+TRAINING_TEMPLATES = Path(__file__).resolve().parent / "k8s-training"
 CLIENT_IMAGE = "s3d-client:1"  # serving/client.Dockerfile
+TRAINING_IMAGE = "s3d-train:1"  # serving/train.Dockerfile
+COLLECTIVE_PORT = 2222
+# Clips per GPU (or CPU worker) and step: 16x224x224 clips at 64 a step take ~30 GiB of an 80 GiB GPU and run
+# at the throughput plateau (../shared/reference/capacity.md); the global --batch is this times the replicas.
+REPLICA_BATCH = 64
+# Clip readers (and cores) per GPU: ~26 keep an H100 fed from 720p sources, ~7 from 360p (README "Training").
+READERS_PER_GPU = 16
 CONFIG_MAP = "s3d-milnce-config"
 BAKED_IMAGE = "s3d-milnce-serving:1"
 INIT_IMAGE = "rclone/rclone:1.68.2"
@@ -157,6 +170,35 @@ def render_ui(image: str = CLIENT_IMAGE, milvus: str | None = None, collection: 
     return docs
 
 
+def render_training(workers: int = 2, gpus: int = 1, image: str = TRAINING_IMAGE,
+                    replica_batch: int = REPLICA_BATCH) -> list[dict]:
+    """The training Job of `workers` workers with `gpus` GPUs each (0: CPU only), its headless Service and the
+    run folder's PVC; the global batch is `replica_batch` clips for each GPU (or CPU worker)."""
+    if workers < 1 or gpus < 0 or replica_batch < 1:
+        raise ValueError("workers and the batch per replica must be at least 1, gpus at least 0")
+    docs = _with_image(_load(TRAINING_TEMPLATES), image)
+    job = next(d for d in docs if d["kind"] == "Job")
+    name = job["metadata"]["name"]
+    job["spec"]["completions"] = job["spec"]["parallelism"] = workers
+    pod = job["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    hosts = [f"{name}-{i}.{pod['subdomain']}:{COLLECTIVE_PORT}" for i in range(workers)]
+    next(e for e in container["env"] if e["name"] == "TF_CLUSTER")["value"] = json.dumps(hosts)
+    replicas = max(gpus, 1)  # per worker
+    batch = replica_batch * workers * replicas
+    container["args"] = [re.sub(r"--readers \d+", f"--readers {READERS_PER_GPU * replicas}",
+                                re.sub(r"--batch \d+", f"--batch {batch}", arg)) for arg in container["args"]]
+    for section, memory in (("requests", 48), ("limits", 64)):  # GiB per GPU: decoded clips, prefetch, the step
+        container["resources"][section].update(cpu=str(READERS_PER_GPU * replicas), memory=f"{memory * replicas}Gi")
+    for section in ("requests", "limits"):
+        container["resources"][section][GPU] = str(gpus)
+    if not gpus:
+        for section in ("requests", "limits"):
+            container["resources"][section].pop(GPU)
+        del pod["nodeSelector"], pod["tolerations"]
+    return docs
+
+
 def to_yaml(docs: list[dict]) -> str:
     return "---\n".join(yaml.safe_dump(d, sort_keys=False) for d in docs)
 
@@ -195,24 +237,45 @@ def main(argv: list[str] | None = None) -> int:
                                                       "collection (http://HOST:19530): no shard indexes, no merge; "
                                                       "--ui: search it")
     show.add_argument("--collection", default=COLLECTION, help="--milvus: the collection")
-    check = verbs.add_parser("check", help="render every variant and validate it offline")
-    check.add_argument("--out-dir", type=Path, default=Path("build") / "k8s")
+    show.add_argument("--training", action="store_true", help="the multi-worker training Job instead")
+    show.add_argument("--workers", type=int, default=2, help="--training: worker pods (one TF_CONFIG task each)")
+    show.add_argument("--gpus", type=int, default=1, help="--training: GPUs per worker (0: CPU workers)")
+    show.add_argument("--training-image", default=TRAINING_IMAGE, help="--training: the training image")
+    show.add_argument("--replica-batch", type=int, default=REPLICA_BATCH,
+                      help="--training: clips per GPU and step (the global --batch is this x workers x GPUs)")
+    checking = verbs.add_parser("check", help="render every variant and validate it offline")
+    checking.add_argument("--out-dir", type=Path, default=Path("build") / "k8s")
     args = parser.parse_args(argv)
     if args.verb == "render":
-        docs = (render_indexing(args.shards, args.parallelism, args.client_image, args.milvus, args.collection)
-                if args.indexing
-                else render_ui(args.client_image, args.milvus, args.collection) if args.ui
-                else render(args.variant, args.model_source, args.image, args.model_uri))
+        try:
+            docs = render_docs(args)
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         print(to_yaml(docs), end="")
         return 0
-    args.out_dir.mkdir(parents=True, exist_ok=True)
+    return check(args.out_dir)
+
+
+def render_docs(args: argparse.Namespace) -> list[dict]:
+    return (render_indexing(args.shards, args.parallelism, args.client_image, args.milvus, args.collection)
+            if args.indexing
+            else render_training(args.workers, args.gpus, args.training_image, args.replica_batch) if args.training
+            else render_ui(args.client_image, args.milvus, args.collection) if args.ui
+            else render(args.variant, args.model_source, args.image, args.model_uri))
+
+
+def check(out_dir: Path) -> int:
+    """Render every variant into `out_dir` and validate each strictly; 1 if any is invalid."""
+    out_dir.mkdir(parents=True, exist_ok=True)
     failed = False
     renders = [(f"{variant}-{source}", render(variant, source)) for variant, source in VARIANTS]
     milvus = "http://milvus.milvus.svc:19530"
     for name, docs in [*renders, ("indexing", render_indexing()), ("indexing-milvus", render_indexing(milvus=milvus)),
                        ("ui", render_ui()), ("ui-milvus", render_ui(milvus=milvus)),
-                       ("milvus-policy", render_milvus_policy())]:
-        path = args.out_dir / f"{name}.yaml"
+                       ("milvus-policy", render_milvus_policy()), ("training", render_training()),
+                       ("training-cpu", render_training(4, 0))]:
+        path = out_dir / f"{name}.yaml"
         path.write_text(to_yaml(docs))
         problems = validate(docs)
         failed |= bool(problems)

@@ -36,6 +36,34 @@ def test_a_clip_read_by_seeking_is_the_clip_of_the_whole_decode(tmp_path, fourcc
                                       err_msg=f"first sample {first} of {samples}")
 
 
+def test_a_clip_decodes_only_its_span_not_the_video_before_it(tmp_path, monkeypatch):
+    from s3d_retrieval.client.decode import video
+
+    path = write_clip(tmp_path / "long.avi", 600, 25, fourcc="MJPG", seed=5)  # 24 s; every frame a keyframe
+    grabbed = []
+    grab = video.Capture.grab
+    monkeypatch.setattr(video.Capture, "grab", lambda self: grabbed.append(1) or grab(self))
+    clip = read_clip(path, 200, SAMPLING)  # 20 s in: 8 samples at 10 fps span 0.8 s, 20 frames at 25 fps
+    assert len(grabbed) <= 25, len(grabbed)  # not the 500 frames before it
+    np.testing.assert_array_equal(clip, whole_decode_clip(path, 200, SAMPLING))
+
+
+def test_the_optional_cache_cuts_the_clips_reading_by_seeking_gives(tmp_path):
+    from s3d_retrieval.model.readers import FrameCache
+
+    paths = [write_clip(tmp_path / f"v{i}.webm", 60, 30, fourcc="VP80", seed=i) for i in range(10)]
+    short = write_clip(tmp_path / "short.avi", 5, 10, seed=9)
+    one_video = len(list(sampled_frames(paths[0], SAMPLING.fps, SAMPLING.size))) * 32 * 32 * 3
+    cache = FrameCache(limit=8 * one_video)  # room for 8 of the 10: the least recently used go
+    for first in (0, 5, 13, 400):
+        for path in [short, *paths]:
+            np.testing.assert_array_equal(cache.read(path, first, SAMPLING), read_clip(path, first, SAMPLING))
+    assert list(cache._videos) == paths[2:] and cache._bytes <= cache.limit
+    tiny = FrameCache(limit=8 * 32 * 32 * 3 * 8)  # a video of more than one clip's frames is never kept
+    np.testing.assert_array_equal(tiny.read(paths[0], 3, SAMPLING), read_clip(paths[0], 3, SAMPLING))
+    assert not tiny._videos and paths[0] in tiny._large
+
+
 def test_a_video_shorter_than_a_clip_is_padded(tmp_path):
     path = write_clip(tmp_path / "short.avi", 5, 10, seed=4)
     frames = list(sampled_frames(path, SAMPLING.fps, SAMPLING.size))
@@ -96,12 +124,11 @@ def test_each_worker_reads_only_its_share_of_the_global_batch():
     assert not {c[0] for c in decoders[0].calls[:4]} & {c[0] for c in decoders[1].calls[:4]}
 
 
-def test_readers_decode_nothing_up_front_and_a_bounded_number_of_steps_ahead():
+def test_readers_decode_a_bounded_number_of_steps_ahead():
     decoder = FakeDecoder()
     plan = Plan(narrated(1000), SAMPLING, candidates=2, seed=11)
     reader = ClipReader(plan, 4, readers=2, prefetch=2, read=decoder)
     batches = reader.batches(0, 100)
-    assert decoder.calls == []
     next(batches)
     assert len(decoder.calls) <= 3 * 4  # the step taken and two ahead, not the corpus nor the run
     batches.close()
@@ -130,5 +157,5 @@ def test_data_that_cannot_be_read_at_all_is_one_clear_error():
     from s3d_retrieval.model.narration import DataError
 
     bad = FakeDecoder({f"v{i:03}.webm" for i in range(6)})
-    with pytest.raises(DataError, match="videos in a row could not be read"):
+    with pytest.raises(DataError, match="clips in a row could not be read"):
         read(narrated(6), 2, (0, 1), decoder=bad)

@@ -185,6 +185,53 @@ def test_indexing_job_shards_the_library_across_cpu_pods():
     assert docs["PersistentVolumeClaim/s3d-shard-indexes"]["spec"]["accessModes"] == ["ReadWriteMany"]
 
 
+def test_training_job_runs_every_worker_with_its_own_tf_config_and_shares_the_run_folder():
+    import argparse
+    import json
+    import shlex
+    import subprocess
+
+    from s3d_retrieval.model.__main__ import add_train_parser
+
+    docs = {f"{d['kind']}/{d['metadata']['name']}": d for d in manifests.render_training(workers=3, gpus=2)}
+    assert manifests.validate(list(docs.values())) == []
+    job = docs["Job/s3d-train"]["spec"]
+    assert (job["completionMode"], job["completions"], job["parallelism"]) == ("Indexed", 3, 3)
+    pod = job["template"]["spec"]
+    assert pod["restartPolicy"] == "OnFailure" and job["backoffLimit"] >= 3  # a failed worker comes back in place
+    service = docs["Service/s3d-train"]["spec"]
+    assert pod["subdomain"] == "s3d-train" and service["clusterIP"] == "None" and service["publishNotReadyAddresses"]
+    assert service["selector"].items() <= job["template"]["metadata"]["labels"].items()
+    container = pod["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "2" and pod["nodeSelector"]
+    cluster = json.loads(next(e["value"] for e in container["env"] if e["name"] == "TF_CLUSTER"))
+    assert cluster == [f"s3d-train-{i}.s3d-train:{manifests.COLLECTIVE_PORT}" for i in range(3)]  # stable names
+    assert container["ports"][0]["containerPort"] == manifests.COLLECTIVE_PORT == service["ports"][0]["port"]
+    setup, command = container["args"][0].split("; exec ")
+    for index in range(3):  # the shell line each worker runs gives it its own task in the one cluster
+        said = subprocess.run(["sh", "-c", setup + '; printf %s "$TF_CONFIG"'], capture_output=True, text=True,
+                              env={"TF_CLUSTER": json.dumps(cluster), "JOB_COMPLETION_INDEX": str(index)}, check=True)
+        assert json.loads(said.stdout) == {"cluster": {"worker": cluster}, "task": {"type": "worker", "index": index}}
+    parser = argparse.ArgumentParser()
+    add_train_parser(parser.add_subparsers(dest="verb"))
+    args = parser.parse_args(shlex.split(command)[1:])  # the model's own parser takes the command as written
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert str(args.data) == mounts["data"] and str(args.out).startswith(mounts["runs"] + "/")
+    assert args.batch == manifests.REPLICA_BATCH * 3 * 2  # the global batch, split over 3 workers x 2 GPUs
+    assert args.readers == manifests.READERS_PER_GPU * 2 == int(container["resources"]["requests"]["cpu"])
+    assert docs["PersistentVolumeClaim/s3d-train-runs"]["spec"]["accessModes"] == ["ReadWriteMany"]
+    cpu = manifests.render_training(workers=4, gpus=0)[0]["spec"]["template"]["spec"]
+    assert "nodeSelector" not in cpu and "nvidia.com/gpu" not in cpu["containers"][0]["resources"]["limits"]
+
+
+def test_training_image_is_the_tensorflow_the_lock_installs():
+    text = (HERE / "train.Dockerfile").read_text()
+    pinned = re.search(r"^ARG BASE_IMAGE=tensorflow/tensorflow:(\S+)-gpu$", text, re.M).group(1)
+    lock = (HERE.parent / "requirements.lock").read_text()
+    assert re.search(rf"^tensorflow=={re.escape(pinned)} ", lock, re.M)
+    assert "--require-hashes -r requirements.lock" in text and "USER 1000" in text
+
+
 def test_client_image_has_no_tensorflow():
     text = (HERE / "client.Dockerfile").read_text()
     assert len(re.findall(r"^FROM python:3\.11\.\d+-slim", text, re.M)) == 2  # the wheel built, then installed

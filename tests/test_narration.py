@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from s3d_retrieval.model import corpus
-from s3d_retrieval.model.clips import ClipSampling, FrameCache, bag, clip_at
+from s3d_retrieval.model.clips import ClipSampling, bag, read_clip
 from s3d_retrieval.model.narration import DataError, Line, read_dataset, read_subtitles
 from tests.conftest import write_clip
 
@@ -111,16 +111,13 @@ def test_bags_are_the_nearest_narrations_in_time():
 def test_clips_come_from_the_client_sampler_and_stay_inside_the_video(tmp_path):
     path = write_clip(tmp_path / "ramp.avi", 50, 25)  # frame i is grey level i; 2 s
     sampling = ClipSampling(frames=8, fps=10, size=32)
-    frames = FrameCache(tmp_path / "cache", sampling).frames(path)
-    assert frames.shape == (20, 32, 32, 3) and isinstance(frames, np.memmap)
     # sample k is the frame on screen at k/10 s, i.e. source frame 2.5k rounded down
-    assert [int(f[0, 0, 0]) for f in frames[:5]] == [0, 2, 5, 7, 10]
-    middle = clip_at(frames, 1.0, sampling)
-    assert [int(f[0, 0, 0]) for f in middle] == [int(2.5 * k) for k in range(6, 14)]
-    np.testing.assert_array_equal(clip_at(frames, 60.0, sampling), frames[-8:])
-    assert len(list((tmp_path / "cache").glob("*.u8"))) == 1
-    FrameCache(tmp_path / "cache", sampling).frames(path)  # decoded once, then reused
-    assert len(list((tmp_path / "cache").iterdir())) == 1
+    assert [int(f[0, 0, 0]) for f in read_clip(path, 0, sampling)] == [int(2.5 * k) for k in range(8)]
+    assert [int(f[0, 0, 0]) for f in read_clip(path, 6, sampling)] == [int(2.5 * k) for k in range(6, 14)]
+    last = [int(2.5 * k) for k in range(12, 20)]  # the video's 20 samples end the clip, however late it is asked
+    assert [int(f[0, 0, 0]) for f in read_clip(path, 15, sampling)] == last
+    assert [int(f[0, 0, 0]) for f in read_clip(path, 600, sampling)] == last
+    assert not list(tmp_path.glob("*.u8")) and sorted(p.name for p in tmp_path.iterdir()) == ["ramp.avi"]  # no cache
 
 
 def test_the_corpus_composes_and_narrates_loosely(tmp_path):

@@ -108,6 +108,8 @@ def trained(world, tmp_path_factory) -> tuple[Path, Path]:
                  stop_after=4) is None
     assert not (root / "resumed").exists()
     assert tf.train.latest_checkpoint(str(root / "resumed.train" / CHECKPOINTS)).endswith("ckpt-4")
+    with open(root / "resumed.train" / LOG, "a") as f:  # a kill after the log was written, before the checkpoint
+        f.write("4,9.99999,0.001,1.0,0.0\n5,9.99999,0.001,1.0,0.0\n")
     resumed = train(settings(world, 6), root / "resumed", checkpoint_every=3, progress=False, log=lambda _: None)
     return whole, resumed
 
@@ -208,3 +210,61 @@ def test_a_changed_run_is_not_resumed_silently(world, tmp_path):
     (work / "run.json").write_text(json.dumps(settings(world, 6).as_json()))
     with pytest.raises(DataError, match="holds a run with other settings"):
         train(settings(world, 6, lr=5e-4), tmp_path / "m", progress=False, log=lambda _: None)
+
+
+def test_synchronised_batchnorm_computes_what_the_fused_kernel_does():
+    bn = BatchNorm("sync", 5, 1e-3)
+    bn.gamma.assign(tf.linspace(0.5, 1.5, 5))
+    bn.beta.assign(tf.linspace(-1.0, 1.0, 5))
+    # a near-flat feature map: large mean, small spread (where E[x^2] - E[x]^2 would lose the variance)
+    x = 40.0 + tf.random.stateless_normal([4, 2, 3, 3, 5], seed=[1, 2]) * 0.05
+    fused = tf.compat.v1.nn.fused_batch_norm(x, bn.gamma, bn.beta, epsilon=1e-3, is_training=True,
+                                             data_format="NDHWC")
+    synced = bn._synchronised(x)  # one replica: its sums are the global ones
+    for name, a, b in zip(("output", "mean", "unbiased variance"), fused, synced):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=2e-3, atol=2e-4, err_msg=name)
+
+
+def test_a_bfloat16_step_trains_on_the_same_clips(world, trainer):
+    tr, batches = trainer
+    s = settings(world, 400, precision="bfloat16")
+    data = read_dataset(Path(s.data))
+    module, _ = initial_module(s, [line.text for v in data.videos for line in v.lines])
+    losses = {}
+    for precision in ("float32", "bfloat16"):
+        net = Network(module.config, vocabulary_table(words=module.vocabulary))
+        assign(net, module.weights)
+        half = Trainer(net, dataclasses.replace(s, precision=precision), freeze_words=False)
+        losses[precision] = half.step(batches[0].clips, batches[0].texts)
+    # the same weights and clips: bfloat16's 2-3 digits move the loss a little, not to another value
+    assert losses["bfloat16"] != losses["float32"] and abs(losses["bfloat16"] / losses["float32"] - 1) < 0.05, losses
+
+
+def test_bfloat16_runs_the_video_tower_in_bfloat16_and_keeps_its_embeddings(trainer):
+    tr, batches = trainer
+    clips = tf.constant(batches[0].clips, tf.float32) / 255.0
+    full = tr.net.video(clips, training=True)["video_embedding"].numpy()
+    half = tr.net.video(tf.cast(clips, tf.bfloat16), training=True)["video_embedding"]
+    assert half.dtype == tf.bfloat16  # computed in bfloat16 (8 bits of mantissa), variables kept in float32
+    half = half.numpy().astype(np.float32)
+    cosine = (full * half).sum(1) / np.linalg.norm(full, axis=1) / np.linalg.norm(half, axis=1)
+    # bfloat16 keeps 2-3 significant digits through ~30 layers: the untrained tiny tower's embeddings sat at cosine
+    # 0.95-0.99 from float32's (training-mode BatchNorm over 4 clips), far from the ~0 of unrelated clips.
+    assert cosine.min() > 0.9 and not np.array_equal(full, half), cosine
+
+
+def test_a_batch_that_does_not_split_over_the_replicas_or_a_bad_tf_config_is_one_line(world, tmp_path, capsys,
+                                                                                  monkeypatch):
+    from s3d_retrieval.model.distribute import Cluster
+    from s3d_retrieval.model.train import check_replicas
+
+    four = Cluster(tf.distribute.get_strategy(), 0, 2, True)
+    monkeypatch.setattr(Cluster, "replicas", property(lambda self: 4))
+    with pytest.raises(DataError, match="--batch 6 is the global batch and must split evenly over the 4 replicas"):
+        check_replicas(settings(world, 1, batch=6), four)
+    check_replicas(settings(world, 1, batch=8), four)
+    monkeypatch.setenv("TF_CONFIG", "{not json")
+    out = tmp_path / "m"
+    assert model_main(["train", "--data", str(world / "train"), "--out", str(out), "--steps", "1"]) == 2
+    assert capsys.readouterr().err.startswith("error: TF_CONFIG is not a cluster spec")
+    assert not out.exists()
