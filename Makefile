@@ -54,7 +54,7 @@ DEMO_MODEL_DIR := out/demo/models/s3d_milnce
 CORPUS         := out/corpus
 DEMO_STEPS     ?= 8000
 DEMO_TRAIN      = $(PY) -m model train --data $(CORPUS)/train --heldout $(CORPUS)/heldout/queries.csv \
-                    --size tiny --steps $(DEMO_STEPS) --checkpoint-every 500
+                    --size tiny --steps $(DEMO_STEPS) --lr-decay cosine --checkpoint-every 500 --cache-mb 1500
 
 demo: setup ## the main job, offline: serve the trained demo model, search held-out clips and a story video, write out/demo/report.html
 	@ls -d $(DEMO_MODEL_DIR)/[0-9]* >/dev/null 2>&1 || $(PY) -m export --source $(DEMO_MODULE) --model-dir $(DEMO_MODEL_DIR)

