@@ -101,6 +101,8 @@ def test_batchnorm_statistics_move_in_training_and_serve_inference(trainer):
 def trained(world, tmp_path_factory) -> tuple[Path, Path]:
     """A 6-step run done in one go, and the same run stopped after 4 steps and resumed. As `python -m model train`
     does, the caller turns on op determinism, which the resume guarantee rests on."""
+    from tensorflow.python.framework.config import disable_op_determinism
+
     tf.config.experimental.enable_op_determinism()
     root = tmp_path_factory.mktemp("runs")
     whole = train(settings(world, 6), root / "whole", checkpoint_every=1, progress=False, log=lambda _: None)
@@ -111,6 +113,7 @@ def trained(world, tmp_path_factory) -> tuple[Path, Path]:
     with open(root / "resumed.train" / LOG, "a") as f:  # a kill after the log was written, before the checkpoint
         f.write("4,9.99999,0.001,1.0,0.0\n5,9.99999,0.001,1.0,0.0\n")
     resumed = train(settings(world, 6), root / "resumed", checkpoint_every=3, progress=False, log=lambda _: None)
+    disable_op_determinism()  # the rest of the suite runs as it would without this fixture
     return whole, resumed
 
 
@@ -175,15 +178,17 @@ def test_fine_tuning_keeps_the_init_modules_vocabulary(trained, world, tmp_path)
 
 def test_bad_training_input_is_one_line_and_writes_no_module(world, tmp_path, capsys):
     out = tmp_path / "m"
-    assert model_main(["train", "--data", str(tmp_path / "nope"), "--out", str(out)]) == 2
+    assert model_main(["train", "--data", str(tmp_path / "nope"), "--out", str(out), "--no-deterministic"]) == 2
     assert "no such folder or file" in capsys.readouterr().err
     empty = tmp_path / "empty"
     empty.mkdir()
     write_clip(empty / "silent.avi", 10, 10, (64, 48), "MJPG")
-    assert model_main(["train", "--data", str(empty), "--out", str(out)]) == 2
+    assert model_main(["train", "--data", str(empty), "--out", str(out), "--no-deterministic"]) == 2
     assert "no narrated videos found" in capsys.readouterr().err
     assert model_main(["train", "--data", str(empty), "--out", str(out), "--batch", "1"]) == 2
     assert "--batch must be at least 2" in capsys.readouterr().err
+    assert model_main(["train", "--data", str(empty), "--out", str(out), "--readers", "0"]) == 2
+    assert "--readers must be >= 1" in capsys.readouterr().err
     assert not out.exists()
 
 
@@ -265,6 +270,7 @@ def test_a_batch_that_does_not_split_over_the_replicas_or_a_bad_tf_config_is_one
     check_replicas(settings(world, 1, batch=8), four)
     monkeypatch.setenv("TF_CONFIG", "{not json")
     out = tmp_path / "m"
-    assert model_main(["train", "--data", str(world / "train"), "--out", str(out), "--steps", "1"]) == 2
+    assert model_main(["train", "--data", str(world / "train"), "--out", str(out), "--steps", "1",
+                       "--no-deterministic"]) == 2
     assert capsys.readouterr().err.startswith("error: TF_CONFIG is not a cluster spec")
     assert not out.exists()
