@@ -31,7 +31,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
-from tensorboard.compat.proto.event_pb2 import Event
+from tensorboard.compat.proto.event_pb2 import Event, SessionLog
 from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 from tqdm import tqdm
@@ -320,6 +320,8 @@ def _loop(settings: Settings, work: Path, trainer: Trainer, batches: Iterator[Ba
     if step:
         log(f"resuming {work} at step {step} of {settings.steps}")
     summaries = EventFileWriter(str(work / TENSORBOARD)) if cluster.chief else None
+    if summaries is not None and step:  # TensorBoard drops what an earlier session logged from this step on
+        summaries.add_event(Event(wall_time=time.time(), step=step, session_log=SessionLog(status=SessionLog.START)))
     bar = tqdm(total=settings.steps, initial=step, unit="step", desc="training", file=sys.stderr,
                disable=not cluster.chief or not (sys.stderr.isatty() if progress is None else progress))
     done_here = 0

@@ -138,6 +138,10 @@ def test_checkpoints_keep_the_last_three_and_tensorboard_gets_the_scalars(traine
                 scalars.setdefault(value.tag, []).append(event.step)
     assert {tag: sorted(steps) for tag, steps in scalars.items()} == {
         tag: list(range(6)) for tag in ("loss", "learning_rate", "clips_per_s", "input_wait_s")}
+    resumed = trained[1].parent / f"{trained[1].name}.train" / TENSORBOARD
+    starts = [event.step for events in resumed.glob("events.out.tfevents.*")
+              for event in tf.compat.v1.train.summary_iterator(str(events)) if event.session_log.status == 1]
+    assert starts == [4]  # the resumed session tells TensorBoard to drop what the first logged from step 4 on
 
 
 def test_the_module_carries_its_manifest_and_vocabulary(trained, world):
