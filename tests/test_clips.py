@@ -159,3 +159,26 @@ def test_data_that_cannot_be_read_at_all_is_one_clear_error():
     bad = FakeDecoder({f"v{i:03}.webm" for i in range(6)})
     with pytest.raises(DataError, match="clips in a row could not be read"):
         read(narrated(6), 2, (0, 1), decoder=bad)
+
+
+def test_a_video_that_fails_at_one_instant_is_tried_again_at_others(tmp_path):
+    videos = narrated(12, tmp_path)
+    for video in videos:
+        video.path.touch()  # files that exist and open: the failure is of one span, not of the video
+    drawn = [{v for v, _ in clips} for clips, _ in read(videos, 6, (0, 8))]
+    bad = min(drawn[1] - drawn[0])  # first met at step 1, drawn again later
+    name = f"v{bad:03}.webm"
+
+    class FailsOnce(FakeDecoder):
+        def __call__(self, path, first, sampling):
+            if path.name == name and not any(call[0] == name for call in self.calls):
+                self.calls.append((path.name, first))
+                raise VideoError(f"{path}: frame 3 cannot be decoded (corrupt file?)")
+            return super().__call__(path, first, sampling)
+
+    decoder = FailsOnce()
+    said: list[str] = []
+    clips = read(videos, 6, (0, 8), readers=1, decoder=decoder, log=said.append)
+    assert said == [f"skipped {tmp_path / name}: frame 3 cannot be decoded (corrupt file?)"]
+    assert sum(call[0] == name for call in decoder.calls) > 1  # read again when a later step draws it
+    assert any(bad in {v for v, _ in step} for step, _ in clips[2:])

@@ -278,3 +278,14 @@ def test_a_batch_that_does_not_split_over_the_replicas_or_a_bad_tf_config_is_one
                        "--no-deterministic"]) == 2
     assert capsys.readouterr().err.startswith("error: TF_CONFIG is not a cluster spec")
     assert not out.exists()
+
+
+def test_data_that_cannot_be_read_at_all_is_refused_before_the_run_writes_anything(world, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("a", "b"):
+        (data / f"{name}.webm").write_bytes(b"\x1a\x45\xdf\xa3 not really a video")
+        (data / f"{name}.srt").write_bytes((world / "train" / "v000.srt").read_bytes())
+    with pytest.raises(DataError, match="clips in a row could not be read"):
+        train(settings(world, 2, data=str(data), heldout=None), tmp_path / "m", progress=False, log=lambda _: None)
+    assert not (tmp_path / "m").exists() and not list((tmp_path / "m.train").rglob("*"))
