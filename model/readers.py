@@ -22,6 +22,9 @@ from s3d_retrieval.model.narration import DataError
 
 PREFETCH = 2  # steps decoded ahead of the one training
 ATTEMPTS = 32  # replacements tried for one slot before the data is declared unreadable
+# Times a video fails to open before the session stops trying it; not at the first: a file on a network mount
+# may be missing for a moment.
+OPEN_FAILURES = 3
 
 
 def default_readers() -> int:
@@ -32,12 +35,13 @@ def default_readers() -> int:
 class FrameCache:
     """Optional, for small corpora: whole videos' sampled frames kept in memory up to `limit` bytes (least recently
     used out first), so a video drawn again is not decoded again. A video larger than an eighth of the limit is
-    never kept (its clips are read by seeking). The clip it cuts is the clip `read_clip` decodes."""
+    never kept, nor one whose whole decode fails (a corrupt frame must fail only the clips that span it): their
+    clips are read by seeking. The clip it cuts is the clip `read_clip` decodes."""
 
     def __init__(self, limit: int):
         self.limit = limit
         self._videos: OrderedDict[Path, np.ndarray] = OrderedDict()
-        self._large: set[Path] = set()
+        self._seeking: set[Path] = set()  # too large to keep, or failing somewhere: not decoded whole again
         self._bytes = 0
         self._lock = threading.Lock()
 
@@ -46,8 +50,8 @@ class FrameCache:
             frames = self._videos.get(path)
             if frames is not None:
                 self._videos.move_to_end(path)
-            large = path in self._large
-        if large:
+            seeking = path in self._seeking
+        if seeking:
             return read_clip(path, first, sampling)
         if frames is None:
             frames = self._decode(path, sampling)
@@ -60,14 +64,20 @@ class FrameCache:
         return frames[first: first + length]
 
     def _decode(self, path: Path, sampling: ClipSampling) -> np.ndarray | None:
-        kept, size = [], 0
-        for frame in sampled_frames(path, sampling.fps, sampling.size):
-            kept.append(frame)
-            size += frame.nbytes
-            if size > self.limit // 8:
-                with self._lock:
-                    self._large.add(path)
-                return None
+        kept, size, whole = [], 0, True
+        try:
+            for frame in sampled_frames(path, sampling.fps, sampling.size):
+                kept.append(frame)
+                size += frame.nbytes
+                if size > self.limit // 8:
+                    whole = False
+                    break
+        except (VideoError, OSError):  # read by seeking instead: only the clips that span the failure fail
+            whole = False
+        if not whole:
+            with self._lock:
+                self._seeking.add(path)
+            return None
         frames = np.stack(kept)
         with self._lock:
             if path not in self._videos:
@@ -90,7 +100,7 @@ class ClipReader:
         local = batch // workers
         self.slots = range(index * local, (index + 1) * local)
         self.skipped: dict[Path, str] = {}  # video -> why, in the order they were met
-        self._unopenable: set[Path] = set()  # fail whatever the span: not decoded again
+        self._open_failures: dict[Path, int] = {}  # videos that failed to open: at OPEN_FAILURES, not tried again
         self._lock = threading.Lock()
 
     def batches(self, start: int, stop: int) -> Iterator[Batch]:
@@ -118,10 +128,12 @@ class ClipReader:
 
     def _slot(self, step: int, slot: int, draw: Draw, planned: set[int]) -> tuple[np.ndarray, list[str]]:
         """The planned clip, or the first replacement that reads. Whether a clip reads depends on the file and the
-        span only, so the outcome does not depend on what this process met before."""
+        span only, so the outcome does not depend on what this process met before; a video that failed to open is
+        tried again when drawn again (it may have been missing for a moment), until it has failed OPEN_FAILURES
+        times."""
         for attempt in range(ATTEMPTS):
             path = self.plan.path(draw)
-            if path not in self._unopenable:
+            if self._open_failures.get(path, 0) < OPEN_FAILURES:
                 try:
                     return self.read(path, draw.first, self.plan.sampling), self.plan.texts(draw)
                 except (VideoError, OSError) as err:
@@ -134,7 +146,7 @@ class ClipReader:
     def _skip(self, path: Path, why: str, unopenable: bool) -> None:
         with self._lock:
             if unopenable:
-                self._unopenable.add(path)
+                self._open_failures[path] = self._open_failures.get(path, 0) + 1
             if path in self.skipped:
                 return
             self.skipped[path] = why

@@ -20,6 +20,7 @@ import dataclasses
 import itertools
 import json
 import math
+import os
 import shutil
 import sys
 import tempfile
@@ -54,6 +55,7 @@ from s3d_retrieval.model.vocab import build_vocabulary
 from s3d_retrieval.model.weights import assign, snapshot, standin_weights
 
 CHECKPOINTS, LOG, RUN, TENSORBOARD = "checkpoints", "log.csv", "run.json", "tensorboard"
+LOG_FIELDS = ["step", "loss", "lr", "clips_per_s", "input_wait_s"]
 KEEP_CHECKPOINTS = 3
 PRECISIONS = {"float32": tf.float32, "bfloat16": tf.bfloat16}
 # Training-mode BatchNorm needs this many values per channel in its deepest layers. On fixed batches of the tiny
@@ -217,19 +219,29 @@ def initial_module(settings: Settings, sentences: list[str]) -> tuple[Module, bo
 
 
 def _read_log(path: Path, upto: int) -> list[dict]:
+    """The rows of the steps before `upto`; a row a kill cut short (a partial last line) is not one."""
     if not path.is_file():
         return []
     with open(path, newline="") as f:
-        return [row for row in csv.DictReader(f) if int(row["step"]) < upto]
+        return [row for row in csv.DictReader(f) if None not in row.values() and int(row["step"]) < upto]
 
 
 def _write_log(path: Path, rows: list[dict]) -> None:
+    """The whole log, once a session: what a killed session logged past its checkpoint goes."""
     def write(f) -> None:
-        out = csv.DictWriter(f, ["step", "loss", "lr", "clips_per_s", "input_wait_s"])
+        out = csv.DictWriter(f, LOG_FIELDS)
         out.writeheader()
         out.writerows(rows)
 
     atomic_write(path, write, "w")
+
+
+def _append_log(path: Path, rows: list[dict]) -> None:
+    """A checkpoint's new rows, on disk before the checkpoint is: what came before is not written again."""
+    with open(path, "a", newline="", encoding="utf-8") as f:
+        csv.DictWriter(f, LOG_FIELDS).writerows(rows)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def check_replicas(settings: Settings, cluster: Cluster) -> None:
@@ -317,6 +329,9 @@ def _loop(settings: Settings, work: Path, trainer: Trainer, batches: Iterator[Ba
     """Steps from `step` to the end (or `stop_after` steps): log, TensorBoard and checkpoints, the chief's alone.
     Returns the step reached and the log's rows."""
     rows = _read_log(work / LOG, step)
+    if cluster.chief:  # once a session; checkpoints append
+        _write_log(work / LOG, rows)
+    logged = len(rows)  # rows on disk
     if step:
         log(f"resuming {work} at step {step} of {settings.steps}")
     summaries = EventFileWriter(str(work / TENSORBOARD)) if cluster.chief else None
@@ -349,7 +364,8 @@ def _loop(settings: Settings, work: Path, trainer: Trainer, batches: Iterator[Ba
             bar.update()
             if step % checkpoint_every == 0 or step == settings.steps or done_here == stop_after:
                 if cluster.chief:  # the log first: a kill between the two leaves rows the resume drops, none missing
-                    _write_log(work / LOG, rows)
+                    _append_log(work / LOG, rows[logged:])
+                    logged = len(rows)
                     summaries.flush()
                 trainer.save(work)
                 if bar.disable and cluster.chief:  # no progress bar (not a terminal): a line per checkpoint instead

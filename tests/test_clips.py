@@ -61,7 +61,34 @@ def test_the_optional_cache_cuts_the_clips_reading_by_seeking_gives(tmp_path):
     assert list(cache._videos) == paths[2:] and cache._bytes <= cache.limit
     tiny = FrameCache(limit=8 * 32 * 32 * 3 * 8)  # a video of more than one clip's frames is never kept
     np.testing.assert_array_equal(tiny.read(paths[0], 3, SAMPLING), read_clip(paths[0], 3, SAMPLING))
-    assert not tiny._videos and paths[0] in tiny._large
+    assert not tiny._videos and paths[0] in tiny._seeking
+
+
+def test_with_the_cache_a_corrupt_frame_fails_only_the_clips_that_span_it(tmp_path, monkeypatch):
+    from s3d_retrieval.model import clips, readers
+    from s3d_retrieval.model.readers import FrameCache
+
+    path = write_clip(tmp_path / "v.webm", 90, 30, fourcc="VP80", seed=1)  # 30 samples at 10 fps
+    decodes: list[str] = []
+
+    def corrupt_at_sample_12(how: str):
+        def frames(path, fps, size, first=0):
+            decodes.append(how)
+            for k, frame in enumerate(sampled_frames(path, fps, size, first), first):
+                if k == 12:
+                    raise VideoError(f"{path}: frame 36 cannot be decoded (corrupt file?)")
+                yield frame
+        return frames
+
+    monkeypatch.setattr(clips, "sampled_frames", corrupt_at_sample_12("seeking"))
+    monkeypatch.setattr(readers, "sampled_frames", corrupt_at_sample_12("whole"))
+    cache = FrameCache(limit=2**30)
+    for first in (3, 0, 20):  # before the bad frame, and after it
+        np.testing.assert_array_equal(cache.read(path, first, SAMPLING), read_clip(path, first, SAMPLING),
+                                      err_msg=f"first sample {first}")
+    with pytest.raises(VideoError, match="frame 36"):  # a clip that spans it
+        cache.read(path, 8, SAMPLING)
+    assert decodes.count("whole") == 1 and not cache._videos  # not decoded whole again
 
 
 def test_a_video_shorter_than_a_clip_is_padded(tmp_path):
@@ -182,3 +209,31 @@ def test_a_video_that_fails_at_one_instant_is_tried_again_at_others(tmp_path):
     assert said == [f"skipped {tmp_path / name}: frame 3 cannot be decoded (corrupt file?)"]
     assert sum(call[0] == name for call in decoder.calls) > 1  # read again when a later step draws it
     assert any(bad in {v for v, _ in step} for step, _ in clips[2:])
+
+
+def test_a_video_that_fails_to_open_is_tried_again_until_it_has_failed_a_few_times():
+    from s3d_retrieval.model.readers import OPEN_FAILURES
+
+    videos = narrated(12)  # under /corpus, which does not exist: each failure is one to open the file
+    drawn = [{v for v, _ in clips} for clips, _ in read(videos, 6, (0, 20))]
+    back = min(drawn[1] - drawn[0])  # first met at step 1, drawn again later
+    lost = next(v for v in range(12) if v != back and sum(v in step for step in drawn) > OPEN_FAILURES)
+    back_name, lost_name = f"v{back:03}.webm", f"v{lost:03}.webm"
+
+    class Mount(FakeDecoder):
+        """A network mount on which `back` is missing at its first open only, `lost` at every one."""
+
+        def __call__(self, path, first, sampling):
+            if path.name == lost_name or (path.name == back_name and back_name not in {c[0] for c in self.calls}):
+                self.calls.append((path.name, first))
+                raise VideoError(f"{path}: no such file")
+            return super().__call__(path, first, sampling)
+
+    decoder = Mount()
+    said: list[str] = []
+    clips = read(videos, 6, (0, 20), readers=1, decoder=decoder, log=said.append)
+    assert sorted(said) == sorted(f"skipped {Path('/corpus') / name}: no such file"
+                                  for name in (back_name, lost_name))  # each named once
+    assert sum(call[0] == back_name for call in decoder.calls) > 1  # opened again when drawn again...
+    assert any(back in {v for v, _ in step} for step, _ in clips[2:])  # ...and trained on
+    assert sum(call[0] == lost_name for call in decoder.calls) == OPEN_FAILURES  # then no more tries

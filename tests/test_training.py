@@ -2,6 +2,7 @@
 and what it writes is a module the rest of the pipeline takes unchanged (hub.load, export, serve, search)."""
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 from pathlib import Path
@@ -125,6 +126,47 @@ def test_a_stopped_run_resumes_to_the_same_weights(trained):
     logs = [(p.parent / f"{p.name}.train" / LOG).read_text().splitlines() for p in trained]
     assert len(logs[0]) == len(logs[1]) == 7  # header + one row per step, none twice
     assert [row.split(",")[1] for row in logs[0]] == [row.split(",")[1] for row in logs[1]]  # the same losses
+
+
+class LogOnlyTrainer:
+    """Stands in for `Trainer` in the training loop, without a network: step s's loss is s + 0.5 (its batch's clips
+    hold s); each checkpoint records the log file as it is then."""
+
+    def __init__(self, work: Path):
+        self.log, self.logs = work / LOG, []
+
+    def learning_rate(self, step: int) -> float:
+        return 1e-3
+
+    def step(self, clips: np.ndarray, texts: list[str]) -> float:
+        return float(clips[0]) + 0.5
+
+    def save(self, work: Path) -> None:
+        self.logs.append((self.log.stat().st_ino, self.log.read_bytes()))
+
+
+def test_checkpoints_append_to_the_log_and_a_resume_cuts_it_once(tmp_path):
+    from s3d_retrieval.model.clips import Batch
+    from s3d_retrieval.model.distribute import Cluster
+    from s3d_retrieval.model.train import _loop
+
+    def session(start: int, stop_after: int | None) -> LogOnlyTrainer:
+        trainer = LogOnlyTrainer(tmp_path)
+        batches = (Batch(np.array([s]), []) for s in range(start, 6))
+        one_device = Cluster(tf.distribute.get_strategy(), 0, 1, True)
+        _loop(settings(tmp_path, 6), tmp_path, trainer, batches, start, one_device, checkpoint_every=2, progress=False,
+              log=lambda _: None, stop_after=stop_after, begun=0.0)
+        return trainer
+
+    first = session(0, stop_after=4).logs  # checkpoints at steps 2 and 4
+    assert first[0][0] == first[1][0] and first[1][1].startswith(first[0][1])  # the same file, grown
+    with open(tmp_path / LOG, "a") as f:  # a kill after the log was written, the last row cut short
+        f.write("4,9.99999,0.001,1.0,0.0\n1")
+    final = session(4, stop_after=None).logs[-1][1]
+    assert final.startswith(first[-1][1])  # steps 0-3 as the first session wrote them
+    with open(tmp_path / LOG, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(row["step"], row["loss"]) for row in rows] == [(str(s), f"{s + 0.5:.5f}") for s in range(6)]
 
 
 def test_checkpoints_keep_the_last_three_and_tensorboard_gets_the_scalars(trained):
