@@ -1,7 +1,9 @@
 """The Python API: one client object for an application's code (a web backend, a notebook, a pipeline step).
 
 `Client` holds one gRPC channel to a TF Serving model and offers the CLI's verbs as methods, with the CLI's
-defaults as keyword arguments; the CLI (`s3d_retrieval.client.cli`) and the search page are its users. Failures
+defaults as keyword arguments; the CLI (`s3d_retrieval.client.cli`) and the search page are its users. An index
+it searched stays open, its search structure loaded, until the index changes or the client closes, so a search
+costs the search (`client.library.reader`). Failures
 raise `s3d_retrieval.Error` subclasses with the CLI's one-line messages; a video that cannot be read is reported
 in the result (`Result.errors`, `Stats.failed`), not raised, as the CLI goes on past it. No TensorFlow is
 imported. `AsyncClient` offers the same methods as coroutines.
@@ -12,6 +14,7 @@ import asyncio
 import functools
 import os
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,20 +26,20 @@ from s3d_retrieval.client.defaults import (GRPC_PORT, LOCK_WAIT, MODEL_NAME, SEN
                                            WINDOWS_PER_REQUEST)
 from s3d_retrieval.client.library.evalset import load_evalset
 from s3d_retrieval.client.library.evaluate import Evaluation, evaluate
-from s3d_retrieval.client.library.index import Index
+from s3d_retrieval.client.library.filters import Filters
+from s3d_retrieval.client.library.index import Folder, location
 from s3d_retrieval.client.library.indexing import Stats, index_videos
 from s3d_retrieval.client.library.like import Like
 from s3d_retrieval.client.library.merge import MergeStats, merge
-from s3d_retrieval.client.library.filters import Filters
+from s3d_retrieval.client.library.reader import Reader
 from s3d_retrieval.client.library.search import EmbedText, Result, embed_one, search, search_index
-from s3d_retrieval.client.milvus.reader import search_store
+from s3d_retrieval.client.library.store import Location, Store
 from s3d_retrieval.client.library.walk import Shard
-from s3d_retrieval.client.milvus.store import Milvus, MilvusStore
 from s3d_retrieval.client.transport.aio import AsyncSession
 from s3d_retrieval.client.transport.session import Options, Session
 
 Queries = str | Sequence[str]
-Where = str | Path | Milvus  # an index: its folder, or its Milvus collection
+Where = str | Path | Location  # an index: its folder, or another store's location (`Milvus(uri, collection)`)
 Likes = str | Like | Sequence[str | Like]
 
 
@@ -106,6 +109,8 @@ class Client:
         self.options = options(address, log=log, **transport)
         self.lock_wait, self.log = lock_wait, log
         self.session = Session(self.options)
+        self._readers: dict[Location, Reader] = {}  # every index searched, kept open until close()
+        self._opening = threading.Lock()
 
     def __enter__(self) -> Client:
         return self
@@ -114,7 +119,20 @@ class Client:
         self.close()
 
     def close(self) -> None:
+        with self._opening:
+            readers, self._readers = list(self._readers.values()), {}
+        for reader in readers:
+            reader.close()
         self.session.close()
+
+    def reader(self, index: Where) -> Reader:
+        """The index opened for reading, once per client: its view is loaded again only when it changed."""
+        where = location(index)
+        with self._opening:
+            if where not in self._readers:
+                self._readers[where] = Reader(where.open(self.options.model, read_only=True,
+                                                         timeout=self.options.timeout))
+            return self._readers[where]
 
     # --- the model server ---------------------------------------------------------------------------------
 
@@ -153,11 +171,11 @@ class Client:
                under: Sequence[str | Path] = (), glob: str | None = None, min_duration: float | None = None,
                max_duration: float | None = None, kind: str | None = None, nprobe: int | None = None,
                sampling: Sampling | None = None) -> Result:
-        """Rank an index's videos (`index=`: a folder or a `Milvus` collection, read only) or video files decoded
-        now (`videos=`) for each text
-        query and each liked moment (`like="VIDEO@SECONDS"` or a `Like`); `result.as_json()` is the document
-        `s3d-client search --json` prints for the same call. Filters, `kind` ("exact" or "ivf") and `nprobe`
-        apply to an index; `sampling` to files (default: the served model's)."""
+        """Rank an index's videos (`index=`: a folder or a `Milvus` collection, read only, kept open for the next
+        search) or video files decoded now (`videos=`) for each text query and each liked moment
+        (`like="VIDEO@SECONDS"` or a `Like`); `result.as_json()` is the document `s3d-client search --json`
+        prints for the same call. Filters, `kind` ("exact" or "ivf") and `nprobe` apply to an index; `sampling`
+        to files (default: the served model's)."""
         queries, likes = _asked(queries, like, index, videos, top, moments)
         if index is not None:
             filters = Filters(tuple(_paths(under)), glob, min_duration, max_duration)
@@ -168,24 +186,17 @@ class Client:
     def _search_index(self, queries: list[str], likes: list[Like], index: Where, top: int, moments: int,
                       filters: Filters, kind: str | None, nprobe: int | None, embed_text: EmbedText | None = None,
                       served: int | None = None) -> Result:
-        if isinstance(index, Milvus):
-            with self._milvus(index) as store:
-                return search_store(self.session, queries, store, top, filters, moments, likes, embed_text, served)
-        with Index(Path(index), self.options.model, read_only=True) as opened:
-            return search_index(self.session, queries, opened, top, filters, kind, nprobe, moments, likes,
-                                embed_text, served)
+        reader = self.reader(index)
+        view = reader.current(kind, nprobe)
+        return search_index(self.session, queries, reader.store, view, top, filters, moments, likes, embed_text,
+                            served)
 
-    def _milvus(self, where: Milvus, sampling: Sampling | None = None, create: bool = False) -> MilvusStore:
-        return MilvusStore(where.uri, where.collection, self.options.model, sampling, create, self.options.timeout,
-                           self.sampling)
-
-    def _writer(self, where: Where, sampling: Sampling | None = None, create: bool = False) -> Index | MilvusStore:
+    def _writer(self, where: Where, sampling: Sampling | None = None, create: bool = False) -> Store:
         """The index opened for writing: a folder's changes wait up to `lock_wait` for another writer, saying so
-        once; a Milvus collection takes many writers at once."""
-        if isinstance(where, Milvus):
-            return self._milvus(where, sampling, create)
-        return Index(Path(where), self.options.model, sampling, create=create, lock_wait=self.lock_wait,
-                     log=self.log)
+        once; a Milvus collection takes many writers at once. A new one takes `sampling`, else the served
+        model's."""
+        return location(where).open(self.options.model, sampling=sampling, create=create, lock_wait=self.lock_wait,
+                                    log=self.log, timeout=self.options.timeout, new_sampling=self.sampling)
 
     def index(self, paths: str | Path | Sequence[str | Path], *, index: Where, flush_every: int = 16,
               shard: Shard | str | None = None, sampling: Sampling | None = None,
@@ -197,30 +208,35 @@ class Client:
         of videos is committed; `bar`: a progress bar on stderr (the CLI's, on a terminal). Unreadable videos
         are in `stats.failed`."""
         self.ready()  # before creating anything
-        made = sampling or (None if isinstance(index, Milvus) or (Path(index) / "index.sqlite").is_file()
-                            else self.sampling())
-        with self._writer(index, made, create=True) as opened:
+        with self._writer(index, sampling, create=True) as opened:
             stats = index_videos(self.session, opened, _paths(paths), flush_every, bar, on_commit,
                                  Shard.parse(shard) if isinstance(shard, str) else shard, progress)
-            opened.refresh_search()
+            opened.refresh_search(wait=_changed(stats))
         return stats
 
     def remove(self, paths: str | Path | Sequence[str | Path], *, index: Where) -> int:
         """Remove videos (or everything under folders) from an index; the number removed."""
         with self._writer(index) as opened:
             removed = opened.remove(_paths(paths))
-            opened.refresh_search()
+            opened.refresh_search(wait=bool(removed))
         return removed
 
     def merge(self, shards: Sequence[str | Path], *, index: Where) -> MergeStats:
         """Combine shard indexes (`index(..., shard="I/N")`) into the index at `index` (made or added to). A
         Milvus collection needs none: its writers write into it at once."""
-        if isinstance(index, Milvus):
+        target = location(index)
+        if not isinstance(target, Folder):
             raise ValueError("merge is for index folders: shards index straight into a Milvus collection")
-        stats = merge([Path(s) for s in shards], Path(index), self.options.model, self.lock_wait, self.log)
-        with self._writer(index) as opened:
-            opened.refresh_search()
+        stats = merge([Path(s) for s in shards], target.path, self.options.model, self.lock_wait, self.log)
+        with self._writer(target) as opened:
+            opened.refresh_search(wait=bool(stats.added or stats.replaced))
         return stats
+
+    def vacuum(self, *, index: Where, older_than: float | None = None) -> str:
+        """Delete what crashed or raced writers left that no video uses (a folder: files, if no writer is at work;
+        Milvus: windows no video names, made over `older_than` seconds ago); says what it removed."""
+        with self._writer(index) as opened:
+            return opened.vacuum() if older_than is None else opened.vacuum(older_than)
 
     def evaluate(self, csv: str | Path, videos: str | Path, *, protocol: str = "max", windows: int = 10,
                  index: Where | None = None, sampling: Sampling | None = None,
@@ -235,13 +251,17 @@ class Client:
         if index is None:
             result = evaluate(self.session, evalset, protocol, windows, sampling or self.sampling(), errors=errors)
         else:
-            made = sampling or (None if isinstance(index, Milvus) or (Path(index) / "index.sqlite").is_file()
-                                else self.sampling())
-            with self._writer(index, made, create=True) as opened:
+            with self._writer(index, sampling, create=True) as opened:
                 result = evaluate(self.session, evalset, protocol, windows, index=opened, errors=errors)
-                opened.refresh_search()  # a writer that added videos brings the search structure up to them
+                opened.refresh_search(wait=False)  # brings the search structure up to videos it added
         result.excluded += [Path(v).stem for v, _ in errors]
         return result
+
+
+def _changed(stats: Stats) -> bool:
+    """Whether an `index` run changed the entries: if not, it brings the search structure up to date only when no
+    other writer is at work (a live one does it itself; a killed one's is brought up to date by this run)."""
+    return bool(stats.added or stats.replaced or stats.reused)
 
 
 class AsyncClient:
@@ -324,6 +344,9 @@ class AsyncClient:
 
     async def merge(self, shards: Sequence[str | Path], *, index: str | Path) -> MergeStats:
         return await asyncio.to_thread(self.sync.merge, shards, index=index)
+
+    async def vacuum(self, *, index: Where, older_than: float | None = None) -> str:
+        return await asyncio.to_thread(functools.partial(self.sync.vacuum, index=index, older_than=older_than))
 
     async def evaluate(self, csv: str | Path, videos: str | Path, *, protocol: str = "max", windows: int = 10,
                        index: Where | None = None, sampling: Sampling | None = None,

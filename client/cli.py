@@ -24,7 +24,7 @@ from s3d_retrieval.client.library.like import Like, LikeError
 from s3d_retrieval.client.library.vectors import EXACT_LIMIT, SCAN
 from s3d_retrieval.client.library.walk import Shard
 from s3d_retrieval.client.memory import release_big_blocks
-from s3d_retrieval.client.milvus.store import COLLECTION, Milvus
+from s3d_retrieval.client.milvus.store import COLLECTION, VACUUM_AGE, Milvus
 from s3d_retrieval.client.outputs import eval_report, html_report
 from s3d_retrieval.client.outputs.report import as_table
 from s3d_retrieval.client.transport.session import ServerError
@@ -163,6 +163,14 @@ def parser() -> argparse.ArgumentParser:
                          "every indexed video): a video whose real path is elsewhere is refused")
     ui.add_argument("--reload-every", type=float, default=1.0, metavar="SECONDS",
                     help="how often to look for the index's new commits (index, merge, remove)")
+    vacuum = verbs.add_parser("vacuum", help="delete what crashed or raced writers left that no video uses")
+    of = vacuum.add_mutually_exclusive_group(required=True)
+    of.add_argument("--index", type=Path, metavar="DIR",
+                    help="an index folder: files of killed writers (only while no writer is at work)")
+    _milvus_flags(vacuum, of)
+    vacuum.add_argument("--older-than", type=float, metavar="SECONDS",
+                        help=f"--milvus: only windows made this long ago or more (default {VACUUM_AGE:g}: a writer "
+                             f"in flight may be about to commit younger ones)")
     verbs.add_parser("status", help="the model's versions and their states")
     verbs.add_parser("metadata", help="the signatures the server exposes")
     return p
@@ -261,6 +269,12 @@ def _ui(args: argparse.Namespace) -> int:
     return serve(_where(args), args.server, _transport(args), args.host, args.port, args.library, args.reload_every)
 
 
+def _vacuum(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        print(client.vacuum(index=_where(args), older_than=args.older_than))
+    return 0
+
+
 def _status(args: argparse.Namespace) -> int:
     with _client(args) as client:
         for version, state, code, message in client.status():
@@ -279,7 +293,7 @@ def _metadata(args: argparse.Namespace) -> int:
 
 VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
     "search": _search, "frames": _frames, "index": _index, "merge": _merge, "remove": _remove, "eval": _eval,
-    "ui": _ui, "status": _status, "metadata": _metadata}
+    "ui": _ui, "vacuum": _vacuum, "status": _status, "metadata": _metadata}
 
 
 def _report_errors(errors: list[tuple[str, str]], label: str = "error") -> int:

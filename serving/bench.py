@@ -177,8 +177,8 @@ def search_page_load(address: str, clients: int, seconds: float) -> None:
             index.refresh_search()
         rows = []
         for name, distinct in (("repeated queries (cached)", False), ("every query new (embedded)", True)):
-            app = create_app(Catalog(Path(tmp) / "index", MODEL_NAME), api, api)
-            with in_thread(app) as root:
+            catalog = Catalog(Index(Path(tmp) / "index", MODEL_NAME, read_only=True))
+            with in_thread(create_app(catalog, api, api)) as root:
                 host, port = urllib.parse.urlsplit(root).netloc.split(":")
                 deadline = time.monotonic() + seconds
 
@@ -201,6 +201,7 @@ def search_page_load(address: str, clients: int, seconds: float) -> None:
                 with ThreadPoolExecutor(clients) as pool:
                     done = list(pool.map(client, range(clients)))
                 elapsed = time.perf_counter() - start
+            catalog.close()
             latencies = np.concatenate([t for t, _ in done]) * 1000
             rows.append((name, len(latencies), len(latencies) / elapsed, *np.percentile(latencies, [50, 99]),
                          sum(e for _, e in done)))

@@ -92,7 +92,7 @@ def run(model_dir: Path, out: Path, seed: int = 0) -> Demo:
                 index.refresh_search()  # as `index` does when it finishes: the page (`make ui`) reads it
                 heldout = evaluate(session, load_evalset(heldout_csv, heldout_csv.parent), index=index)
                 moments = evaluate(session, load_evalset(story_csv, story_csv.parent), index=index)
-                shown = search_index(session, [s for _, s in pairs[:SHOWN]], index, top=3)
+                shown = search_index(session, [s for _, s in pairs[:SHOWN]], index, index.view(), top=3)
                 windows = Windows.join(index.parts([index.entry(str(story))]))
             queries = [text for text, _, _ in events]
             best = Result(queries, rank(session.embed_text(queries), windows, 1))

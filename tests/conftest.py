@@ -72,6 +72,15 @@ def session(server):
         yield s
 
 
+def folder_catalog(folder: Path, roots: list[Path] | None = None, check_every: float = 1.0):
+    """The search page's catalog over an index folder, opened for reading as `s3d-client ui --index` does."""
+    from s3d_retrieval.client.defaults import MODEL_NAME
+    from s3d_retrieval.client.library.index import Index
+    from s3d_retrieval.client.ui.catalog import Catalog
+
+    return Catalog(Index(folder, MODEL_NAME, read_only=True), roots, check_every)
+
+
 def write_clip(path: Path, frames: int, fps: float, size: tuple[int, int] = (96, 72), fourcc: str = "FFV1",
                seed: int | None = None) -> Path:
     """A clip whose frame i is uniformly grey level i (or seeded noise): sampling can be checked exactly."""

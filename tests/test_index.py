@@ -97,7 +97,7 @@ def test_removed_files_no_longer_appear(session, library, tmp_path):
         index_videos(session, index, [library])
         gone = str(library / "clip3.avi")
         assert index.remove([gone]) == 1
-        result = search_index(session, ["a dog running"], index, top=10)
+        result = search_index(session, ["a dog running"], index, index.view(), top=10)
     assert gone not in [m.video for m in result.matches[0]] and len(result.matches[0]) == 5
 
 

@@ -18,7 +18,7 @@ from s3d_retrieval.client.decode.ahead import decode_ahead
 from s3d_retrieval.client.decode.video import load
 from s3d_retrieval.client.library import index as index_module
 from s3d_retrieval.client.library import indexing, walk
-from s3d_retrieval.client.library.index import Index
+from s3d_retrieval.client.library.index import Index, IndexFolderError
 from s3d_retrieval.client.library.indexing import index_videos
 from s3d_retrieval.client.library.stream import embed_stream
 from s3d_retrieval.client.transport.session import Options, Session
@@ -272,8 +272,8 @@ def test_readers_leave_a_running_writers_files_alone(tmp_path):
         path.write_bytes(b"written by a writer that has not committed yet")
     with Index(tmp_path, "s3d_milnce", read_only=True) as reader:
         assert reader.entries() == {}
-        with pytest.raises(sqlite3.OperationalError, match="readonly"):
-            reader.db.execute("DELETE FROM meta")
+        with pytest.raises(IndexFolderError, match="readonly"):
+            reader._read(lambda db: db.execute("DELETE FROM meta"))
     assert all(path.exists() for path in pending)
     with Index(tmp_path, "s3d_milnce"):
         pass

@@ -70,11 +70,11 @@ def page(server, uri: str, library: Path, expected: dict) -> None:
     from starlette.testclient import TestClient
 
     from s3d_retrieval import Client
-    from s3d_retrieval.client.milvus.catalog import MilvusCatalog
+    from s3d_retrieval.client.ui.catalog import Catalog
     from s3d_retrieval.client.ui.app import create_app
 
     with MilvusStore(uri, "lib", "s3d_milnce") as store, Client(f"127.0.0.1:{server.port}") as api, \
-            TestClient(create_app(MilvusCatalog(store), api, api)) as http:
+            TestClient(create_app(Catalog(store), api, api)) as http:
         assert http.get("/api/search", params={"q": "a dog", "top": "3", "moments": "3"}).json() == expected
         assert len(http.get("/api/videos").json()["videos"]) == 5
         health = http.get("/api/health").json()
@@ -162,7 +162,7 @@ def test_two_writers_of_one_video_never_leave_its_row_without_windows(tmp_path, 
     import numpy as np
 
     from s3d_retrieval.client.decode.video import Sampling
-    from s3d_retrieval.client.library.index import Entry
+    from s3d_retrieval.client.library.store import Entry
 
     uri, path = str(tmp_path / "race.db"), "/lib/clip.mp4"
     entry = Entry(path, "sha", 1, 1.0, 1, 3.0, "", 0, 0)
@@ -192,7 +192,7 @@ def test_stores_sharing_a_lite_file_and_a_page_whose_milvus_went_away(server, tm
 
     from s3d_retrieval import Client
     from s3d_retrieval.client.decode.video import Sampling
-    from s3d_retrieval.client.milvus.catalog import MilvusCatalog
+    from s3d_retrieval.client.ui.catalog import Catalog
     from s3d_retrieval.client.ui.app import create_app
 
     monkeypatch.chdir(tmp_path)
@@ -201,7 +201,7 @@ def test_stores_sharing_a_lite_file_and_a_page_whose_milvus_went_away(server, tm
         first.close()
         assert second.count(second.videos_name) == 0  # the file's server outlived the first store
         with Client(f"127.0.0.1:{server.port}") as api, \
-                TestClient(create_app(MilvusCatalog(second, [tmp_path]), api, api)) as http:
+                TestClient(create_app(Catalog(second, [tmp_path]), api, api)) as http:
             server_manager_instance.release_server(str(tmp_path / "lib.db"))  # Milvus goes away
             health = http.get("/api/health")
             assert health.status_code == 503 and health.json()["error"].startswith("index: Milvus at ")
@@ -217,8 +217,8 @@ def test_a_search_widens_past_filtered_and_uncommitted_videos(tmp_path):
 
     from s3d_retrieval.client.decode.video import Sampling
     from s3d_retrieval.client.library.filters import Filters
-    from s3d_retrieval.client.library.index import Entry
-    from s3d_retrieval.client.milvus.reader import MilvusView
+    from s3d_retrieval.client.library.store import Entry
+    from s3d_retrieval.client.milvus.view import MilvusView
 
     query = np.zeros(512, np.float32)
     query[0] = 1.0

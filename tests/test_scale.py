@@ -35,7 +35,8 @@ def same_results(session, a: Path, b: Path) -> None:
         assert lw.videos == rw.videos
         np.testing.assert_array_equal(lw.embeddings, rw.embeddings)
         np.testing.assert_array_equal(lw.spans, rw.spans)
-        assert search_index(session, QUERIES, left, top=4).matches == search_index(session, QUERIES, right, top=4).matches
+        assert search_index(session, QUERIES, left, left.view(), top=4).matches == \
+            search_index(session, QUERIES, right, right.view(), top=4).matches
 
 
 def test_shares_are_disjoint_stable_and_cover_the_library(library, tmp_path):  # noqa: F811

@@ -19,8 +19,8 @@ from s3d_retrieval.client.library.index import Index
 from s3d_retrieval.client.library.indexing import index_videos
 from s3d_retrieval.client.library.lock import LockTimeout
 from s3d_retrieval.client.library.rank import rank
-from s3d_retrieval.client.ui.catalog import Catalog, NotServed
-from tests.conftest import files_of, write_clip
+from s3d_retrieval.client.ui.catalog import NotServed
+from tests.conftest import files_of, folder_catalog, write_clip
 from tests.test_index import SAMPLING, library  # noqa: F401 - the fixture
 
 MODEL = "s3d_milnce"
@@ -160,7 +160,7 @@ def test_a_write_that_changes_nothing_changes_nothing(server, indexed, library, 
 
 
 def test_a_touched_file_stays_served_and_a_changed_one_waits_for_index(server, indexed, library, capsys):  # noqa: F811
-    catalog = Catalog(indexed, MODEL, check_every=0)
+    catalog = folder_catalog(indexed, check_every=0)
     clip = str(library / "clip1.avi")
     assert catalog.media(clip) == clip
     generation = catalog.current().generation
@@ -210,7 +210,7 @@ def test_two_writers_a_page_and_a_search_loop_share_one_index(server, session, l
     searcher.start()
     try:
         with Client(session.options.address) as api, \
-                TestClient(create_app(Catalog(folder, MODEL, check_every=0), api, api)) as http:
+                TestClient(create_app(folder_catalog(folder, check_every=0), api, api)) as http:
             stale = []
             while any(w.poll() is None for w in writers) and pages < 500:
                 for answer in (http.get("/api/search", params={"q": "a dog", "top": "3"}), http.get("/api/health")):
@@ -252,5 +252,5 @@ def test_a_reader_that_meets_a_file_a_writer_just_replaced_reads_again(indexed, 
 
     monkeypatch.setattr(view, "VectorSearch", replaced_once)
     with Index(indexed, MODEL, read_only=True) as index:
-        found = view.open_view(index)
+        found = index.view()
     assert len(calls) == 2 and found.structure is not None and not found.stale

@@ -16,13 +16,12 @@ from s3d_retrieval.client.library.index import Index
 from s3d_retrieval.client.library.indexing import index_videos
 from s3d_retrieval.client.api import Client
 from s3d_retrieval.client.transport.session import Options, Session
-from tests.conftest import files_of, write_clip
+from tests.conftest import folder_catalog, files_of, write_clip
 
 starlette = pytest.importorskip("starlette", reason="the [ui] extra is not installed: pip install '.[ui]'")
 from starlette.testclient import TestClient  # noqa: E402
 
 from s3d_retrieval.client.ui.app import create_app  # noqa: E402
-from s3d_retrieval.client.ui.catalog import Catalog  # noqa: E402
 
 SAMPLING = Sampling(frames=8, size=64)
 CHROMIUM = "/usr/bin/chromium"
@@ -50,7 +49,7 @@ def world(server, tmp_path_factory):
 def client(server, world):
     address = f"127.0.0.1:{server.port}"
     with Client(address) as api, Client(address, timeout=10, wait=0) as probe:
-        app = create_app(Catalog(world / "index", "s3d_milnce", check_every=0), api, probe)
+        app = create_app(folder_catalog(world / "index", check_every=0), api, probe)
         with TestClient(app) as http:
             http.session = api.session
             yield http
@@ -179,7 +178,7 @@ def test_the_index_reloads_on_commits(server, world, tmp_path):
     extra = write_clip(world / "library" / "late.webm", 40, 10, (64, 64), "VP80", seed=5)
     try:
         with Client(f"127.0.0.1:{server.port}") as api, TestClient(
-                create_app(Catalog(folder, "s3d_milnce", check_every=0), api, api)) as http:
+                create_app(folder_catalog(folder, check_every=0), api, api)) as http:
             assert len(http.get("/api/videos").json()["videos"]) == 5
             with Index(folder, "s3d_milnce", SAMPLING) as index:  # a writer commits: no refresh_search of its own
                 assert index_videos(api.session, index, [extra]).added == 1
@@ -203,7 +202,7 @@ def test_a_structure_behind_the_index_answers_for_every_video_and_the_page_write
     extra = write_clip(world / "library" / "later.webm", 40, 10, (64, 64), "VP80", seed=6)
     try:
         with Client(f"127.0.0.1:{server.port}") as api, TestClient(
-                create_app(Catalog(folder, "s3d_milnce", check_every=0), api, api)) as http:
+                create_app(folder_catalog(folder, check_every=0), api, api)) as http:
             with Index(folder, "s3d_milnce", SAMPLING) as index:
                 index_videos(api.session, index, [extra])  # a writer commits and has not rebuilt the structure yet
             before = files_of(folder)
@@ -241,7 +240,7 @@ def test_a_model_server_that_is_down_is_a_503_the_page_can_show(world):
         s.bind(("127.0.0.1", 0))
         closed = f"127.0.0.1:{s.getsockname()[1]}"
     with Client(closed, wait=0, timeout=2) as down, TestClient(
-            create_app(Catalog(world / "index", "s3d_milnce"), down, down)) as http:
+            create_app(folder_catalog(world / "index"), down, down)) as http:
         answer = http.get("/api/search", params={"q": "guitar"})
         assert answer.status_code == 503 and "cannot reach the model server" in answer.json()["error"]
         health = http.get("/api/health")
@@ -250,13 +249,17 @@ def test_a_model_server_that_is_down_is_a_503_the_page_can_show(world):
         assert http.get("/api/health", params={"probe": "live"}).status_code == 200
 
 
-def test_a_missing_index_is_a_503_the_page_can_show(server, tmp_path):
+def test_an_index_gone_while_served_is_a_503_the_page_can_show(server, world, tmp_path):
+    folder = tmp_path / "gone"
+    shutil.copytree(world / "index", folder)
     with Client(f"127.0.0.1:{server.port}") as api, TestClient(
-            create_app(Catalog(tmp_path / "gone", "s3d_milnce"), api, api)) as http:
+            create_app(folder_catalog(folder, check_every=0), api, api)) as http:
+        assert http.get("/api/search?q=guitar").status_code == 200
+        shutil.rmtree(folder)
         for address in ("/api/search?q=guitar", "/api/videos", "/api/health"):
             answer = http.get(address)
             assert answer.status_code == 503, address
-            assert answer.json()["error"].startswith("index: ") and "no index here" in answer.json()["error"]
+            assert answer.json()["error"].startswith(f"index: {folder}: cannot read the index"), answer.json()
         assert http.get("/api/health").json()["model_server"]["reachable"]
 
 
@@ -283,7 +286,7 @@ def page(server, world):
     from s3d_retrieval.client.ui.server import in_thread
 
     with Client(f"127.0.0.1:{server.port}") as api, \
-            in_thread(create_app(Catalog(world / "index", "s3d_milnce"), api, api)) as root, \
+            in_thread(create_app(folder_catalog(world / "index"), api, api)) as root, \
             playwright.sync_playwright() as driver:
         browser = driver.chromium.launch(executable_path=CHROMIUM, args=["--autoplay-policy=no-user-gesture-required"])
         try:

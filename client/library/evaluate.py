@@ -25,8 +25,7 @@ import cv2
 import numpy as np
 
 from s3d_retrieval.client.library.evalset import Clip, EvalSet
-from s3d_retrieval.client.library.index import Index
-from s3d_retrieval.client.milvus.store import MilvusStore
+from s3d_retrieval.client.library.store import Store
 from s3d_retrieval.client.library.indexing import index_videos
 from s3d_retrieval.client.library.metrics import iou, moment_summary, ranks, summary
 from s3d_retrieval.client.library.moments import find, inside
@@ -136,7 +135,7 @@ def embed_clips(session: Session, evalset: EvalSet, protocol: str, sampling: Sam
     return out
 
 
-def from_index(index: Index | MilvusStore, evalset: EvalSet) -> tuple[list[np.ndarray | None], Windows]:
+def from_index(index: Store, evalset: EvalSet) -> tuple[list[np.ndarray | None], Windows]:
     """Per clip, the index's windows inside it (centre within the span; the nearest one if none is)."""
     windows = index.windows(sorted({clip.video for clip in evalset.clips}))
     out: list[np.ndarray | None] = []
@@ -173,7 +172,7 @@ def clip_scores(text: np.ndarray, per_clip: list[np.ndarray]) -> np.ndarray:
 
 
 def evaluate(session: Session, evalset: EvalSet, protocol: str = "max", count: int = 10,
-             sampling: Sampling | None = None, index: Index | MilvusStore | None = None,
+             sampling: Sampling | None = None, index: Store | None = None,
              errors: list[tuple[str, str]] | None = None) -> Evaluation:
     """Score every sentence against every clip and summarise, the way the field reports retrieval."""
     errors = [] if errors is None else errors

@@ -10,14 +10,16 @@ Layout of an index folder:
 
 Durability: a shard is written under a temporary name and renamed, then one SQLite transaction records the
 videos that use it. A run killed at any point leaves either the old or the new state of each video, never half;
-shard files no transaction refers to are swept when a writer next opens the index. Removing or replacing a video
-drops its rows from `videos`; its shard rows stay until no video refers to the shard.
+shard files no transaction refers to are swept by a writer that finds no other writer at work. Removing or
+replacing a video drops its rows from `videos`; its shard rows stay until no video refers to the shard.
 
 Sharing: every change (commit, removal, adoption, search-structure build, sweep) happens under the index's
 writer lock (`lock`), and every file a writer creates is committed or deleted before it lets go, so whatever
-unused file a lock holder finds has no live owner. A change of the entries moves the generation counter in the
-same transaction; a write that changes nothing moves nothing and takes no lock. Readers (`read_only`) open the
-database read-only, read the generation and the entries in one transaction (`snapshot`) and write no file.
+unused file is found while nobody holds the lock has no live owner: a writer sweeps only then (`lock.free`), and
+never waits for a live writer to do it. A change of the entries moves the generation counter in the same
+transaction; a write that changes nothing moves nothing and takes no lock. Readers (`read_only`) open the database
+read-only (`readonly`: a transaction a killed writer left half done is read as rolled back), read the generation
+and the entries in one transaction (`snapshot`) and write no file.
 """
 from __future__ import annotations
 
@@ -27,10 +29,11 @@ import os
 import shutil
 import sqlite3
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -40,7 +43,9 @@ from s3d_retrieval.client.files import atomic_write
 from s3d_retrieval.client.library import vectors
 from s3d_retrieval.client.library.lock import WriterLock
 from s3d_retrieval.client.library.rank import Windows
-from s3d_retrieval.client.errors import Error
+from s3d_retrieval.client.library.readonly import ReadOnlyDB
+from s3d_retrieval.client.library.store import Entry, Location, Still, StoreError, View
+from s3d_retrieval.client.library.view import IndexView, open_view
 
 FORMAT = "s3d-index/1"
 DB = "index.sqlite"
@@ -55,25 +60,12 @@ CREATE INDEX IF NOT EXISTS videos_sha256 ON videos (sha256);
 ENTRY = "path, sha256, size, mtime, model_version, duration, shard, first_row, row_count"  # an Entry's columns
 
 
-class IndexFolderError(Error):
+class IndexFolderError(StoreError):
     """The index folder cannot be used as asked; the message says what to do."""
 
 
-class IndexWriteError(Error):
+class IndexWriteError(StoreError):
     """Writing to the index failed (disk full, I/O error); the index is as it was before that commit."""
-
-
-@dataclass(frozen=True)
-class Entry:
-    path: str
-    sha256: str
-    size: int
-    mtime: float
-    model_version: int
-    duration: float
-    shard: str
-    first_row: int
-    row_count: int
 
 
 @dataclass(frozen=True)
@@ -89,17 +81,40 @@ def _holds(built: dict | None, generation: str, kind: str | None) -> bool:
     return bool(built) and "segments" in built and built["generation"] == generation and kind in (None, built["kind"])
 
 
-def placement(entry: Entry) -> str:
-    """Where an entry's windows are stored: equal placements hold the same vectors (shards are immutable)."""
-    return f"{entry.shard}:{entry.first_row}:{entry.row_count}"
-
-
 def file_sha256(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Folder:
+    """An index folder as a `Location` (`index=PATH` in the API, `--index DIR` in the CLI)."""
+
+    path: Path
+
+    def open(self, model: str, *, sampling: Sampling | None = None, create: bool = False, read_only: bool = False,
+             lock_wait: float = LOCK_WAIT, log: Callable[[str], None] | None = None, timeout: float = 60.0,
+             new_sampling: Callable[[], Sampling] | None = None) -> Index:
+        if create and sampling is None and new_sampling is not None and not self.exists():
+            sampling = new_sampling()
+        return Index(self.path, model, sampling, create=create, read_only=read_only, lock_wait=lock_wait, log=log)
+
+    def exists(self) -> bool:
+        return (self.path / DB).is_file()
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+
+def location(where: str | os.PathLike[str] | Location) -> Location:
+    """Where an index lives: a folder path as a `Folder`, any other `Location` (a Milvus collection) as it is."""
+    return Folder(Path(os.path.abspath(where))) if isinstance(where, (str, os.PathLike)) else where
 
 
 class Index:
@@ -110,26 +125,35 @@ class Index:
         is ever written. A writer waits up to `lock_wait` seconds for another writer's change (`log` says once
         who holds the index)."""
         self.folder = Path(folder)
+        self.where = str(self.folder)
         if not (self.folder / DB).is_file() and not create:
             raise IndexFolderError(f"{self.folder}: no index here; build one with `index PATH... --index {self.folder}`")
         self.lock = None if read_only else WriterLock(self.folder, lock_wait, log)
+        self._reader: ReadOnlyDB | None = None
         if read_only:
-            self.db = sqlite3.connect(f"{(self.folder / DB).absolute().as_uri()}?mode=ro", uri=True)
-            meta = dict(self.db.execute("SELECT key, value FROM meta"))
+            self._reader = ReadOnlyDB(self.folder / DB)
+            meta = self._read(lambda db: dict(db.execute("SELECT key, value FROM meta")))
         else:
             meta = self._open_writer(model, sampling)
         if meta["format"] != FORMAT:
             raise IndexFolderError(f"{self.folder}: index format {meta['format']}, this client reads {FORMAT}")
         if meta["model"] != model:
             raise IndexFolderError(f"{self.folder} was built with model '{meta['model']}', not '{model}'; "
-                              f"pass --model {meta['model']} or use another --index folder")
+                                   f"pass --model {meta['model']} or use another --index folder")
         self.sampling = Sampling(**json.loads(meta["sampling"]))
         if sampling is not None and sampling != self.sampling:
             raise IndexFolderError(f"{self.folder} was built with {self.sampling}; index with the same settings or "
-                              f"use another --index folder")
-        if not read_only and self._unused():
-            with self.lock.held():
-                self._sweep()
+                                   f"use another --index folder")
+        if not read_only:
+            self._sweep()
+
+    def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """`fn(connection)` on the database as last committed; a failure is one line."""
+        try:
+            return self._reader.read(fn) if self._reader else fn(self.db)
+        except sqlite3.Error as err:
+            raise IndexFolderError(f"{self.folder}: cannot read the index ({err}); check the folder and run again")\
+                from None
 
     def _open_writer(self, model: str, sampling: Sampling | None) -> dict[str, str]:
         """Connect for writing; a new index gets its tables and settings under the lock (two writers may
@@ -157,17 +181,21 @@ class Index:
         return self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone() is not None
 
     def close(self) -> None:
-        self.db.close()
+        if self._reader:
+            self._reader.close()
+        else:
+            self.db.close()
 
     def __enter__(self) -> Index:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def _unused(self) -> list[Path]:
-        """Files no committed video or built structure uses: left by a killed writer, or fully replaced. Only
-        a holder of the lock may delete them (before it, they may be another writer's work in progress)."""
+        """Files no committed video or built structure uses: left by a killed writer, fully replaced, or a live
+        writer's work in progress. Only a holder of the lock may delete them, and only one that found the lock
+        free may tell they have no live owner (`_sweep`)."""
         used = {row[0] for row in self.db.execute("SELECT DISTINCT shard FROM videos")}
         found = list(self.folder.glob(f".{vectors.FOLDER}.*"))  # search structure builds that were killed
         found += vectors.garbage(self.folder)  # and updates
@@ -178,35 +206,56 @@ class Index:
                 found.append(file)
         return found
 
-    def _sweep(self) -> None:
-        for path in self._unused():
-            if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
+    def _sweep(self) -> list[Path]:
+        """Delete what dead writers left, if no writer is at work now (a live writer's files look the same, and
+        are committed or deleted before it lets go): never waits for one. Returns what it deleted."""
+        if not self._unused():
+            return []
+        with self.lock.free() as alone:
+            if not alone:
+                return []
+            gone = self._unused()
+            for path in gone:
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+        return gone
+
+    def vacuum(self, older_than: float = 0.0) -> str:
+        """What a killed writer left (shard files, unfinished search structures), deleted now if no writer is
+        at work; a live writer's files are never touched, whatever their age."""
+        gone = self._sweep()
+        if not gone and self._unused():
+            return f"{self.folder}: another writer is at work; run vacuum again when it is done"
+        return f"{self.folder}: removed {len(gone)} file(s) no video uses"
 
     def entries(self) -> dict[str, Entry]:
-        rows = self.db.execute(f"SELECT {ENTRY} FROM videos ORDER BY path")
-        return {row[0]: Entry(*row) for row in rows}
+        return self._read(lambda db: {row[0]: Entry(*row) for row in db.execute(
+            f"SELECT {ENTRY} FROM videos ORDER BY path")})
 
     def snapshot(self) -> tuple[str, dict[str, Entry]]:
         """The generation and the entries it counts, read in one transaction: no commit falls between them."""
-        in_transaction = self.db.in_transaction
-        if not in_transaction:
-            self.db.execute("BEGIN")
-        try:
-            return self.generation(), self.entries()
-        finally:
-            if not in_transaction:
-                self.db.execute("COMMIT")
+        def both(db: sqlite3.Connection) -> tuple[str, dict[str, Entry]]:
+            within = db.in_transaction
+            if not within:
+                db.execute("BEGIN")
+            try:
+                generation = _generation(db)
+                return generation, {row[0]: Entry(*row) for row in db.execute(
+                    f"SELECT {ENTRY} FROM videos ORDER BY path")}
+            finally:
+                if not within:
+                    db.execute("COMMIT")
+        return self._read(both)
 
     def entry(self, path: str) -> Entry | None:
         """One video's entry as committed now."""
-        row = self.db.execute(f"SELECT {ENTRY} FROM videos WHERE path = ?", (path,)).fetchone()
+        row = self._read(lambda db: db.execute(f"SELECT {ENTRY} FROM videos WHERE path = ?", (path,)).fetchone())
         return Entry(*row) if row else None
 
     def records(self) -> dict[str, Record]:
-        rows = self.db.execute(f"SELECT {ENTRY}, indexed_at FROM videos")
+        rows = self._read(lambda db: db.execute(f"SELECT {ENTRY}, indexed_at FROM videos").fetchall())
         return {row[0]: Record(Entry(*row[:-1]), row[-1]) for row in rows}
 
     def adopt(self, records: list[Record]) -> None:
@@ -228,28 +277,36 @@ class Index:
         return Entry(*row) if row else None
 
     def commit(self, entries: list[Entry], embeddings: list[np.ndarray], spans: list[np.ndarray],
-               reused: list[Entry] = ()) -> list[Entry]:
+               reused: Sequence[Entry] = (), still: Still | None = None) -> list[tuple[Entry, str]]:
         """Record new videos (their windows written as one shard) and `reused` ones (rows already stored),
         all or nothing: on a write error the shard is deleted, the transaction rolled back, IndexWriteError.
-        Returns the reused entries left out because another writer removed their rows meanwhile."""
+        Under the lock, each video is first asked `still` (its file may have changed since it was read: a newer
+        commit must not be replaced by an older one). Returns the videos left out, with why."""
         if not reused and not entries:
             return []
         shard = uuid.uuid4().hex
         files = [self.folder / "shards" / f"{shard}.{part}.npy" for part in ("embeddings", "spans")]
         with self.lock.held():
-            kept = [e for e in reused if (self.folder / "shards" / f"{e.shard}.embeddings.npy").is_file()]
+            left = [(e, "its content's stored windows were removed meanwhile; run index again") for e in reused
+                    if not (self.folder / "shards" / f"{e.shard}.embeddings.npy").is_file()]
+            if still:
+                left += [(e, why) for e in [*entries, *reused] if (why := still(e))]
+            out = {e.path for e, _ in left}
+            kept = [i for i, e in enumerate(entries) if e.path not in out]
             try:
-                self._write(shard, files, entries, embeddings, spans, kept)
+                self._write(shard, files, [entries[i] for i in kept], [embeddings[i] for i in kept],
+                            [spans[i] for i in kept], [e for e in reused if e.path not in out])
             except (OSError, sqlite3.Error) as err:
                 for file in files:
                     file.unlink(missing_ok=True)
                 raise self._write_error(err, len(reused) + len(entries)) from None
-        return [e for e in reused if e not in kept]
+        return left
 
     def _write(self, shard: str, files: list[Path], entries: list[Entry], embeddings: list[np.ndarray],
                spans: list[np.ndarray], rows: list[Entry]) -> None:
         """The shard files, then the transaction that makes them count (the caller holds the lock)."""
-        rows = list(rows)
+        if not entries and not rows:
+            return
         if entries:
             matrix = np.concatenate(embeddings).astype(np.float32)
             atomic_write(files[0], lambda f: np.save(f, matrix))
@@ -269,16 +326,16 @@ class Index:
                                f"before, {videos} video(s) were not added: fix the cause (free disk space?) and "
                                f"run the same command again")
 
-    def touch(self, path: str, mtime: float) -> None:
-        """Record a new modification time for unchanged bytes (a backup or `rsync -t` touched the file): the
-        entries' vectors are the same, so the generation does not move."""
+    def touch(self, path: str, sha256: str, mtime: float) -> None:
+        """Record a new modification time for unchanged bytes (a backup or `rsync -t` touched the file), if the
+        entry still holds those bytes: the entries' vectors are the same, so the generation does not move."""
         try:
             with self.lock.held(), self.db:
-                self.db.execute("UPDATE videos SET mtime = ? WHERE path = ?", (mtime, path))
+                self.db.execute("UPDATE videos SET mtime = ? WHERE path = ? AND sha256 = ?", (mtime, path, sha256))
         except sqlite3.Error as err:
             raise self._write_error(err, 0) from None
 
-    def remove(self, paths: list[str | Path]) -> int:
+    def remove(self, paths: Iterable[str | Path]) -> int:
         """Forget these files, and every indexed file under these folders; returns how many."""
         targets = [os.path.abspath(p) for p in paths]  # as `index` records them (links not resolved)
         gone = [p for p in self.entries() if any(p == t or p.startswith(t.rstrip("/") + "/") for t in targets)]
@@ -299,22 +356,24 @@ class Index:
                         "ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1")
 
     def generation(self) -> str:
-        row = self.db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
-        return row[0] if row else "0"
+        return self._read(_generation)
 
     def _shard(self, shard: str) -> tuple[np.ndarray, np.ndarray]:
         base = self.folder / "shards" / shard
         return np.load(f"{base}.embeddings.npy", mmap_mode="r"), np.load(f"{base}.spans.npy", mmap_mode="r")
 
-    def refresh_search(self, kind: str | None = None) -> dict:
+    def refresh_search(self, kind: str | None = None, wait: bool = True) -> dict | None:
         """Bring the search structure (`vectors`) up to the entries, for writers: left alone when it holds the
         current generation (and is of the `kind` asked), else, under the lock, updated by what changed (or built
         afresh when it must be) from entries read in the same transaction as the generation it records. Returns
-        its manifest, which decides before any faiss index is loaded."""
+        its manifest, which decides before any faiss index is loaded. `wait=False`: nothing done (None) while
+        another writer is at work, which brings it up to date itself."""
         built = vectors.read_manifest(self.folder)
         if _holds(built, self.generation(), kind):
             return built
-        with self.lock.held():
+        with self.lock.held() if wait else self.lock.free() as alone:
+            if alone is False:
+                return None
             generation, current = self.snapshot()
             built = vectors.read_manifest(self.folder)  # another writer may have built it meanwhile
             if _holds(built, generation, kind):
@@ -324,8 +383,10 @@ class Index:
 
     def _build(self, generation: str, entries: list[Entry], kind: str | None) -> None:
         """Update the structure by what changed since it was built, or build it afresh when it must be
-        (`vectors.needs_build`); the caller holds the lock."""
+        (`vectors.needs_build`); the caller holds the lock. Videos are read in the order their shards store them,
+        so each shard file is opened once."""
         built = vectors.read_manifest(self.folder)
+        entries = sorted(entries, key=lambda e: (e.shard, e.first_row))
         try:
             kept, removed, dying = self._changes(built, entries) if built and "segments" in built else (set(), {}, 0)
             if vectors.needs_build(self.folder, built, kind, sum(e.row_count for e in entries), dying):
@@ -344,7 +405,7 @@ class Index:
         videos = [v for seg in segments for v in seg.videos]
         held = vectors.still_held(videos, [k for seg in segments for k in seg.placements],
                                   np.concatenate([seg.dead for seg in segments]),
-                                  {e.path: placement(e) for e in entries})
+                                  {e.path: e.placement for e in entries})
         live = np.zeros(len(videos), bool)
         live[held] = True
         removed, dying, offset = {}, 0, 0
@@ -363,14 +424,14 @@ class Index:
         def rows(video: int) -> tuple[np.ndarray, np.ndarray]:
             entry = entries[video]
             if entry.shard not in cache:
-                cache.clear()  # entries come in path order; keep one shard's maps open at a time
+                cache.clear()  # keep one shard's maps open at a time
                 cache[entry.shard] = self._shard(entry.shard)
             emb, spans = cache[entry.shard]
             return emb[entry.first_row: entry.first_row + entry.row_count], \
                 spans[entry.first_row: entry.first_row + entry.row_count]
 
         return vectors.Parts([(e.path, e.duration) for e in entries], rows, [e.row_count for e in entries],
-                             [placement(e) for e in entries])
+                             [e.placement for e in entries])
 
     def windows(self, paths: Iterable[str] | None = None) -> Windows:
         """The indexed windows (of every video, or of `paths`), grouped by video, for ranking."""
@@ -389,5 +450,19 @@ class Index:
             parts.append((entry.path, emb[rows], spans[rows]))
         return parts
 
-    def model_versions(self) -> set[int]:
-        return {row[0] for row in self.db.execute("SELECT DISTINCT model_version FROM videos")}
+    def view(self, before: View | None = None, kind: str | None = None, nprobe: int | None = None) -> IndexView:
+        """What a reader searches now (`client.library.view`); `before`'s loaded segments are kept."""
+        loaded = before.structure if isinstance(before, IndexView) else None
+        return open_view(self, kind, nprobe, loaded)
+
+    def outdated(self, view: View) -> bool:
+        """A writer committed since `view` was read, or (while its structure was behind) rebuilt the structure."""
+        if self.generation() != view.generation:
+            return True
+        built = vectors.read_manifest(self.folder) if view.stale else None
+        return bool(built) and built["generation"] == view.generation
+
+
+def _generation(db: sqlite3.Connection) -> str:
+    row = db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
+    return row[0] if row else "0"

@@ -7,7 +7,11 @@ Reader -> mapper -> writer:
   hashed, so a huge non-video file named like one costs no full read.
 - `embed_stream` streams each video's windows to the server with bounded memory and keeps its embeddings.
 - every `flush_every` embedded videos are committed together; a video is committed whole or not at all, and
-  one whose size or mtime changed while it was embedded is skipped (run again to index its new content).
+  one whose size or mtime changed since it was read is skipped (run again to index its new content): asked by
+  the store under its lock, so an older content never replaces a newer one another writer committed meanwhile.
+  A video the server embedded with non-finite values (NaN, infinity) is skipped and named.
+- every `REFRESH_EVERY` windows committed, the store's search structure is brought up to date (unless another
+  writer is at work, which does it itself), so that readers score few videos the slow way during a long run.
 """
 from __future__ import annotations
 
@@ -21,10 +25,14 @@ import numpy as np
 from tqdm import tqdm
 
 from s3d_retrieval.client.decode.video import Capture, VideoError
-from s3d_retrieval.client.library.index import Entry, Index, file_sha256
+from s3d_retrieval.client.library.index import file_sha256
+from s3d_retrieval.client.library.store import Entry, Store
 from s3d_retrieval.client.library.stream import embed_stream
 from s3d_retrieval.client.library.walk import Shard, walk
 from s3d_retrieval.client.transport.session import Session
+
+
+REFRESH_EVERY = 65_536  # windows committed during a run between two updates of the search structure
 
 
 @dataclass
@@ -64,7 +72,7 @@ def probe(path: str) -> None:
     Capture(path).close()
 
 
-def plan(index: Index, paths: Iterable[str | Path], version: int, stats: Stats,
+def plan(index: Store, paths: Iterable[str | Path], version: int, stats: Stats,
          shard: Shard | None = None) -> tuple[list[Todo], list[Entry]]:
     """The files to embed and the entries to reuse (of `shard`'s share only, if given); counts unchanged files
     and names skipped ones in `stats`."""
@@ -89,7 +97,7 @@ def plan(index: Index, paths: Iterable[str | Path], version: int, stats: Stats,
             stats.failed.append((path, str(err).removeprefix(f"{path}: ")))
             continue
         if old and old.model_version == version and old.sha256 == sha:
-            index.touch(path, st.st_mtime)
+            index.touch(path, sha, st.st_mtime)
             stats.unchanged += 1
         elif same := index.by_hash(sha, version):
             reused.append(Entry(path, sha, st.st_size, st.st_mtime, version, same.duration, same.shard,
@@ -100,18 +108,18 @@ def plan(index: Index, paths: Iterable[str | Path], version: int, stats: Stats,
     return todo, reused
 
 
-def changed_since(todo: Todo) -> str | None:
-    """Why the file is no longer the one that was read, or None if it still is."""
+def changed_since(entry: Entry) -> str | None:
+    """Why the file is no longer the one that was read (its size and mtime as `entry` records them), or None."""
     try:
-        now = os.stat(todo.path)
+        now = os.stat(entry.path)
     except OSError:
         return "vanished while it was being indexed"
-    if (now.st_size, now.st_mtime) != (todo.stat.st_size, todo.stat.st_mtime):
+    if (now.st_size, now.st_mtime) != (entry.size, entry.mtime):
         return "changed while it was being indexed; run index again to add its new content"
     return None
 
 
-def index_videos(session: Session, index: Index, paths: Iterable[str | Path], flush_every: int = 16,
+def index_videos(session: Session, index: Store, paths: Iterable[str | Path], flush_every: int = 16,
                  progress: bool | None = None, log: Callable[[str], None] | None = None,
                  shard: Shard | None = None, on_video: Callable[[int, int], None] | None = None) -> Stats:
     """Add `paths` to `index`. Raises IndexWriteError (nothing of the failed group committed) on a write fault,
@@ -120,18 +128,33 @@ def index_videos(session: Session, index: Index, paths: Iterable[str | Path], fl
     requests_before = session.requests
     stats = Stats()
     todo, reused = plan(index, paths, version, stats, shard)
-    if reused:
-        for entry in index.commit([], [], [], reused):  # its rows were removed by another writer meanwhile
-            stats.reused -= 1
-            stats.failed.append((entry.path, "its content's stored windows were removed meanwhile; run index again"))
-    pending: list[tuple[Entry, np.ndarray, np.ndarray]] = []
+    for entry, why in index.commit([], [], [], reused, changed_since):
+        stats.reused -= 1
+        stats.failed.append((entry.path, why))
+    pending: list[tuple[Entry, np.ndarray, np.ndarray, bool]] = []  # (entry, embeddings, spans, replacing)
+    since_refresh = 0
 
     def flush() -> None:
-        if pending:
-            index.commit([e for e, _, _ in pending], [x for _, x, _ in pending], [s for _, _, s in pending])
-            if log:
-                log(f"committed {len(pending)} video(s): {', '.join(e.path for e, _, _ in pending)}")
-            pending.clear()
+        nonlocal since_refresh
+        if not pending:
+            return
+        left = dict(index.commit([e for e, _, _, _ in pending], [x for _, x, _, _ in pending],
+                                 [s for _, _, s, _ in pending], still=changed_since))
+        for entry, embeddings, _, replacing in pending:
+            if entry in left:
+                stats.failed.append((entry.path, left[entry]))
+                continue
+            stats.windows += len(embeddings)
+            stats.replaced += replacing
+            stats.added += not replacing
+            since_refresh += len(embeddings)
+        if log and len(left) < len(pending):
+            log(f"committed {len(pending) - len(left)} video(s): "
+                f"{', '.join(e.path for e, _, _, _ in pending if e not in left)}")
+        pending.clear()
+        if since_refresh >= REFRESH_EVERY:
+            index.refresh_search(wait=False)
+            since_refresh = 0
 
     bar = tqdm(total=len(todo), unit="video", desc="indexing", file=sys.stderr,
                disable=not (sys.stderr.isatty() if progress is None else progress))
@@ -142,19 +165,13 @@ def index_videos(session: Session, index: Index, paths: Iterable[str | Path], fl
         if isinstance(done, VideoError):
             stats.failed.append((item.path, str(done).removeprefix(f"{item.path}: ")))
             continue
-        if why := changed_since(item):
-            stats.failed.append((item.path, why))
-            continue
         if log and done.version != version and done.version not in stats.versions:
             log(f"model version {done.version} now answers (the run began on {version}); each video records the "
                 f"version that embedded it: run index again to bring the earlier ones to it")
         stats.versions.add(done.version)
         entry = Entry(item.path, item.sha256, item.stat.st_size, item.stat.st_mtime, done.version,
                       float(done.spans[-1][1]), "", 0, 0)
-        pending.append((entry, done.embeddings, done.spans))
-        stats.windows += len(done.embeddings)
-        stats.replaced += item.replacing
-        stats.added += not item.replacing
+        pending.append((entry, done.embeddings, done.spans, item.replacing))
         if len(pending) >= flush_every:
             flush()
     flush()

@@ -2,6 +2,7 @@
 its moments (`moments`)."""
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,4 +81,34 @@ def rank(queries: np.ndarray, windows: Windows, top: int, moments: int = 1) -> l
             found = find(windows.embeddings[rows], windows.spans[rows], queries[q], moments)
             matches.append(Match(windows.videos[windows.owner[starts[v]]], tuple(found)))
         results.append(sorted(matches, key=lambda m: -m.score))  # as its moments score it (the same order, or a tie)
+    return results
+
+
+Part = tuple[str, np.ndarray, np.ndarray]  # (video, embeddings [W, D], spans [W, 2]): views, read when scored
+
+
+def rank_groups(queries: np.ndarray, groups: Iterable[list[Part]], top: int, moments: int = 1) -> list[list[Match]]:
+    """`rank` over videos given in groups (the windows of one shard file, say), scored one group at a time: memory
+    holds one group's windows and a best score per video, never every window at once. Ties go to the video met
+    first, as in `rank`."""
+    queries = queries.astype(np.float32)
+    parts: list[Part] = []
+    best: list[np.ndarray] = []  # per group: [videos of the group, Q]
+    for group in groups:
+        group = [p for p in group if len(p[1])]
+        if not group:
+            continue
+        block = np.concatenate([np.asarray(e) for _, e, _ in group]).astype(np.float32) @ queries.T  # [rows, Q]
+        starts = np.cumsum([0] + [len(e) for _, e, _ in group[:-1]])
+        best.append(np.maximum.reduceat(block, starts, axis=0))
+        parts += group
+    if not parts:
+        return [[] for _ in queries]
+    scores = np.concatenate(best).T  # [Q, videos]
+    results = []
+    for q, row in enumerate(scores):
+        chosen = np.argsort(-row, kind="stable")[:top]
+        found = [Match(parts[v][0], tuple(find(np.asarray(parts[v][1]), np.asarray(parts[v][2]), queries[q], moments)))
+                 for v in chosen]
+        results.append(sorted(found, key=lambda m: -m.score))
     return results

@@ -9,12 +9,11 @@ import numpy as np
 
 from s3d_retrieval.client.decode.video import Sampling, VideoError
 from s3d_retrieval.client.library.filters import Filters
-from s3d_retrieval.client.library.index import Index
 from s3d_retrieval.client.library.like import Like, LikeError, Source
 from s3d_retrieval.client.library.moments import Moment
 from s3d_retrieval.client.library.rank import Match, Windows, rank
+from s3d_retrieval.client.library.store import Store, View
 from s3d_retrieval.client.library.stream import embed_stream
-from s3d_retrieval.client.library.view import IndexView, open_view
 from s3d_retrieval.client.transport.session import Session
 
 
@@ -133,7 +132,7 @@ def version_warnings(used: set[int], served: int) -> list[str]:
             f"re-run `index` on the same files to refresh them"]
 
 
-def indexed(view: IndexView) -> Source:
+def indexed(view: View) -> Source:
     """A liked moment's windows from the index (the UI's source: only indexed videos)."""
     def source(like: Like) -> tuple[np.ndarray, np.ndarray]:
         found = view.windows_of(os.path.abspath(like.video))
@@ -143,7 +142,7 @@ def indexed(view: IndexView) -> Source:
     return source
 
 
-def search_view(embed_text: EmbedText, queries: Sequence[str], view: IndexView, top: int = 5,
+def search_view(embed_text: EmbedText, queries: Sequence[str], view: View, top: int = 5,
                 filters: Filters = Filters(), moments: int = 1, likes: Sequence[Like] = (),
                 source: Source | None = None) -> Result:
     """Rank the videos of an index as a reader sees it (what `search --index` and the UI share); says once when
@@ -157,25 +156,22 @@ def search_view(embed_text: EmbedText, queries: Sequence[str], view: IndexView, 
     return result
 
 
-def search_index(session: Session, queries: Sequence[str], index: Index, top: int = 5,
-                 filters: Filters = Filters(), kind: str | None = None, nprobe: int | None = None,
-                 moments: int = 1, likes: Sequence[Like] = (), embed_text: EmbedText | None = None,
-                 served: int | None = None) -> Result:
-    """Rank the videos of an index (open for reading) for each query, searched as `kind` asks (exact or
-    approximate, see `vectors`) without writing a file; warns if they were embedded by another model version.
-    A liked video the index lacks is decoded and embedded now with the index's sampling. `embed_text` and
-    `served` (the version served): given by a caller that asked the server already (the asyncio client)."""
-    view = open_view(index, kind, nprobe)
+def search_index(session: Session, queries: Sequence[str], store: Store, view: View, top: int = 5,
+                 filters: Filters = Filters(), moments: int = 1, likes: Sequence[Like] = (),
+                 embed_text: EmbedText | None = None, served: int | None = None) -> Result:
+    """Rank the videos of an index (`view`, read from `store`) for each query without writing anything; warns if
+    they were embedded by another model version. A liked video the index lacks is decoded and embedded now with
+    the index's sampling. `embed_text` and `served` (the version served): given by a caller that asked the server
+    already (the asyncio client)."""
     from_index = indexed(view)
 
     def source(like: Like) -> tuple[np.ndarray, np.ndarray]:
         try:
             return from_index(like)
         except LikeError:  # not indexed: decoded with the index's sampling
-            return embed_one(session, like.video, index.sampling)
+            return embed_one(session, like.video, store.sampling)
 
     served = session.ensure_ready() if served is None else served
-    warnings = version_warnings({e.model_version for e in view.entries.values()}, served)
     result = search_view(embed_text or session.embed_text, queries, view, top, filters, moments, likes, source)
-    result.warnings[:0] = warnings
+    result.warnings[:0] = version_warnings(view.versions, served)
     return result

@@ -3,7 +3,8 @@
 Decoders run ahead by a bounded number of windows (`client.decode.ahead`), windows are grouped into requests
 of `windows_per_request`, at most `concurrency` requests are in flight, and only the embeddings (512 floats
 per window) and spans of a video are kept. A video whose windows were answered by two model versions (a new
-version published mid-video) is embedded again whole, so one video never mixes versions.
+version published mid-video) is embedded again whole, so one video never mixes versions; one the server answered
+with non-finite values (NaN, infinity) is an error for that video: such a window would win every ranking.
 """
 from __future__ import annotations
 
@@ -60,7 +61,11 @@ def embed_stream(session: Session, items: Iterable[T], path: Callable[[T], str],
         stream: Iterator[Window] = feed
         for attempt in range(VERSION_ATTEMPTS):
             try:
-                yield item, embed_video(session, stream)
+                done = embed_video(session, stream)
+                bad = int((~np.isfinite(done.embeddings).all(axis=1)).sum())
+                yield item, done if not bad else VideoError(
+                    f"{path(item)}: the model server answered {bad} of its {len(done.embeddings)} windows with "
+                    f"non-finite values (NaN or infinity); check model version {done.version}")
                 break
             except VideoError as err:
                 yield item, err

@@ -8,7 +8,8 @@
 - one folder per segment: `videos.json` ([path, duration, placement] by video number: the placement names the
   shard rows the video's windows came from, so a reader can tell which videos still hold), `first.npy` (each
   video's first row, then the row count), `spans.npy` ([rows, 2] seconds), `embeddings.npy` ([rows, D] float32):
-  memory-mapped, never loaded whole; `ivf.faiss` (approximate only): its rows as 8-bit scalar-quantized codes
+  memory-mapped, never loaded whole; `order.npy` and `backward.npy`: its video numbers sorted by path, and by
+  path read backwards, so that filters on folders and patterns are ranges (`filters.Paths`); `ivf.faiss` (approximate only): its rows as 8-bit scalar-quantized codes
   in the trained lists (faiss IVF-SQ8: a quarter of the float32 bytes, in memory); `dead-G.npy`: the numbers of
   its videos removed or replaced by generation G.
   Product quantization (IVF-PQ) was weighed: 4-16x smaller still, but its codes ranked the right videos too low
@@ -46,6 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from s3d_retrieval.client.files import atomic_write
+from s3d_retrieval.client.library.filters import Filters, Paths, sort_orders
 from s3d_retrieval.client.library.moments import find
 from s3d_retrieval.client.library.rank import Match
 
@@ -56,6 +58,7 @@ RESCORE = 2  # approximate: videos re-scored exactly per wanted video
 SCAN = 262_144  # approximate: windows whose codes are scanned per query by default (~25 ms on 2 cores)
 FOLDER = "search"
 MAX_SEGMENTS = 8  # more after an update: all but the largest are compacted into one
+ORDERS = ("order.npy", "backward.npy")  # a segment's video numbers by path, and by path read backwards
 RETRAIN_SHARE = 0.5  # rows added since training, as a share of the rows trained on, that call for training again
 DEAD_SHARE = 0.25  # rows of removed or replaced videos, as a share of all rows, that call for a full build
 
@@ -104,6 +107,8 @@ def _write_segment(path: Path, parts: Parts, trained=None) -> dict:
         np.save(tmp / "first.npy", first)
         placements = parts.placements or [""] * len(parts.videos)
         (tmp / "videos.json").write_text(json.dumps([[p, d, k] for (p, d), k in zip(parts.videos, placements)]))
+        for name, order in zip(ORDERS, sort_orders([p for p, _ in parts.videos])):
+            np.save(tmp / name, order)
         if trained is not None:
             _write_faiss(tmp / "ivf.faiss", _codes(trained, np.load(tmp / "embeddings.npy", mmap_mode="r")))
         os.replace(tmp, path)
@@ -294,12 +299,25 @@ class Segment:
         self.first = np.load(path / "first.npy")
         self.matrix = np.load(path / "embeddings.npy", mmap_mode="r")
         self.spans = np.load(path / "spans.npy", mmap_mode="r")
+        self.durations = np.fromiter((d for _, d in self.videos), np.float64, len(self.videos))
         self.dead = np.zeros(len(self.videos), bool)
         if dead:
             self.dead[np.load(path / dead)] = True
         self.owner_of = lambda rows: np.searchsorted(self.first, rows, side="right") - 1
         self.path, self.dead_file = path, dead
         self.ann, self.nprobe = None, 1
+        self._paths: list[Paths] = []  # made at the first filter, shared with the copies (`with_dead`)
+
+    def select(self, filters: Filters) -> np.ndarray | None:
+        """Mask of the videos `filters` accept (dead ones included), or None when nothing is filtered."""
+        if filters == Filters():
+            return None
+        if not self._paths:
+            names = [p for p, _ in self.videos]
+            stored = [self.path / name for name in ORDERS]
+            orders = [np.load(f) for f in stored] if all(f.is_file() for f in stored) else sort_orders(names)
+            self._paths.append(Paths(names, *orders))  # (a segment of an earlier release: sorted here, once)
+        return filters.select(self._paths[0], self.durations)
 
     def with_dead(self, dead: str | None) -> Segment:
         """A copy of this segment (its maps and codes shared, never changed) with the dead videos of `dead`."""
@@ -447,6 +465,13 @@ class VectorSearch:
         probes = min(nlist, nprobe or max(1, round(SCAN * nlist / self.rows)))
         for seg in self.segments:  # on the segment, not its shared faiss index: a structure still answering
             seg.nprobe = probes    # from the same segments keeps its own
+
+    def select(self, filters: Filters) -> np.ndarray | None:
+        """Mask over the video numbers of every segment of the videos `filters` accept, or None: all."""
+        masks = [seg.select(filters) for seg in self.segments]
+        if not self.segments or masks[0] is None:
+            return None
+        return np.concatenate(masks)
 
     def windows_of(self, number: int) -> tuple[np.ndarray, np.ndarray]:
         """Video `number`'s window embeddings [W, D] and spans [W, 2], read from its segment."""

@@ -18,8 +18,8 @@ from s3d_retrieval.client.bench import (approximate, percentiles, sentence_queri
                                         synthetic_search, synthetic_windows)
 from s3d_retrieval.client.decode.video import Sampling
 from s3d_retrieval.client.library import vectors
-from s3d_retrieval.client.library.index import Entry
-from s3d_retrieval.client.milvus.reader import MilvusView
+from s3d_retrieval.client.library.store import Entry
+from s3d_retrieval.client.milvus.view import MilvusView
 from s3d_retrieval.client.milvus.store import MilvusStore
 
 SIZES = [100_000, 1_000_000]

@@ -1,8 +1,8 @@
 """A Milvus collection pair holding an index: what `Index` is for a folder, for the writer and the reader.
 
 - `NAME` (windows): one row per window: `path`, `token` (the video's version: a new one each time it is
-  embedded), `start`/`end` seconds, `duration`, `vector` (the 512-d embedding, inner product). Rows are written
-  first and are invisible until their video's row names their token.
+  embedded, beginning with when it was made), `start`/`end` seconds, `duration`, `vector` (the 512-d embedding,
+  inner product). Rows are written first and are invisible until their video's row names their token.
 - `NAME_videos` (one row per video, primary key `path`): size, mtime, sha256, model version, duration, rows and
   the current `token`. Writing it is the commit: a video becomes visible to search only once all its windows
   are stored, and windows of older tokens are deleted after it. Milvus needs a vector in every collection:
@@ -10,15 +10,16 @@
 - The collection's properties record the model name and the sampling (`s3d.model`, `s3d.sampling`), so a
   writer with other settings is refused as for an index folder.
 Many writers (the Indexed Job's pods) write at once with no lock and no merge: a video's commit is its own
-row, and when two writers embed the same video the last commit wins and deletes the other's windows.
+row, and when two writers embed the same video the last commit wins and deletes the other's windows. Windows no
+row names (a writer killed between its windows and its row, a failed insert, two writers of one video) are
+invisible; `vacuum` deletes those older than any writer in flight.
 """
 from __future__ import annotations
 
 import json
-import logging
 import os
+import time
 import uuid
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
@@ -26,15 +27,16 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 
 from s3d_retrieval.client.decode.video import Sampling
-from s3d_retrieval.client.errors import Error
-from s3d_retrieval.client.library.index import Entry
 from s3d_retrieval.client.library.rank import Windows
+from s3d_retrieval.client.library.store import Entry, Still, View
+from s3d_retrieval.client.milvus.connection import (PAGE, STRONG, TOP_K, MilvusError, connect, literal, one_of, release,
+                                                    starts_with, why)
+from s3d_retrieval.client.milvus.view import MilvusView
 
 DIMENSION = 512
 PATH_BYTES = 4096  # longest path stored
-PAGE = 4096  # rows fetched per page of a query
-TOP_K = 16384  # the most rows Milvus returns for one query or search
 VIDEO_FIELDS = ["path", "sha256", "size", "mtime", "model_version", "duration", "rows", "token"]
+VACUUM_AGE = 3600.0  # seconds: windows no row names are left alone this long (a writer may be about to commit them)
 
 
 COLLECTION = "s3d_library"  # the collection a store uses unless told otherwise
@@ -43,45 +45,32 @@ COLLECTION = "s3d_library"  # the collection a store uses unless told otherwise
 @dataclass(frozen=True)
 class Milvus:
     """Where an index lives in Milvus (the API's `index=Milvus(uri, collection)`, the CLI's `--milvus URI
-    --collection NAME`): a Milvus Lite file ending in `.db`, or a server's `http://host:19530`."""
+    --collection NAME`): a Milvus Lite file ending in `.db`, or a server's `http://host:19530`. A `Location`."""
 
     uri: str
     collection: str = COLLECTION
 
+    def open(self, model: str, *, sampling: Sampling | None = None, create: bool = False, read_only: bool = False,
+             lock_wait: float = 0.0, log: Callable[[str], None] | None = None, timeout: float = 60.0,
+             new_sampling: Callable[[], Sampling] | None = None) -> MilvusStore:
+        return MilvusStore(self.uri, self.collection, model, sampling, create, timeout, new_sampling)
 
-class MilvusError(Error):
-    """The Milvus store cannot be used (unreachable, a bad URI, another model's collection); one line."""
+    def __str__(self) -> str:
+        return f"{self.uri} (collection {self.collection})"
 
 
-def _client(uri: str, timeout: float):
-    """Note: importing pymilvus runs `logging.config.dictConfig`, which closes the logging handlers that exist
-    then; the client imports it before any of its own (tests import it before TensorFlow's, see conftest)."""
+def new_token() -> str:
+    """A video version's token: when it was made (hex nanoseconds), then random; `vacuum` reads its age."""
+    return f"{time.time_ns():x}-{uuid.uuid4().hex[:16]}"
+
+
+def made_at(token: str) -> float | None:
+    """Seconds since the epoch a token was made (None: a token of an earlier release, which says nothing)."""
+    stamp, dash, _ = token.partition("-")
     try:
-        from pymilvus import MilvusClient
-    except ImportError as err:
-        raise MilvusError(f"--milvus needs pymilvus ({err}): pip install 's3d-retrieval[milvus]'") from None
-    logging.getLogger("pymilvus").setLevel(logging.CRITICAL)  # its own tracebacks and warnings: ours say it in a line
-    if not (uri.endswith(".db") or uri.startswith(("http://", "https://", "tcp://"))):
-        raise MilvusError(f"--milvus {uri!r}: give a Milvus Lite file ending in .db or a server's "
-                          f"http://HOST:19530")
-    try:
-        return MilvusClient(uri=uri, timeout=timeout)
-    except Exception as err:  # pymilvus raises MilvusException, and others from its transport
-        raise MilvusError(f"cannot open Milvus at {uri} ({_why(err)}); check the URI and that the server "
-                          f"runs") from None
-
-
-def _why(err: Exception) -> str:
-    return str(getattr(err, "message", None) or err).splitlines()[0][:300]
-
-
-def literal(text: str) -> str:
-    """A string as a Milvus expression literal (quotes and backslashes escaped; other characters as they are)."""
-    return json.dumps(text, ensure_ascii=False)
-
-
-OPEN_LITE: Counter[str] = Counter()  # stores of this process open on each URI (a Lite file's server is shared)
-STRONG = {"consistency_level": "Strong"}  # reads see every write acknowledged before them
+        return int(stamp, 16) / 1e9 if dash else None
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -100,10 +89,9 @@ class MilvusStore:
         """`sampling`: the settings a writer embeds with (refused if the collection has others); a collection
         made here takes it, else `new_sampling()` (the served model's), else the released model's."""
         self.uri, self.windows_name, self.videos_name = uri, name, f"{name}_videos"
-        self.client = _client(uri, timeout)
+        self.where = f"{uri} (collection {name})"
+        self.client = connect(uri, timeout)
         self.wrote = False  # by this store: what refresh_search seals
-        self.key = os.path.abspath(uri) if uri.endswith(".db") else uri  # as Milvus Lite names its servers
-        OPEN_LITE[self.key] += 1
         try:
             exists = self.client.has_collection(name)
             if not exists and not create:
@@ -119,7 +107,7 @@ class MilvusStore:
             raise
         except Exception as err:
             self.close()
-            raise MilvusError(f"Milvus at {uri}: {_why(err)}") from None
+            raise MilvusError(f"Milvus at {uri}: {why(err)}") from None
         built_model = properties.get("s3d.model")
         if built_model != model:
             self.close()
@@ -138,23 +126,9 @@ class MilvusStore:
         self.close()
 
     def close(self) -> None:
-        """Close the connection; for a Lite file that no other store of this process still uses, stop the server
-        pymilvus started for it too, so the file is free for the next process (Lite keeps it locked)."""
-        if self.client is None:
-            return
-        client, self.client = self.client, None
-        OPEN_LITE[self.key] -= 1
-        try:
-            client.close()
-        except Exception:  # closing a connection that broke: nothing left to keep
-            pass
-        if self.uri.endswith(".db") and not OPEN_LITE[self.key]:
-            try:
-                from milvus_lite.server_manager import server_manager_instance
-
-                server_manager_instance.release_server(self.key)
-            except Exception:  # no Lite here
-                pass
+        if self.client is not None:
+            client, self.client = self.client, None
+            release(client, self.uri)
 
     @contextmanager
     def _asking(self, what: str) -> Iterator[None]:
@@ -164,7 +138,7 @@ class MilvusStore:
         except MilvusError:
             raise
         except Exception as err:
-            raise MilvusError(f"Milvus at {self.uri} failed to {what} ({_why(err)}); what was committed before "
+            raise MilvusError(f"Milvus at {self.uri} failed to {what} ({why(err)}); what was committed before "
                               f"stays, run the same command again") from None
 
     def _create(self, model: str, sampling: Sampling) -> None:
@@ -225,7 +199,7 @@ class MilvusStore:
                 rows = self._rows(self.videos_name, 'path != ""', VIDEO_FIELDS)
             else:  # at most one row a path: one query
                 with self._asking("read videos"):
-                    rows = self.client.query(self.videos_name, filter="path in [" + ", ".join(map(literal, chunk)) + "]",
+                    rows = self.client.query(self.videos_name, filter=one_of("path", list(chunk)),
                                              output_fields=VIDEO_FIELDS, limit=len(chunk), **STRONG)
             for row in rows:
                 entry = Entry(row["path"], row["sha256"], int(row["size"]), float(row["mtime"]),
@@ -242,10 +216,23 @@ class MilvusStore:
     def entries(self) -> dict[str, Entry]:
         return {path: now.entry for path, now in self.current().items()}
 
-    def touch(self, path: str, mtime: float) -> None:
-        """A file whose bytes are unchanged but whose mtime moved: record the new mtime."""
+    def entry(self, path: str) -> Entry | None:
         now = self.current([path]).get(path)
-        if now is not None:
+        return now.entry if now else None
+
+    def view(self, before: View | None = None, kind: str | None = None, nprobe: int | None = None) -> MilvusView:
+        return MilvusView(self)
+
+    def outdated(self, view: View) -> bool:
+        return False  # a view asks Milvus at each search
+
+    def touch(self, path: str, sha256: str, mtime: float) -> None:
+        """A file whose bytes are unchanged but whose mtime moved: record the new mtime, on the row as it is now
+        and only if it still holds those bytes. Milvus has no conditional write: a commit of the same video by
+        another writer between this read and the upsert (milliseconds) would be undone; `index` then embeds it
+        again at its next run, as for a changed file."""
+        now = self.current([path]).get(path)
+        if now is not None and now.entry.sha256 == sha256:
             self._commit_rows([(replace(now.entry, mtime=mtime), now.token)])
 
     def by_hash(self, sha256: str, version: int) -> Entry | None:
@@ -254,29 +241,32 @@ class MilvusStore:
         return None
 
     def commit(self, entries: list[Entry], embeddings: list[np.ndarray], spans: list[np.ndarray],
-               reused: Iterable[Entry] = ()) -> list[Entry]:
+               reused: Sequence[Entry] = (), still: Still | None = None) -> list[tuple[Entry, str]]:
         """Store each video's windows under a new token, then its row (the commit), then delete the windows of
         the token that row replaced, and only those: a token is never current again, so no writer's commit loses
         its windows. (Two writers of one video at once, or a crash between commit and delete, leave windows no
-        row names: invisible, removed with the video.) Returns the reused entries not kept: none here."""
+        row names: invisible, removed with the video or by `vacuum`.) `still` is asked just before the rows are
+        written (there is no lock to ask it under). Returns the videos left out, with why."""
         if not entries:
             return []
-        tokens = [uuid.uuid4().hex for _ in entries]
+        tokens = [new_token() for _ in entries]
         self.wrote = True
         with self._asking("store windows"):
             for entry, token, vectors, times in zip(entries, tokens, embeddings, spans):
                 self.client.insert(self.windows_name, [
                     {"path": entry.path, "token": token, "start": float(s), "end": float(e),
                      "duration": entry.duration, "vector": v.tolist()} for v, (s, e) in zip(vectors, times)])
-        replaced = self.current([e.path for e in entries])
+        left = [(e, why_not) for e in entries if still and (why_not := still(e))]
+        out = {e.path for e, _ in left}
+        kept = [(e, t, v) for e, t, v in zip(entries, tokens, embeddings) if e.path not in out]
+        replaced = self.current([e.path for e, _, _ in kept])
         self._commit_rows([(replace(entry, shard="milvus", row_count=len(vectors)), token)
-                           for entry, token, vectors in zip(entries, tokens, embeddings)])
-        stale = [now.token for now in replaced.values()]
+                           for entry, token, vectors in kept])
+        stale = [now.token for now in replaced.values()] + [t for e, t in zip(entries, tokens) if e.path in out]
         with self._asking("delete replaced windows"):
             for i in range(0, len(stale), PAGE):
-                chunk = stale[i: i + PAGE]
-                self.client.delete(self.windows_name, filter="token in [" + ", ".join(map(literal, chunk)) + "]")
-        return []
+                self.client.delete(self.windows_name, filter=one_of("token", stale[i: i + PAGE]))
+        return left
 
     def _commit_rows(self, rows: list[tuple[Entry, str]]) -> None:
         if rows:
@@ -295,7 +285,7 @@ class MilvusStore:
         by_token: dict[str, list[dict]] = {token: [] for token in owner}
         tokens, fields = list(owner), ["token", "vector", "start", "end"]
         for i in range(0, len(tokens), PAGE):
-            chunk = "token in [" + ", ".join(map(literal, tokens[i: i + PAGE])) + "]"
+            chunk = one_of("token", tokens[i: i + PAGE])
             expected = sum(current[owner[t]].entry.row_count for t in tokens[i: i + PAGE])
             rows = []
             if expected < TOP_K:  # one query (an iterator's pages cost ~20 ms each in Milvus Lite)
@@ -314,7 +304,7 @@ class MilvusStore:
                               np.array([(r["start"], r["end"]) for r in rows], np.float64)))
         return Windows.join(parts)
 
-    def refresh_search(self) -> None:
+    def refresh_search(self, wait: bool = True) -> None:
         """At the end of a writer's run that wrote something into a Lite file: seal it (Lite scans growing data
         row by row; sealed segments are searched through their index, many times faster). A server seals
         segments on its own and rate-limits flushes: nothing is asked of it."""
@@ -330,18 +320,36 @@ class MilvusStore:
         """Remove videos, or everything under folders: their rows first (invisible at once), then windows."""
         gone = 0
         for target in (os.path.abspath(p) for p in paths):
-            folder = target.rstrip("/") + "/"  # LIKE's own wildcards (% and _) may match more: checked below
-            filter = f"path == {literal(target)} or path like {literal(folder + '%')}"
-            paths_gone = sorted({row["path"] for row in self._rows(self.videos_name, filter, ["path"])
-                                 if row["path"] == target or row["path"].startswith(folder)})
+            folder = target.rstrip("/") + "/"
+            filter = f"path == {literal(target)} or path like {starts_with(folder)}"
+            paths_gone = sorted({row["path"] for row in self._rows(self.videos_name, filter, ["path"])})
             self.wrote |= bool(paths_gone)
             with self._asking("remove videos"):
                 for i in range(0, len(paths_gone), PAGE):  # rows first: gone from search at once
                     self.client.delete(self.videos_name, ids=paths_gone[i: i + PAGE])
                 # then every window of those paths, of any token (replaced or unwritten ones too)
                 for i in range(0, len(paths_gone), PAGE):
-                    chunk = ", ".join(map(literal, paths_gone[i: i + PAGE]))
-                    self.client.delete(self.windows_name, filter=f"path in [{chunk}]")
+                    self.client.delete(self.windows_name, filter=one_of("path", paths_gone[i: i + PAGE]))
             gone += len(paths_gone)
         return gone
+
+    def vacuum(self, older_than: float = VACUUM_AGE) -> str:
+        """Delete the windows whose token no video's row names and that were made over `older_than` seconds
+        ago (younger ones may be a writer's, about to be committed; tokens of an earlier release carry no time
+        and count as old). Reads every window's token once: a maintenance verb, not for each run."""
+        named = {now.token for now in self.current().values()}
+        orphans: dict[str, int] = {}
+        for row in self._rows(self.windows_name, 'path != ""', ["token"]):
+            if row["token"] not in named:
+                orphans[row["token"]] = orphans.get(row["token"], 0) + 1
+        limit = time.time() - older_than
+        old = [t for t in orphans if (made_at(t) or 0.0) <= limit]
+        named = {now.token for now in self.current().values()}  # a commit meanwhile may name an old token: never
+        old = [t for t in old if t not in named]
+        with self._asking("delete windows no video names"):
+            for i in range(0, len(old), PAGE):
+                self.client.delete(self.windows_name, filter=one_of("token", old[i: i + PAGE]))
+        self.wrote |= bool(old)
+        return (f"{self.where}: removed {sum(orphans[t] for t in old)} window(s) of {len(old)} video version(s) no "
+                f"video names, made over {older_than:g} s ago; {len(orphans) - len(old)} younger one(s) left")
 

@@ -22,10 +22,11 @@ from s3d_retrieval.client.library.moments import Moment
 from s3d_retrieval.client.library.rank import Match
 from s3d_retrieval.client.library.filters import Filters
 from s3d_retrieval.client.library.search import Result
+from s3d_retrieval.client.library.store import StoreError
 from s3d_retrieval.client.milvus.store import Milvus, MilvusError
 from s3d_retrieval.client.transport.session import ServerError
 
 __all__ = ["AsyncClient", "Client", "Error", "EvalSetError", "Evaluation", "Filters", "IndexFolderError",
            "IndexWriteError", "Like", "LikeError", "LockTimeout", "Match", "MergeStats", "Milvus", "MilvusError", "Moment",
            "Result",
-           "Sampling", "ServerError", "Stats", "VideoError", "VideoWindows"]
+           "Sampling", "ServerError", "Stats", "StoreError", "VideoError", "VideoWindows"]

@@ -24,8 +24,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from s3d_retrieval.client.library.index import IndexFolderError
-from s3d_retrieval.client.milvus.store import MilvusError
+from s3d_retrieval.client.library.store import StoreError
 from s3d_retrieval.client.library.like import Like, LikeError
 from s3d_retrieval.client.library.filters import Filters
 from s3d_retrieval.client.library.search import search_view, version_warnings
@@ -97,7 +96,7 @@ def create_app(catalog: Catalog, client: Client, probe: Client) -> Starlette:
         snapshot = catalog.current()
         return JSONResponse({"generation": snapshot.generation, "videos": [
             {"video": e.path, "duration": e.duration, "windows": e.row_count, "model_version": e.model_version}
-            for e in snapshot.entries.values()]})
+            for e in snapshot.view.entries.values()]})
 
     def health(request: Request) -> Response:
         if request.query_params.get("probe") == "live":
@@ -109,7 +108,7 @@ def create_app(catalog: Catalog, client: Client, probe: Client) -> Starlette:
             view = snapshot.view
             index.update(loaded=True, generation=view.generation, videos=view.videos, windows=view.windows,
                          search=view.kind, stale=view.stale, model_versions=sorted(snapshot.versions))
-        except (IndexFolderError, MilvusError, OSError, sqlite3.Error) as err:
+        except (StoreError, OSError, sqlite3.Error) as err:
             index["error"] = str(err)
         try:
             server.update(reachable=True, version=probe.ready())
@@ -145,7 +144,7 @@ def create_app(catalog: Catalog, client: Client, probe: Client) -> Starlette:
             return JSONResponse({"error": f"{request.url.path}: {err.detail}"}, err.status_code)
         if isinstance(err, ServerError):
             return JSONResponse({"error": f"model server: {err}"}, 503)
-        if isinstance(err, (IndexFolderError, MilvusError, OSError, sqlite3.Error)):
+        if isinstance(err, (StoreError, OSError, sqlite3.Error)):
             return JSONResponse({"error": f"index: {err}"}, 503)
         return JSONResponse({"error": f"internal error ({type(err).__name__}: {err}); see the service's log"}, 500)
 
@@ -154,5 +153,5 @@ def create_app(catalog: Catalog, client: Client, probe: Client) -> Starlette:
                 Route("/api/health", health), Route("/api/media", media), Route("/api/still", still),
                 Mount("/static", StaticFiles(directory=STATIC), name="static")],
         exception_handlers={exc: as_json_error for exc in
-                            (HTTPException, NotServed, BadRequest, ServerError, IndexFolderError, MilvusError, OSError,
+                            (HTTPException, NotServed, BadRequest, ServerError, StoreError, OSError,
                              sqlite3.Error, Exception)})

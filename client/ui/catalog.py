@@ -1,23 +1,20 @@
-"""The index as the search service sees it: loaded once, kept in memory, reloaded when a writer commits.
+"""The index as the search service sees it: a store kept open (`client.library.reader`), its view loaded once and
+loaded again when a writer changed the index; and which of its files the service may send.
 
-A writer (`index`, `merge`, `remove`) moves the index's generation counter in each commit and brings the search
-structure up to date when it finishes. The service reads the counter (one SQLite row) at most every `check_every` seconds;
-when it moved (or, while the structure is behind, when a writer rebuilt it), the request that noticed loads the
-new state while the others keep answering from the old one. The service is a reader: it never writes a file.
-While the structure is behind, the videos it lacks are scored exactly (`client.library.view`), and
-`/api/health` says so.
+A folder's writers (`index`, `merge`, `remove`) move the index's generation counter in each commit and bring the
+search structure up to date as they go. The service reads the counter (one SQLite row) at most every `check_every`
+seconds; when it moved (or, while the structure is behind, when a writer rebuilt it), the request that noticed
+loads the new state while the others keep answering from the old one. A Milvus store answers for its newest
+commits itself. The service is a reader: it never writes a file.
 """
 from __future__ import annotations
 
 import os
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from s3d_retrieval.client.library import vectors
-from s3d_retrieval.client.library.index import Entry, Index
-from s3d_retrieval.client.library.view import IndexView, open_view
+from s3d_retrieval.client.library.reader import Reader
+from s3d_retrieval.client.library.store import Entry, Store, View
 
 
 class NotServed(Exception):
@@ -30,8 +27,7 @@ class NotServed(Exception):
 
 @dataclass(frozen=True)
 class Snapshot:
-    view: IndexView  # the entries at one generation, and how to search them
-    versions: set[int]  # model versions that embedded the entries
+    view: View  # the entries at one generation, and how to search them
     roots: list[str]  # real folders whose files may be sent
 
     @property
@@ -39,69 +35,43 @@ class Snapshot:
         return self.view.generation
 
     @property
-    def entries(self) -> dict[str, Entry]:  # path -> entry: the only files the service sends
-        return self.view.entries
+    def versions(self) -> set[int]:  # model versions that embedded the entries
+        return self.view.versions
 
 
 class Catalog:
-    def __init__(self, folder: Path, model: str, roots: list[Path] | None = None, check_every: float = 1.0):
-        """`roots`: folders whose files may be sent (default: the deepest folder holding every indexed video);
-        a video reached through a symbolic link out of them is refused."""
-        self.folder, self.model, self.check_every = Path(folder), model, check_every
+    def __init__(self, store: Store, roots: list[Path] | None = None, check_every: float = 1.0):
+        """`store`: opened for reading, kept until `close`. `roots`: folders whose files may be sent (default: the
+        deepest folder holding every indexed video); a video reached through a symbolic link out of them is
+        refused."""
+        self.reader, self.folder = Reader(store, check_every), store.where
         self._roots = [os.path.realpath(r) for r in roots] if roots else None
         self._snapshot: Snapshot | None = None
-        self._checked = float("-inf")
-        self._loading = threading.Lock()
 
-    def generation(self) -> str:
-        """The index's generation counter (read-only: one SQLite row)."""
-        with Index(self.folder, self.model, read_only=True) as index:
-            return index.generation()
-
-    def load(self) -> Snapshot:
-        """Read the entries and load the search structure as far as it holds them."""
-        before = self._snapshot.view.structure if self._snapshot else None
-        with Index(self.folder, self.model, read_only=True) as index:
-            view = open_view(index, loaded=before)
-        versions = {e.model_version for e in view.entries.values()}
-        self._snapshot = Snapshot(view, versions, self._library(view.entries))
-        return self._snapshot
+    def close(self) -> None:
+        self.reader.close()
 
     def current(self) -> Snapshot:
         """The loaded state; loaded anew first when a writer committed since (checked at most every
         `check_every` seconds). While one request loads, the others answer from the state before."""
-        now = time.monotonic()
-        if self._snapshot is not None and now - self._checked < self.check_every:
-            return self._snapshot
-        if not self._loading.acquire(blocking=self._snapshot is None):
-            return self._snapshot
-        try:
-            self._checked = now
-            if self._snapshot is None or self._moved(self._snapshot):
-                self.load()
-        finally:
-            self._loading.release()
-        return self._snapshot
+        view = self.reader.current()
+        snapshot = self._snapshot
+        if snapshot is None or snapshot.view is not view:
+            snapshot = self._snapshot = Snapshot(view, self._library(view))
+        return snapshot
 
-    def _moved(self, snapshot: Snapshot) -> bool:
-        """A writer committed, or (while the structure is behind) rebuilt it."""
-        if self.generation() != snapshot.generation:
-            return True
-        built = vectors.read_manifest(self.folder) if snapshot.view.stale else None
-        return bool(built) and built["generation"] == snapshot.generation
-
-    def _library(self, entries: dict[str, Entry]) -> list[str]:
+    def _library(self, view: View) -> list[str]:
         """The real folders whose files may be sent: `--library`, else the deepest folder holding every entry."""
         if self._roots is not None:
             return self._roots
-        folders = [os.path.dirname(p) for p in entries]
+        folders = [os.path.dirname(p) for p in view.entries]
         return [os.path.realpath(os.path.commonpath(folders))] if folders else []
 
     def media(self, video: str) -> str:
         """The file to send for `video`: only a path of the index, exactly as indexed, still inside the library
         once links are resolved, and still the file that was indexed (same size and modification time)."""
         snapshot = self.current()
-        entry = self.entry(video, snapshot)
+        entry = snapshot.view.entry(video)
         if entry is None:
             raise NotServed(404, f"{video!r} is not a video of this index; use a path from /api/videos")
         real = os.path.realpath(video)
@@ -116,13 +86,8 @@ class Catalog:
             raise NotServed(409, f"{video!r} changed since it was indexed; run index again to serve it")
         return real
 
-    def entry(self, video: str, snapshot: Snapshot) -> Entry | None:
-        """The video's entry as the service knows it (None: not a video of the index)."""
-        return snapshot.entries.get(video)
-
     def _touched(self, loaded: Entry, stat: os.stat_result) -> bool:
         """The file as `index` last recorded it, with the loaded entry's content: a re-run that found its bytes
         unchanged records a new modification time without a new generation, so the loaded entry can be older."""
-        with Index(self.folder, self.model, read_only=True) as index:
-            now = index.entry(loaded.path)
+        now = self.reader.store.entry(loaded.path)
         return now is not None and now.sha256 == loaded.sha256 and (stat.st_size, stat.st_mtime) == (now.size, now.mtime)

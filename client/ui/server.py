@@ -6,16 +6,15 @@ import socket
 import sys
 import threading
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 
 import uvicorn
 from starlette.applications import Starlette
 
-from s3d_retrieval.client.api import Client, stderr_note
+from s3d_retrieval.client.api import Client, Where, stderr_note
 from s3d_retrieval.client.defaults import MODEL_NAME
-from s3d_retrieval.client.milvus.catalog import MilvusCatalog
-from s3d_retrieval.client.milvus.store import Milvus, MilvusStore
+from s3d_retrieval.client.library.index import location
 from s3d_retrieval.client.transport.session import ServerError
 from s3d_retrieval.client.ui.app import create_app
 from s3d_retrieval.client.ui.catalog import Catalog
@@ -34,17 +33,16 @@ def listen(host: str, port: int) -> socket.socket:
                          f"--host, or stop what uses it") from None
 
 
-def serve(index: Path | Milvus, address: str, transport: dict, host: str, port: int, roots: list[Path] | None,
+def serve(index: Where, address: str, transport: dict, host: str, port: int, roots: list[Path] | None,
           check_every: float) -> int:
     """`index`: a folder, or a Milvus collection; `transport`: `Client`'s keywords (the CLI's global flags)."""
-    model = transport.get("model", MODEL_NAME)
-    with ExitStack() as stack:
-        if isinstance(index, Milvus):
-            store = stack.enter_context(MilvusStore(index.uri, index.collection, model))
-            catalog: Catalog = MilvusCatalog(store, roots)
-        else:
-            catalog = Catalog(index, model, roots, check_every)
+    store = location(index).open(transport.get("model", MODEL_NAME), read_only=True,
+                                 timeout=transport.get("timeout", 60.0))
+    catalog = Catalog(store, roots, check_every)
+    try:
         return _serve(catalog, address, transport, host, port)
+    finally:
+        catalog.close()
 
 
 def _serve(catalog: Catalog, address: str, transport: dict, host: str, port: int) -> int:
