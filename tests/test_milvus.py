@@ -234,3 +234,44 @@ def test_a_search_widens_past_filtered_and_uncommitted_videos(tmp_path):
         assert best.video == "/lib/a1.mp4"  # a4's uncommitted version scored higher, but its row names another
         [[only]] = view.search(query[None], 1, Filters(glob="*b.mp4"))  # five groups refused before it
         assert only.video == "/lib/b.mp4" and only.score == pytest.approx(0.5)
+
+
+def test_like_wildcards_in_folders_vacuum_and_touch(tmp_path, capsys):
+    """Folders whose names hold LIKE's `_`, `%` and `\\` filter and remove only themselves; windows no row names
+    are vacuumed once old enough; touch records a new mtime only on the same bytes."""
+    import time
+
+    import numpy as np
+
+    from s3d_retrieval.client.decode.video import Sampling
+    from s3d_retrieval.client.library.filters import Filters
+    from s3d_retrieval.client.library.store import Entry
+    from s3d_retrieval.client.milvus.store import new_token
+
+    uri = str(tmp_path / "w.db")
+    paths = ["/lib/x_y/1.mp4", "/lib/xzy/2.mp4", "/lib/x\\_y/3.mp4", "/lib/50%/4.mp4", "/lib/50x/5.mp4"]
+    spans, query = np.array([[0.0, 1.0]]), np.ones((1, 512), np.float32)
+    with MilvusStore(uri, "lib", "m", Sampling(), create=True) as store:
+        store.commit([Entry(p, f"sha{i}", 1, 1.0, 1, 1.0, "", 0, 0) for i, p in enumerate(paths)],
+                     [query.copy() for _ in paths], [spans] * 5)
+        view = store.view()
+        for folder, expected in (("/lib/x_y", [paths[0]]), ("/lib/x\\_y", [paths[2]]), ("/lib/50%", [paths[3]])):
+            assert [m.video for m in view.search(query, 9, Filters((folder,)))[0]] == expected, folder
+        assert store.remove(["/lib/x_y", "/lib/50%"]) == 2
+        assert sorted(store.entries()) == sorted([paths[1], paths[2], paths[4]])
+
+        old, young = f"{time.time_ns() - int(7200e9):x}-old", new_token()
+        for token in (old, young, "0123456789abcdef0123456789abcdef"):  # the last: an earlier release's token
+            store.client.insert(store.windows_name, [{"path": paths[1], "token": token, "start": 0.0, "end": 1.0,
+                                                      "duration": 1.0, "vector": query[0].tolist()}] * 2)
+        windows = store.count(store.windows_name)
+    assert main(["--model", "m", "vacuum", "--milvus", uri, "--collection", "lib"]) == 0
+    said = capsys.readouterr().out
+    assert "removed 4 window(s) of 2 video version(s)" in said and "1 younger one(s) left" in said
+    with MilvusStore(uri, "lib", "m") as store:
+        assert store.count(store.windows_name) == windows - 4
+        assert [m.video for m in store.view().search(query, 9)[0]].count(paths[1]) == 1  # its own windows stay
+        store.touch(paths[1], "other bytes", 99.0)
+        assert store.entry(paths[1]).mtime == 1.0
+        store.touch(paths[1], "sha1", 99.0)
+        assert store.entry(paths[1]).mtime == 99.0 and store.view().search(query, 9)[0]

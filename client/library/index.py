@@ -144,8 +144,7 @@ class Index:
         if sampling is not None and sampling != self.sampling:
             raise IndexFolderError(f"{self.folder} was built with {self.sampling}; index with the same settings or "
                                    f"use another --index folder")
-        if not read_only:
-            self._sweep()
+        self.swept = [] if read_only else self._sweep()  # what dead writers left, deleted on opening
 
     def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """`fn(connection)` on the database as last committed; a failure is one line."""
@@ -225,7 +224,7 @@ class Index:
     def vacuum(self, older_than: float = 0.0) -> str:
         """What a killed writer left (shard files, unfinished search structures), deleted now if no writer is
         at work; a live writer's files are never touched, whatever their age."""
-        gone = self._sweep()
+        gone = self.swept + self._sweep()
         if not gone and self._unused():
             return f"{self.folder}: another writer is at work; run vacuum again when it is done"
         return f"{self.folder}: removed {len(gone)} file(s) no video uses"

@@ -148,13 +148,13 @@ def index_videos(session: Session, index: Store, paths: Iterable[str | Path], fl
             stats.replaced += replacing
             stats.added += not replacing
             since_refresh += len(embeddings)
+        if since_refresh >= REFRESH_EVERY:
+            index.refresh_search(wait=False)
+            since_refresh = 0
         if log and len(left) < len(pending):
             log(f"committed {len(pending) - len(left)} video(s): "
                 f"{', '.join(e.path for e, _, _, _ in pending if e not in left)}")
         pending.clear()
-        if since_refresh >= REFRESH_EVERY:
-            index.refresh_search(wait=False)
-            since_refresh = 0
 
     bar = tqdm(total=len(todo), unit="video", desc="indexing", file=sys.stderr,
                disable=not (sys.stderr.isatty() if progress is None else progress))
