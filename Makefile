@@ -100,12 +100,13 @@ INDEX ?= out/demo/index
 ui: setup ## the search page at http://localhost:8080/ over INDEX (default: the demo's), asking a running `make serve`
 	$(PY) -m client ui --index $(INDEX) $(UI_FLAGS)
 
-bench: model ## speed figures measured in one run, side by side as ratios (model, training at scale, client, served path)
+bench: model ## speed figures measured in one run, side by side as ratios (model, training at scale, client, served path, long service)
 	$(PY) -m model.bench
 	$(PY) -m model.training_bench
 	$(PY) -m client.bench
 	$(PY) -m client.milvus.bench
 	$(PY) -m serving.bench --model-dir $(MODEL_DIR)
+	$(PY) -m serving.service_bench --model-dir $(MODEL_DIR)
 
 clean: ## remove the virtualenv and generated models
 	rm -rf $(VENV) models out build *.egg-info

@@ -7,6 +7,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
+import threading
 from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -33,6 +34,7 @@ class Paths:
         self.paths, self.forward, self.backward = paths, forward, backward
         self.lengths = np.fromiter(map(len, paths), np.int64, len(paths))
         self._globs: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()  # searches of one view run in threads (the page, AsyncClient)
 
     def starting(self, prefix: str) -> np.ndarray:
         """Numbers of the paths that start with `prefix`."""
@@ -55,9 +57,10 @@ class Paths:
         """Mask of the paths `pattern` matches (fnmatch, case-sensitive): its fixed head and tail by bisection;
         a pattern with one `*` is then exact, any other is checked by fnmatch on those candidates only (and
         its mask kept for the next search with it)."""
-        if pattern in self._globs:
-            self._globs.move_to_end(pattern)
-            return self._globs[pattern]
+        with self._lock:
+            if pattern in self._globs:
+                self._globs.move_to_end(pattern)
+                return self._globs[pattern]
         if not WILD.search(pattern):  # no wildcard: the path itself
             same = self.starting(pattern)
             return self.mask(same[self.lengths[same] == len(pattern)])
@@ -70,9 +73,10 @@ class Paths:
         match = re.compile(fnmatch.translate(pattern)).match
         for n in np.flatnonzero(found):
             found[n] = match(self.paths[n]) is not None
-        self._globs[pattern] = found
-        if len(self._globs) > PATTERNS:
-            self._globs.popitem(last=False)
+        with self._lock:
+            self._globs[pattern] = found
+            if len(self._globs) > PATTERNS:
+                self._globs.popitem(last=False)
         return found
 
 

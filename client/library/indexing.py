@@ -32,7 +32,7 @@ from s3d_retrieval.client.library.walk import Shard, walk
 from s3d_retrieval.client.transport.session import Session
 
 
-REFRESH_EVERY = 65_536  # windows committed during a run between two updates of the search structure
+REFRESH_EVERY = 16_384  # windows committed during a run between two updates of the search structure
 
 
 @dataclass
