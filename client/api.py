@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from s3d_retrieval.client.decode.video import Sampling, model_sampling
-from s3d_retrieval.client.defaults import (GRPC_PORT, LOCK_WAIT, MODEL_NAME, SENTENCES_PER_REQUEST, SHORT_WAIT,
+from s3d_retrieval.client.defaults import (GRPC_PORT, LOCK_WAIT, MODEL_NAME, SENTENCES_PER_REQUEST, SHORT_WAIT, TIMEOUT,
                                            WINDOWS_PER_REQUEST)
 from s3d_retrieval.client.library.evalset import load_evalset
 from s3d_retrieval.client.library.evaluate import Evaluation, evaluate
@@ -84,7 +84,7 @@ def _asked(queries: Queries, like: Likes, index, videos, top: int, moments: int)
     return checked(queries, like, top, moments)
 
 
-def options(address: str = f"localhost:{GRPC_PORT}", *, model: str = MODEL_NAME, timeout: float = 60.0,
+def options(address: str = f"localhost:{GRPC_PORT}", *, model: str = MODEL_NAME, timeout: float = TIMEOUT,
             wait: float = SHORT_WAIT, tls: bool = False, tls_ca: str | Path | None = None,
             windows_per_request: int = WINDOWS_PER_REQUEST, sentences_per_request: int = SENTENCES_PER_REQUEST,
             concurrency: int = 4, float_input: bool = False, log: Callable[[str], None] | None = None) -> Options:
@@ -235,8 +235,11 @@ class Client:
     def vacuum(self, *, index: Where, older_than: float | None = None) -> str:
         """Delete what crashed or raced writers left that no video uses (a folder: files, if no writer is at work;
         Milvus: windows no video names, made over `older_than` seconds ago); says what it removed."""
+        if older_than is not None and isinstance(location(index), Folder):  # refused before the open sweeps
+            raise ValueError(f"{index}: an index folder tells what dead writers left by its free lock, whatever "
+                             f"their age; --older-than is for --milvus")
         with self._writer(index) as opened:
-            return opened.vacuum() if older_than is None else opened.vacuum(older_than)
+            return opened.vacuum(older_than)
 
     def evaluate(self, csv: str | Path, videos: str | Path, *, protocol: str = "max", windows: int = 10,
                  index: Where | None = None, sampling: Sampling | None = None,

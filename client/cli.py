@@ -16,7 +16,8 @@ import numpy as np
 from s3d_retrieval.client.api import Client, checked, stderr_note
 from s3d_retrieval.client.decode.video import Sampling, load, model_sampling
 from s3d_retrieval.client.defaults import (FPS, FRAMES, GRPC_PORT, INDEX_WAIT, LOCK_WAIT, MODEL_NAME,
-                                           SENTENCES_PER_REQUEST, SHORT_WAIT, SIZE, UI_PORT, WINDOWS_PER_REQUEST)
+                                           SENTENCES_PER_REQUEST, SHORT_WAIT, SIZE, TIMEOUT, UI_PORT, VACUUM_AGE,
+                                           WINDOWS_PER_REQUEST)
 from s3d_retrieval.client.errors import Error
 from s3d_retrieval.client.files import atomic_write
 from s3d_retrieval.client.library.evaluate import PROTOCOLS
@@ -24,7 +25,7 @@ from s3d_retrieval.client.library.like import Like, LikeError
 from s3d_retrieval.client.library.vectors import EXACT_LIMIT, SCAN
 from s3d_retrieval.client.library.walk import Shard
 from s3d_retrieval.client.memory import release_big_blocks
-from s3d_retrieval.client.milvus.store import COLLECTION, VACUUM_AGE, Milvus
+from s3d_retrieval.client.milvus.store import COLLECTION, Milvus
 from s3d_retrieval.client.outputs import eval_report, html_report
 from s3d_retrieval.client.outputs.report import as_table
 from s3d_retrieval.client.transport.session import ServerError
@@ -74,7 +75,7 @@ def parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--server", default=f"localhost:{GRPC_PORT}", help="gRPC address HOST:PORT")
     p.add_argument("--model", default=MODEL_NAME, help="served model name")
-    p.add_argument("--timeout", type=float, default=60.0, help="deadline of each call, seconds")
+    p.add_argument("--timeout", type=float, default=TIMEOUT, help="deadline of each call, seconds")
     p.add_argument("--wait", type=float, metavar="SECONDS",
                    help=f"how long to keep retrying while the server is unavailable (restarting, rolling); "
                         f"default {INDEX_WAIT:g} for index, {SHORT_WAIT:g} otherwise")

@@ -41,6 +41,17 @@ SIZE = 224
 # enough to outlast a search-structure build of a large index (~10 min at 10M windows on 2 cores).
 LOCK_WAIT = 1800.0
 
+# Seconds a call (to the model server, or to a store such as Milvus) may take before it is given up.
+TIMEOUT = 60.0
+
+# Windows an `index` run commits between two updates of the search structure: readers score the windows the
+# structure lacks one shard at a time, so the fewer, the faster a search during a long run (bench: 16,384 keeps
+# the page within ~2x of idle while a run commits into a 1M-window index).
+REFRESH_EVERY = 16_384
+
+# Seconds a Milvus window no video names is left alone by `vacuum`: a writer in flight may be about to commit it.
+VACUUM_AGE = 3600.0
+
 # Seconds a client keeps retrying while the model server is UNAVAILABLE (restarting, pods rolling): an index run
 # is a long job that should ride out a rolling update; the other verbs answer a person and fail soon.
 INDEX_WAIT = 300.0

@@ -59,7 +59,7 @@ def fill(folder: Path, matrix: np.ndarray, first: int, videos: int, refresh_ever
                          [SPANS] * len(chosen))
             since += len(chosen) * PER_VIDEO
             if refresh_every is not None and since >= refresh_every:
-                index.refresh_search(wait=False)
+                index.refresh_search(wait=False, full=False)
                 since = 0
             time.sleep(pace)
         index.refresh_search()
@@ -121,6 +121,7 @@ def api_against_page(folder: Path, address: str) -> None:
     print(f"\n{'search, 1M windows (4,000 videos)':38} {'p50 ms':>8} {'x page':>7}")
     page, port = start_page(folder, address)
     try:
+        page_p50(address, port, sentences(3, "warm"))
         page_ms = page_p50(address, port, sentences(40, "page"))
     finally:
         page.terminate()
@@ -144,7 +145,8 @@ def api_against_page(folder: Path, address: str) -> None:
 
 
 def page_while_writing(folder: Path, matrix: np.ndarray, address: str) -> None:
-    print(f"\n{'the page while a run commits':38} {'p50 ms':>8} {'last 1/4':>8} {'x idle':>7} {'peak heap MiB':>13}   "
+    print(f"\n{'the page while a run commits':38} {'p50 ms':>8} {'last 1/4':>8} {'x idle':>7} {'peak heap MiB':>13} "
+          f"{'run s':>6}   "
           f"({WRITTEN} videos, {WRITTEN * PER_VIDEO:,} windows, {COMMIT} a commit every {PACE:g} s)")
     base = None
     for name, refresh in (("idle", None), (f"structure every {indexing.REFRESH_EVERY:,} windows (now)",
@@ -156,22 +158,24 @@ def page_while_writing(folder: Path, matrix: np.ndarray, address: str) -> None:
             memory = AnonPeak(page.pid)
             memory.start()
             if refresh is None:
-                times = [page_p50(address, port, [query]) for query in sentences(60, "idle")]
+                times, run = [page_p50(address, port, [query]) for query in sentences(60, "idle")], ""
             else:
                 first = VIDEOS + (1 if "now" in name else 2) * WRITTEN
+                began = time.perf_counter()
                 writer = subprocess.Popen([sys.executable, "-m", "s3d_retrieval.serving.service_bench", "write",
                                            str(folder), matrix.filename, str(first), str(refresh)])
                 times = []
                 while writer.poll() is None:
                     times.append(page_p50(address, port, sentences(1, f"w{len(times)}")))
                 assert writer.returncode == 0
+                run = f"{time.perf_counter() - began:6.1f}"
             peak = memory.stop()
         finally:
             page.terminate()
             page.wait(timeout=60)
         ms, last = float(np.median(times)), float(np.median(times[-max(1, len(times) // 4):]))
         base = base or ms
-        print(f"  {name:36} {ms:8.1f} {last:8.1f} {ms / base:7.2f} {peak:13.0f}")
+        print(f"  {name:36} {ms:8.1f} {last:8.1f} {ms / base:7.2f} {peak:13.0f} {run:>6}")
 
 
 def filters_at_scale(rows: int = 1_000_000) -> None:

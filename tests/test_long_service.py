@@ -13,6 +13,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import pytest
 from s3d_retrieval.client.api import Client
 from s3d_retrieval.client.cli import main
 from s3d_retrieval.client.library import filters as filtering
-from s3d_retrieval.client.library import indexing, lock, stream
+from s3d_retrieval.client.library import indexing, lock, readonly, stream
 from s3d_retrieval.client.library.filters import Filters, Paths, sort_orders
 from s3d_retrieval.client.library.index import Index
 from s3d_retrieval.client.library.indexing import index_videos
@@ -101,8 +102,18 @@ print("not killed")
 """
 
 
+RECOVER = r"""
+import sqlite3, sys
+try:
+    sqlite3.connect(sys.argv[1], timeout=0.2).execute("SELECT COUNT(*) FROM videos").fetchall()
+    print("rolled back")
+except sqlite3.OperationalError as err:
+    print(err)
+"""
+
+
 @pytest.mark.parametrize("inside", ["commit", "merge"])
-def test_readers_survive_a_writer_killed_inside_its_transaction(server, tmp_path, capsys, inside):
+def test_readers_survive_a_writer_killed_inside_its_transaction(server, tmp_path, capsys, monkeypatch, inside):
     folder = tmp_path / "idx"
     synthetic(folder, 2000)  # a table of several levels, whose leaves the crashed transaction spills half-changed
     with Index(folder, MODEL) as index:
@@ -125,10 +136,17 @@ def test_readers_survive_a_writer_killed_inside_its_transaction(server, tmp_path
     assert torn.execute("SELECT COUNT(*) FROM videos").fetchone()[0] != len(before)
     torn.close()
     left = files_of(folder)
+    real_copy, tried = readonly.ReadOnlyDB._copy_db, []
 
+    def copy_while_a_writer_tries(self, out):  # a writer arriving mid-copy cannot roll the journal back under it
+        real_copy(self, out)
+        tried.append(subprocess.run([sys.executable, "-c", RECOVER, str(db)], capture_output=True, text=True).stdout)
+
+    monkeypatch.setattr(readonly.ReadOnlyDB, "_copy_db", copy_while_a_writer_tries)
     assert cli(server, *asked) == 0  # search --index, as before the crash
     out, err = capsys.readouterr()
     assert json.loads(out) == expected and "Traceback" not in err
+    assert tried and all(t == "database is locked\n" for t in tried)
     catalog = folder_catalog(folder, check_every=0)
     with Client(f"127.0.0.1:{server.port}") as api:
         assert set(catalog.current().view.entries) == set(before)  # the page's view
@@ -138,6 +156,7 @@ def test_readers_survive_a_writer_killed_inside_its_transaction(server, tmp_path
     with Index(tmp_path / "copy", MODEL, read_only=True) as copy:
         assert set(copy.entries()) == set(before)
     assert files_of(folder) == left  # readers wrote nothing: the hot journal waits for a writer
+    assert not list(Path(tempfile.gettempdir()).glob(f"{readonly.PREFIX}{os.getpid()}-*"))  # copies dropped at close
 
     with Index(folder, MODEL) as index:  # the next writer rolls the transaction back
         assert index.entries() == before
@@ -151,7 +170,7 @@ def test_a_long_run_brings_the_structure_up_to_date_as_it_goes(session, library,
     folder = tmp_path / "idx"
     behind = []
 
-    def after_commit(line: str) -> None:  # a reader's view after each commit but the last (the run's end refreshes)
+    def after_commit(line: str) -> None:  # what a reader sees after each commit (each brought the structure up)
         with Index(folder, MODEL, read_only=True) as reader:
             behind.append(len(reader.view().missing))
 
@@ -219,6 +238,8 @@ def test_no_writer_waits_behind_a_live_writer_and_dead_writers_leftovers_are_swe
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait(timeout=60)
+    assert cli(server, "--lock-wait", "0", "vacuum", "--index", str(folder), "--older-than", "60") == 2
+    assert "--older-than is for --milvus" in capsys.readouterr().err and all(path.exists() for path in in_flight)
     assert cli(server, "--lock-wait", "0", "vacuum", "--index", str(folder)) == 0  # its writer is dead
     assert capsys.readouterr().out.endswith("removed 2 file(s) no video uses\n")
     assert not any(path.exists() for path in in_flight)

@@ -259,6 +259,7 @@ def test_like_wildcards_in_folders_vacuum_and_touch(tmp_path, capsys):
             assert [m.video for m in view.search(query, 9, Filters((folder,)))[0]] == expected, folder
         assert store.remove(["/lib/x_y", "/lib/50%"]) == 2
         assert sorted(store.entries()) == sorted([paths[1], paths[2], paths[4]])
+        assert store.remove(["/lib/x\\_y"]) == 1 and sorted(store.entries()) == sorted([paths[1], paths[4]])
 
         old, young = f"{time.time_ns() - int(7200e9):x}-old", new_token()
         for token in (old, young, "0123456789abcdef0123456789abcdef"):  # the last: an earlier release's token

@@ -207,14 +207,15 @@ def test_the_structure_grows_and_shrinks_in_place_and_answers_as_a_full_build(sy
     for step, new in enumerate([range(300, 400), range(400, 420), range(420, 440), range(440, 460)]):
         manifest = vectors.read_manifest(tmp_path)
         gone = {first["name"]: [step * 7, step * 7 + 1]}  # two videos of the first segment removed each time
-        if step == 2:  # and two of the second, before it is compacted: they must not come back
-            gone[manifest["segments"][1]["name"]] = [0, 5]
-            live -= {300, 305}
+        if step == 2:  # and two of the third, before it is merged: they must not come back
+            gone[manifest["segments"][2]["name"]] = [0, 5]
+            live -= {400, 405}
         assert vectors.needs_build(tmp_path, manifest, kind, 0) is None
         vectors.update(tmp_path, manifest, str(step + 2), subset(parts, new), gone)
         live = (live | set(new)) - {step * 7, step * 7 + 1}
     manifest = vectors.read_manifest(tmp_path)
-    assert manifest["generation"] == "5" and len(manifest["segments"]) == 2  # 5 segments: all but one compacted
+    assert manifest["generation"] == "5" and [s["videos"] for s in manifest["segments"]] == [300, 100, 20, 40]
+    # 5 segments: the two smallest (20 videos each) merged
     assert manifest["segments"][0]["name"] == first["name"] and manifest["trained_rows"] == (
         sum(parts.counts[:300]) if kind == "ivf" else 0)  # the codes were added to the lists trained at first
     assert [p.name for p in base.iterdir() if p.name.startswith(".")] == [] and not vectors.garbage(tmp_path)

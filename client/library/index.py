@@ -38,7 +38,7 @@ from typing import TypeVar
 import numpy as np
 
 from s3d_retrieval.client.decode.video import Sampling
-from s3d_retrieval.client.defaults import LOCK_WAIT
+from s3d_retrieval.client.defaults import LOCK_WAIT, TIMEOUT
 from s3d_retrieval.client.files import atomic_write
 from s3d_retrieval.client.library import vectors
 from s3d_retrieval.client.library.lock import WriterLock
@@ -99,7 +99,7 @@ class Folder:
     path: Path
 
     def open(self, model: str, *, sampling: Sampling | None = None, create: bool = False, read_only: bool = False,
-             lock_wait: float = LOCK_WAIT, log: Callable[[str], None] | None = None, timeout: float = 60.0,
+             lock_wait: float = LOCK_WAIT, log: Callable[[str], None] | None = None, timeout: float = TIMEOUT,
              new_sampling: Callable[[], Sampling] | None = None) -> Index:
         if create and sampling is None and new_sampling is not None and not self.exists():
             sampling = new_sampling()
@@ -130,8 +130,20 @@ class Index:
             raise IndexFolderError(f"{self.folder}: no index here; build one with `index PATH... --index {self.folder}`")
         self.lock = None if read_only else WriterLock(self.folder, lock_wait, log)
         self._reader: ReadOnlyDB | None = None
+        try:
+            self._open(model, sampling, read_only)
+        except BaseException:
+            self.close()
+            raise
+        self.swept = [] if read_only else self._sweep()  # what dead writers left, deleted on opening
+
+    def _open(self, model: str, sampling: Sampling | None, read_only: bool) -> None:
+        """Connect, and check the index is of this format, model and sampling."""
         if read_only:
-            self._reader = ReadOnlyDB(self.folder / DB)
+            try:
+                self._reader = ReadOnlyDB(self.folder / DB)
+            except (sqlite3.Error, OSError) as err:
+                raise self._unreadable(err) from None
             meta = self._read(lambda db: dict(db.execute("SELECT key, value FROM meta")))
         else:
             meta = self._open_writer(model, sampling)
@@ -144,15 +156,17 @@ class Index:
         if sampling is not None and sampling != self.sampling:
             raise IndexFolderError(f"{self.folder} was built with {self.sampling}; index with the same settings or "
                                    f"use another --index folder")
-        self.swept = [] if read_only else self._sweep()  # what dead writers left, deleted on opening
 
     def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """`fn(connection)` on the database as last committed; a failure is one line."""
         try:
             return self._reader.read(fn) if self._reader else fn(self.db)
-        except sqlite3.Error as err:
-            raise IndexFolderError(f"{self.folder}: cannot read the index ({err}); check the folder and run again")\
-                from None
+        except (sqlite3.Error, OSError) as err:
+            raise self._unreadable(err) from None
+
+    def _unreadable(self, err: sqlite3.Error | OSError) -> IndexFolderError:
+        why = err.strerror if isinstance(err, OSError) and err.strerror else err
+        return IndexFolderError(f"{self.folder}: cannot read the index ({why}); check the folder and run again")
 
     def _open_writer(self, model: str, sampling: Sampling | None) -> dict[str, str]:
         """Connect for writing; a new index gets its tables and settings under the lock (two writers may
@@ -182,7 +196,7 @@ class Index:
     def close(self) -> None:
         if self._reader:
             self._reader.close()
-        else:
+        elif hasattr(self, "db"):
             self.db.close()
 
     def __enter__(self) -> Index:
@@ -221,9 +235,9 @@ class Index:
                     path.unlink(missing_ok=True)
         return gone
 
-    def vacuum(self, older_than: float = 0.0) -> str:
+    def vacuum(self, older_than: float | None = None) -> str:
         """What a killed writer left (shard files, unfinished search structures), deleted now if no writer is
-        at work; a live writer's files are never touched, whatever their age."""
+        at work; a live writer's files are never touched, whatever their age (`older_than` means nothing here)."""
         gone = self.swept + self._sweep()
         if not gone and self._unused():
             return f"{self.folder}: another writer is at work; run vacuum again when it is done"
@@ -289,7 +303,8 @@ class Index:
             left = [(e, "its content's stored windows were removed meanwhile; run index again") for e in reused
                     if not (self.folder / "shards" / f"{e.shard}.embeddings.npy").is_file()]
             if still:
-                left += [(e, why) for e in [*entries, *reused] if (why := still(e))]
+                named = {e.path for e, _ in left}
+                left += [(e, why) for e in [*entries, *reused] if e.path not in named and (why := still(e))]
             out = {e.path for e, _ in left}
             kept = [i for i, e in enumerate(entries) if e.path not in out]
             try:
@@ -361,12 +376,14 @@ class Index:
         base = self.folder / "shards" / shard
         return np.load(f"{base}.embeddings.npy", mmap_mode="r"), np.load(f"{base}.spans.npy", mmap_mode="r")
 
-    def refresh_search(self, kind: str | None = None, wait: bool = True) -> dict | None:
+    def refresh_search(self, kind: str | None = None, *, wait: bool = True, full: bool = True) -> dict | None:
         """Bring the search structure (`vectors`) up to the entries, for writers: left alone when it holds the
         current generation (and is of the `kind` asked), else, under the lock, updated by what changed (or built
         afresh when it must be) from entries read in the same transaction as the generation it records. Returns
         its manifest, which decides before any faiss index is loaded. `wait=False`: nothing done (None) while
-        another writer is at work, which brings it up to date itself."""
+        another writer is at work, which brings it up to date itself. `full=False` (in the middle of a run): built
+        afresh only when it must be (none yet, or another kind), else updated, even past the growth or dead share
+        that call for training again: that waits for the run's end."""
         built = vectors.read_manifest(self.folder)
         if _holds(built, self.generation(), kind):
             return built
@@ -377,10 +394,10 @@ class Index:
             built = vectors.read_manifest(self.folder)  # another writer may have built it meanwhile
             if _holds(built, generation, kind):
                 return built
-            self._build(generation, list(current.values()), kind)
+            self._build(generation, list(current.values()), kind, full)
         return vectors.read_manifest(self.folder)
 
-    def _build(self, generation: str, entries: list[Entry], kind: str | None) -> None:
+    def _build(self, generation: str, entries: list[Entry], kind: str | None, full: bool = True) -> None:
         """Update the structure by what changed since it was built, or build it afresh when it must be
         (`vectors.needs_build`); the caller holds the lock. Videos are read in the order their shards store them,
         so each shard file is opened once."""
@@ -388,7 +405,9 @@ class Index:
         entries = sorted(entries, key=lambda e: (e.shard, e.first_row))
         try:
             kept, removed, dying = self._changes(built, entries) if built and "segments" in built else (set(), {}, 0)
-            if vectors.needs_build(self.folder, built, kind, sum(e.row_count for e in entries), dying):
+            rows = sum(e.row_count for e in entries)
+            if vectors.needs_build(self.folder, built, kind, rows, dying) and (full or
+                                                                              vectors.must_build(built, kind, rows)):
                 vectors.build(self.folder, self._segment_parts(entries), generation, kind)
             else:
                 added = [e for e in entries if e.path not in kept]

@@ -10,8 +10,10 @@ Reader -> mapper -> writer:
   one whose size or mtime changed since it was read is skipped (run again to index its new content): asked by
   the store under its lock, so an older content never replaces a newer one another writer committed meanwhile.
   A video the server embedded with non-finite values (NaN, infinity) is skipped and named.
-- every `REFRESH_EVERY` windows committed, the store's search structure is brought up to date (unless another
-  writer is at work, which does it itself), so that readers score few videos the slow way during a long run.
+- every `REFRESH_EVERY` windows committed, the store's search structure is updated by them (unless another
+  writer is at work, which does it itself), so that readers score few videos the slow way during a long run:
+  built afresh only when it must be (the first, or exact becoming approximate at 250k windows), training the
+  lists again waits for the run's end. A `--shard` run, merged rather than searched, does not.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from s3d_retrieval.client.decode.video import Capture, VideoError
+from s3d_retrieval.client.defaults import REFRESH_EVERY
 from s3d_retrieval.client.library.index import file_sha256
 from s3d_retrieval.client.library.store import Entry, Store
 from s3d_retrieval.client.library.stream import embed_stream
@@ -32,7 +35,6 @@ from s3d_retrieval.client.library.walk import Shard, walk
 from s3d_retrieval.client.transport.session import Session
 
 
-REFRESH_EVERY = 16_384  # windows committed during a run between two updates of the search structure
 
 
 @dataclass
@@ -148,8 +150,8 @@ def index_videos(session: Session, index: Store, paths: Iterable[str | Path], fl
             stats.replaced += replacing
             stats.added += not replacing
             since_refresh += len(embeddings)
-        if since_refresh >= REFRESH_EVERY:
-            index.refresh_search(wait=False)
+        if since_refresh >= REFRESH_EVERY and shard is None:  # a shard index is merged, not searched
+            index.refresh_search(wait=False, full=False)
             since_refresh = 0
         if log and len(left) < len(pending):
             log(f"committed {len(pending) - len(left)} video(s): "

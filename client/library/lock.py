@@ -95,6 +95,7 @@ class WriterLock:
             if patience is None:
                 return False
             said = self._wait(deadline, said, f"pid {os.getpid()}, this process")
+        fd = None
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
             while True:
@@ -106,18 +107,16 @@ class WriterLock:
                         os.close(fd)
                         self._gate.release()
                         return False
-                    try:
-                        said = self._wait(deadline, said, holder(self.path))
-                    except LockTimeout:
-                        os.close(fd)
-                        raise
-        except BaseException:
+                    said = self._wait(deadline, said, holder(self.path))
+            os.ftruncate(fd, 0)
+            started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {started}: "
+                          f"{' '.join(sys.argv)[:200]}\n".encode(), 0)
+        except BaseException:  # a timeout, or the file system refusing: nothing stays held
+            if fd is not None:
+                os.close(fd)
             self._gate.release()
             raise
-        os.ftruncate(fd, 0)
-        started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {started}: "
-                      f"{' '.join(sys.argv)[:200]}\n".encode(), 0)
         self._fd = fd
         return True
 

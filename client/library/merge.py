@@ -68,8 +68,10 @@ def merge(sources: list[Path], out: Path, model: str, lock_wait: float = LOCK_WA
           log: Callable[[str], None] | None = None) -> MergeStats:
     if not sources:
         raise IndexFolderError("merge needs at least one shard index")
-    opened = [Index(folder, model, read_only=True) for folder in sources]
+    opened: list[Index] = []
     try:
+        for folder in sources:
+            opened.append(Index(folder, model, read_only=True))
         sampling = opened[0].sampling
         for index in opened[1:]:
             if index.sampling != sampling:

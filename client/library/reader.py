@@ -32,8 +32,11 @@ class Reader:
         try:
             checked = time.monotonic()
             kept = self._views.get(key)
-            view = kept[0] if kept is not None and not self.store.outdated(kept[0]) else \
-                self.store.view(kept[0] if kept else None, kind, nprobe)
+            if kept is not None and not self.store.outdated(kept[0]):
+                view = kept[0]
+            else:  # a view searched another way lends its segments and inverted files: memory is not doubled
+                lender = kept or next(reversed(self._views.values()), None)
+                view = self.store.view(lender[0] if lender else None, kind, nprobe)
             self._views[key] = (view, checked)
             self._views.move_to_end(key)
             while len(self._views) > KINDS:

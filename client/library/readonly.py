@@ -4,9 +4,16 @@ A writer killed inside a transaction leaves a hot rollback journal: the database
 transaction's pages, and only the journal says how to undo them. SQLite lets a connection that can write roll it
 back; a read-only one (`mode=ro`, or any connection on a read-only mount) fails every read with
 SQLITE_READONLY_ROLLBACK until a writer opens the index. Here a reader that meets a hot journal copies the
-database and the journal into a private temporary folder and lets SQLite roll back the copy: it reads exactly the
-last committed state, and the shared folder stays as it is for the next writer to recover. The copy is kept while
-the database and the journal are unchanged, and dropped once a writer has rolled the journal back.
+database and the journal into a private temporary folder (under TMPDIR) and lets SQLite roll back the copy: it
+reads exactly the last committed state, and the shared folder stays as it is for the next writer to recover.
+
+While it copies, the reader holds a read lock on SQLite's SHARED byte range of the database, as SQLite's own
+readers do: no writer can take the EXCLUSIVE lock it needs to roll the journal back or to commit, so the database
+and the journal cannot change under the copy, on a local disk or on NFS (which honours byte-range locks). The lock
+is taken on one descriptor kept open for the reader's life: POSIX locks belong to the process, and closing any
+descriptor of the file would drop the locks this process's other SQLite connections hold on it. The copy is kept
+while the database and the journal are unchanged, dropped once a writer has rolled the journal back, and a copy
+left by a reader that was killed is deleted by the next one on the machine.
 
 Why not WAL: a WAL database needs shared memory between every process that opens it, which a network file system
 (a Kubernetes ReadWriteMany volume) cannot give across machines, and a reader on a read-only mount can open it
@@ -15,6 +22,7 @@ by each reader until a writer comes.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import sqlite3
@@ -26,11 +34,31 @@ from typing import TypeVar
 
 T = TypeVar("T")
 HOT = "SQLITE_READONLY_ROLLBACK"
-ATTEMPTS = 3  # copies tried while the files keep changing under the copy (a writer recovering them meanwhile)
+PREFIX = "s3d-index-recovered-"  # then the reader's pid: a copy whose process is gone is deleted
+SHARED_FIRST, SHARED_SIZE = 0x40000002, 510  # SQLite's SHARED lock range (os_unix.c: PENDING_BYTE + 2, 510 bytes)
 
 
 def _signature(*paths: Path) -> tuple[tuple[int, int, int], ...]:
     return tuple((s.st_ino, s.st_size, s.st_mtime_ns) for s in map(os.stat, paths))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def sweep_copies(folder: str | None = None) -> None:
+    """Delete the copies of readers that no longer run (killed before they could delete their own)."""
+    base = Path(folder or tempfile.gettempdir())
+    for path in base.glob(f"{PREFIX}*"):
+        pid = path.name.removeprefix(PREFIX).split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 class ReadOnlyDB:
@@ -39,15 +67,15 @@ class ReadOnlyDB:
     def __init__(self, path: Path):
         self.path = path
         self.journal = path.with_name(path.name + "-journal")
-        self._ino = self._file()
-        self._main = self._connect()
-        self._copy: tuple[tuple, str, sqlite3.Connection] | None = None  # (signature, folder, connection)
         self._lock = threading.RLock()
+        self._copy: tuple[tuple, str, sqlite3.Connection] | None = None  # (signature, folder, connection)
+        self._fd = self._open()
+        self._ino = os.fstat(self._fd).st_ino
+        self._main = self._connect()
 
-    def _file(self) -> int:
-        """The database file's inode (a file replaced under the same name is another database)."""
+    def _open(self) -> int:
         try:
-            return os.stat(self.path).st_ino
+            return os.open(self.path, os.O_RDONLY)
         except OSError as err:
             raise sqlite3.OperationalError(err.strerror) from None
 
@@ -56,10 +84,16 @@ class ReadOnlyDB:
 
     def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         with self._lock:
-            if (ino := self._file()) != self._ino:  # the folder was made again: read the new database
-                self._main.close()
+            try:
+                moved = os.stat(self.path).st_ino != self._ino
+            except OSError as err:
+                raise sqlite3.OperationalError(err.strerror) from None
+            if moved:  # the folder was made again: read the new database
                 self._drop_copy()
-                self._ino, self._main = ino, self._connect()
+                self._main.close()
+                os.close(self._fd)
+                self._fd = self._open()
+                self._ino, self._main = os.fstat(self._fd).st_ino, self._connect()
             try:
                 found = fn(self._main)
             except sqlite3.OperationalError as err:
@@ -72,28 +106,41 @@ class ReadOnlyDB:
             return found
 
     def _recovered(self) -> sqlite3.Connection:
-        """A connection to a private copy of the database with the hot journal rolled back."""
-        for _ in range(ATTEMPTS):
+        """A connection to a private copy of the database with the hot journal rolled back (made under the SHARED
+        lock, so nothing changes while it is copied)."""
+        fcntl.lockf(self._fd, fcntl.LOCK_SH, SHARED_SIZE, SHARED_FIRST, os.SEEK_SET)
+        try:
             try:
-                before = _signature(self.path, self.journal)
-                if self._copy is not None and self._copy[0] == before:
-                    return self._copy[2]
-                folder = tempfile.mkdtemp(prefix="s3d-index-recovered-")
-                target = Path(folder) / self.path.name
-                shutil.copyfile(self.path, target)
-                shutil.copyfile(self.journal, target.with_name(self.journal.name))
-                if _signature(self.path, self.journal) != before:  # a writer touched them meanwhile: again
-                    shutil.rmtree(folder, ignore_errors=True)
-                    continue
-            except FileNotFoundError:  # the journal is gone: a writer recovered the database meanwhile
+                signature = _signature(self.path, self.journal)
+            except FileNotFoundError:  # a writer rolled it back before the lock was ours
                 return self._main
-            connection = sqlite3.connect(target, check_same_thread=False)
-            connection.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()  # the rollback happens here
+            if self._copy is not None and self._copy[0] == signature:
+                return self._copy[2]
             self._drop_copy()
-            self._copy = (before, folder, connection)
-            return connection
-        raise sqlite3.OperationalError(f"{self.path}: a writer keeps changing the database while it is recovered; "
-                                       f"read again")
+            sweep_copies()
+            folder = tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-")
+            try:
+                target = Path(folder) / self.path.name
+                with open(target, "wb") as out:
+                    self._copy_db(out)
+                shutil.copyfile(self.journal, target.with_name(self.journal.name))
+                connection = sqlite3.connect(target, check_same_thread=False)
+                connection.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()  # the rollback happens here
+            except BaseException:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
+        finally:
+            fcntl.lockf(self._fd, fcntl.LOCK_UN, SHARED_SIZE, SHARED_FIRST, os.SEEK_SET)
+        self._copy = (signature, folder, connection)
+        return connection
+
+    def _copy_db(self, out) -> None:
+        """The database's bytes, read through the kept descriptor (opening the file again and closing it would
+        drop this process's SQLite locks on it)."""
+        offset = 0
+        while chunk := os.pread(self._fd, 1 << 20, offset):
+            out.write(chunk)
+            offset += len(chunk)
 
     def _drop_copy(self) -> None:
         if self._copy is not None:
@@ -106,3 +153,4 @@ class ReadOnlyDB:
         with self._lock:
             self._drop_copy()
             self._main.close()
+            os.close(self._fd)

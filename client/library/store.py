@@ -14,6 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from s3d_retrieval.client.decode.video import Sampling
+from s3d_retrieval.client.defaults import TIMEOUT
 from s3d_retrieval.client.errors import Error
 from s3d_retrieval.client.library.filters import Filters
 from s3d_retrieval.client.library.rank import Match, Windows
@@ -115,13 +116,14 @@ class Store(Protocol):
     def remove(self, paths: Iterable[str]) -> int:
         """Forget these files, and every video under these folders; how many."""
 
-    def refresh_search(self, wait: bool = True) -> None:
-        """Bring what searches the store up to its entries; `wait=False`: not while another writer works."""
+    def refresh_search(self, *, wait: bool = True, full: bool = True) -> object:
+        """Bring what searches the store up to its entries; `wait=False`: not while another writer works;
+        `full=False`: only what costs the change (in the middle of a run)."""
 
     def windows(self, paths: Iterable[str]) -> Windows:
         """The committed windows of `paths`, grouped by video."""
 
-    def vacuum(self, older_than: float) -> str:
+    def vacuum(self, older_than: float | None = None) -> str:
         """Delete what crashed or raced writers left that no video uses (older than `older_than` seconds where
         the store can tell); says what it removed."""
 
@@ -130,7 +132,7 @@ class Location(Protocol):
     """Where an index lives (`index=` in the API): opening it gives its `Store`."""
 
     def open(self, model: str, *, sampling: Sampling | None = None, create: bool = False, read_only: bool = False,
-             lock_wait: float = ..., log: Callable[[str], None] | None = None, timeout: float = 60.0,
+             lock_wait: float = ..., log: Callable[[str], None] | None = None, timeout: float = TIMEOUT,
              new_sampling: Callable[[], Sampling] | None = None) -> Store:
         """The store, for a reader (`read_only`) or a writer; `create` makes it with `sampling` (else
         `new_sampling()`, the served model's) when missing, and refuses other settings when not."""

@@ -18,7 +18,8 @@
 
 Growth costs what changed (`update`): new videos become a new segment (their rows copied once, their codes added
 to the trained lists, no training); removed videos are marked dead in their segment. Past `MAX_SEGMENTS`, the
-segments other than the largest are compacted into one (a copy of the small ones only). A full `build` (one
+two smallest segments are merged into one (their live videos copied), as often as needed: segments of like size
+meet, so a row is copied about log2(all rows / rows of an update) times however long the index grows. A full `build` (one
 segment, trained afresh, in a temporary folder renamed into place: readers keep answering from the old one)
 happens only when there is none yet, the kind changes, the rows added since training pass `RETRAIN_SHARE` of the
 rows trained on, or dead rows pass `DEAD_SHARE`.
@@ -57,7 +58,7 @@ CANDIDATES = 64  # approximate: windows fetched per wanted video, doubled until 
 RESCORE = 2  # approximate: videos re-scored exactly per wanted video
 SCAN = 262_144  # approximate: windows whose codes are scanned per query by default (~25 ms on 2 cores)
 FOLDER = "search"
-MAX_SEGMENTS = 8  # more after an update: all but the largest are compacted into one
+MAX_SEGMENTS = 8  # more after an update: the two smallest are merged
 ORDERS = ("order.npy", "backward.npy")  # a segment's video numbers by path, and by path read backwards
 RETRAIN_SHARE = 0.5  # rows added since training, as a share of the rows trained on, that call for training again
 DEAD_SHARE = 0.25  # rows of removed or replaced videos, as a share of all rows, that call for a full build
@@ -206,6 +207,11 @@ def dead_rows(folder: Path, manifest: dict) -> int:
     return total
 
 
+def must_build(manifest: dict | None, kind: str | None, rows_after: int) -> bool:
+    """Whether only a full build will do (none yet, or another kind), rather than one being better."""
+    return manifest is None or "segments" not in manifest or (kind or auto_kind(rows_after)) != manifest["kind"]
+
+
 def needs_build(folder: Path, manifest: dict | None, kind: str | None, rows_after: int, dying: int = 0) -> str | None:
     """Why the structure must be built afresh rather than updated, or None. `dying`: rows this update would
     mark dead."""
@@ -223,7 +229,7 @@ def needs_build(folder: Path, manifest: dict | None, kind: str | None, rows_afte
 
 def update(folder: Path, manifest: dict, generation: str, added: Parts, removed: dict[str, list[int]]) -> None:
     """Change the structure in place by what changed: `added` videos as a new segment, `removed` (segment name
-    -> its video numbers) marked dead, small segments compacted past `MAX_SEGMENTS`; then the manifest is
+    -> its video numbers) marked dead, the smallest segments merged past `MAX_SEGMENTS`; then the manifest is
     replaced, and what it no longer names is deleted (a reader that still maps it keeps its pages)."""
     base = folder / FOLDER
     trained = None
@@ -242,10 +248,10 @@ def update(folder: Path, manifest: dict, generation: str, added: Parts, removed:
             segment["dead"] = name
     if added.counts:
         segments.append(_write_segment(base / f"s-{uuid.uuid4().hex[:12]}", added, trained))
-    if len(segments) > MAX_SEGMENTS:
-        largest = max(segments, key=lambda s: s["rows"])
-        small = [s for s in segments if s is not largest]
-        segments = [largest, _write_segment(base / f"s-{uuid.uuid4().hex[:12]}", _alive(base, small), trained)]
+    while len(segments) > MAX_SEGMENTS:
+        pair = sorted(segments, key=lambda s: s["rows"])[:2]
+        merged = _write_segment(base / f"s-{uuid.uuid4().hex[:12]}", _alive(base, pair), trained)
+        segments = [s for s in segments if s not in pair] + [merged]
     write_manifest(base, generation, manifest["kind"], segments, manifest["trained_rows"], manifest["trained"])
     collect(folder)
 
@@ -306,6 +312,8 @@ class Segment:
         self.owner_of = lambda rows: np.searchsorted(self.first, rows, side="right") - 1
         self.path, self.dead_file = path, dead
         self.ann, self.nprobe = None, 1
+        stored = [path / name for name in ORDERS]  # read now, with the rest: a writer may collect the segment later
+        self._orders = [np.load(f) for f in stored] if all(f.is_file() for f in stored) else None
         self._paths: list[Paths] = []  # made at the first filter, shared with the copies (`with_dead`)
 
     def select(self, filters: Filters) -> np.ndarray | None:
@@ -314,9 +322,8 @@ class Segment:
             return None
         if not self._paths:
             names = [p for p, _ in self.videos]
-            stored = [self.path / name for name in ORDERS]
-            orders = [np.load(f) for f in stored] if all(f.is_file() for f in stored) else sort_orders(names)
-            self._paths.append(Paths(names, *orders))  # (a segment of an earlier release: sorted here, once)
+            orders = self._orders or sort_orders(names)  # (a segment of an earlier release: sorted here, once)
+            self._paths.append(Paths(names, *orders))
         return filters.select(self._paths[0], self.durations)
 
     def with_dead(self, dead: str | None) -> Segment:
@@ -438,6 +445,7 @@ class VectorSearch:
         base = folder / FOLDER
         self.manifest = json.loads((base / "manifest.json").read_text())
         self.kind = kind or self.manifest["kind"]
+        self.asked = (kind, nprobe)  # how it was asked to search: a reload asked the same way may reuse it whole
         reuse = loaded and loaded.kind == self.kind and self.manifest["kind"] == self.kind and \
             loaded.manifest.get("trained") == self.manifest.get("trained")  # not inverted files made in memory
         before = {seg.path.name: seg for seg in loaded.segments} if reuse else {}

@@ -112,7 +112,7 @@ def _view(index: Index, kind: str | None, nprobe: int | None, loaded: VectorSear
     generation, entries = index.snapshot()
     built = vectors.read_manifest(index.folder)
     structure = None
-    if loaded is not None and built == loaded.manifest and kind in (None, loaded.kind):
+    if loaded is not None and built == loaded.manifest and loaded.asked == (kind, nprobe):
         structure = loaded
     elif built and "segments" in built:  # one of an older version's format is not used: a writer rebuilds it
         structure = VectorSearch(index.folder, nprobe, kind, loaded)

@@ -75,10 +75,11 @@ def literal(text: str) -> str:
 
 
 def starts_with(prefix: str) -> str:
-    """A LIKE literal matching the strings that start with `prefix` exactly: LIKE's own `%` and `_`, and its
-    escape character `\\`, are escaped in `prefix` (a folder named `x_y` matches no `xzy`, and `x\\_y` itself)."""
-    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return literal(escaped + "%")
+    """A LIKE literal for the strings that start with `prefix`, or with its part before a backslash: LIKE's `%`
+    and `_` are escaped (a folder named `x_y` matches no `xzy`); an escaped backslash is not read alike by every
+    Milvus (Lite's growing segments refuse it), so a backslash ends the prefix and callers check exactly after."""
+    head = prefix.split("\\", 1)[0]
+    return literal(head.replace("%", "\\%").replace("_", "\\_") + "%")
 
 
 def one_of(field: str, values: list[str]) -> str:

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 
 from s3d_retrieval.client.decode.video import Sampling
+from s3d_retrieval.client.defaults import TIMEOUT, VACUUM_AGE
 from s3d_retrieval.client.library.rank import Windows
 from s3d_retrieval.client.library.store import Entry, Still, View
 from s3d_retrieval.client.milvus.connection import (PAGE, STRONG, TOP_K, MilvusError, connect, literal, one_of, release,
@@ -36,7 +37,6 @@ from s3d_retrieval.client.milvus.view import MilvusView
 DIMENSION = 512
 PATH_BYTES = 4096  # longest path stored
 VIDEO_FIELDS = ["path", "sha256", "size", "mtime", "model_version", "duration", "rows", "token"]
-VACUUM_AGE = 3600.0  # seconds: windows no row names are left alone this long (a writer may be about to commit them)
 
 
 COLLECTION = "s3d_library"  # the collection a store uses unless told otherwise
@@ -51,7 +51,7 @@ class Milvus:
     collection: str = COLLECTION
 
     def open(self, model: str, *, sampling: Sampling | None = None, create: bool = False, read_only: bool = False,
-             lock_wait: float = 0.0, log: Callable[[str], None] | None = None, timeout: float = 60.0,
+             lock_wait: float = 0.0, log: Callable[[str], None] | None = None, timeout: float = TIMEOUT,
              new_sampling: Callable[[], Sampling] | None = None) -> MilvusStore:
         return MilvusStore(self.uri, self.collection, model, sampling, create, timeout, new_sampling)
 
@@ -85,7 +85,7 @@ class MilvusStore:
     """Use as a context manager, like `Index`: `with MilvusStore(uri, name, model, sampling, create=True)`."""
 
     def __init__(self, uri: str, name: str, model: str, sampling: Sampling | None = None, create: bool = False,
-                 timeout: float = 60.0, new_sampling: Callable[[], Sampling] | None = None):
+                 timeout: float = TIMEOUT, new_sampling: Callable[[], Sampling] | None = None):
         """`sampling`: the settings a writer embeds with (refused if the collection has others); a collection
         made here takes it, else `new_sampling()` (the served model's), else the released model's."""
         self.uri, self.windows_name, self.videos_name = uri, name, f"{name}_videos"
@@ -304,7 +304,7 @@ class MilvusStore:
                               np.array([(r["start"], r["end"]) for r in rows], np.float64)))
         return Windows.join(parts)
 
-    def refresh_search(self, wait: bool = True) -> None:
+    def refresh_search(self, *, wait: bool = True, full: bool = True) -> None:
         """At the end of a writer's run that wrote something into a Lite file: seal it (Lite scans growing data
         row by row; sealed segments are searched through their index, many times faster). A server seals
         segments on its own and rate-limits flushes: nothing is asked of it."""
@@ -322,21 +322,25 @@ class MilvusStore:
         for target in (os.path.abspath(p) for p in paths):
             folder = target.rstrip("/") + "/"
             filter = f"path == {literal(target)} or path like {starts_with(folder)}"
-            paths_gone = sorted({row["path"] for row in self._rows(self.videos_name, filter, ["path"])})
+            paths_gone = sorted({row["path"] for row in self._rows(self.videos_name, filter, ["path"])
+                                 if row["path"] == target or row["path"].startswith(folder)})  # exactly
             self.wrote |= bool(paths_gone)
             with self._asking("remove videos"):
-                for i in range(0, len(paths_gone), PAGE):  # rows first: gone from search at once
-                    self.client.delete(self.videos_name, ids=paths_gone[i: i + PAGE])
+                # rows first, gone from search at once; by an expression, not `ids=`, which pymilvus writes into
+                # an expression unescaped (a backslash in a path breaks it)
+                for i in range(0, len(paths_gone), PAGE):
+                    self.client.delete(self.videos_name, filter=one_of("path", paths_gone[i: i + PAGE]))
                 # then every window of those paths, of any token (replaced or unwritten ones too)
                 for i in range(0, len(paths_gone), PAGE):
                     self.client.delete(self.windows_name, filter=one_of("path", paths_gone[i: i + PAGE]))
             gone += len(paths_gone)
         return gone
 
-    def vacuum(self, older_than: float = VACUUM_AGE) -> str:
+    def vacuum(self, older_than: float | None = None) -> str:
         """Delete the windows whose token no video's row names and that were made over `older_than` seconds
         ago (younger ones may be a writer's, about to be committed; tokens of an earlier release carry no time
         and count as old). Reads every window's token once: a maintenance verb, not for each run."""
+        older_than = VACUUM_AGE if older_than is None else older_than
         named = {now.token for now in self.current().values()}
         orphans: dict[str, int] = {}
         for row in self._rows(self.windows_name, 'path != ""', ["token"]):

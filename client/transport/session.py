@@ -23,7 +23,7 @@ import numpy as np
 from s3d_retrieval.client.transport import protos
 from s3d_retrieval.client.defaults import (GRPC_PORT, INPUT_KEYS, MODEL_NAME, PREPROCESSING_OUTPUT,
                                            PREPROCESSING_SIGNATURE, SENTENCES_PER_REQUEST, TEXT_OUTPUT, TEXT_SIGNATURE,
-                                           VIDEO_SIGNATURE, VIDEO_UINT8_SIGNATURE, WINDOWS_PER_REQUEST)
+                                           TIMEOUT, VIDEO_SIGNATURE, VIDEO_UINT8_SIGNATURE, WINDOWS_PER_REQUEST)
 from s3d_retrieval.client.transport.tensors import to_numpy, to_proto
 from s3d_retrieval.client.errors import Error
 
@@ -49,7 +49,7 @@ class ServerError(Error):
 class Options:
     address: str = f"localhost:{GRPC_PORT}"
     model: str = MODEL_NAME
-    timeout: float = 60.0  # seconds, per call
+    timeout: float = TIMEOUT  # seconds, per call
     wait: float = 10.0  # seconds to keep retrying while the server is UNAVAILABLE (0: fail at once)
     backoff: float = 0.25  # first pause in seconds, doubled each retry up to MAX_BACKOFF, jittered
     tls: bool = False

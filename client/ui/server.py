@@ -13,7 +13,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from s3d_retrieval.client.api import Client, Where, stderr_note
-from s3d_retrieval.client.defaults import MODEL_NAME
+from s3d_retrieval.client.defaults import MODEL_NAME, TIMEOUT
 from s3d_retrieval.client.library.index import location
 from s3d_retrieval.client.transport.session import ServerError
 from s3d_retrieval.client.ui.app import create_app
@@ -37,7 +37,7 @@ def serve(index: Where, address: str, transport: dict, host: str, port: int, roo
           check_every: float) -> int:
     """`index`: a folder, or a Milvus collection; `transport`: `Client`'s keywords (the CLI's global flags)."""
     store = location(index).open(transport.get("model", MODEL_NAME), read_only=True,
-                                 timeout=transport.get("timeout", 60.0))
+                                 timeout=transport.get("timeout", TIMEOUT))
     catalog = Catalog(store, roots, check_every)
     try:
         return _serve(catalog, address, transport, host, port)
