@@ -31,12 +31,14 @@ from s3d_retrieval.client.library.index import Folder, location
 from s3d_retrieval.client.library.indexing import Stats, index_videos
 from s3d_retrieval.client.library.like import Like
 from s3d_retrieval.client.library.merge import MergeStats, merge
+from s3d_retrieval.client.library.promote import GateRefused, Step, rollback_step
 from s3d_retrieval.client.library.reader import Reader
-from s3d_retrieval.client.library.search import EmbedText, Result, embed_one, search, search_index
-from s3d_retrieval.client.library.store import Location, Store
+from s3d_retrieval.client.library.search import Result, embed_one, search, search_index
+from s3d_retrieval.client.library.store import Location, Store, View
 from s3d_retrieval.client.library.walk import Shard
 from s3d_retrieval.client.transport.aio import AsyncSession
-from s3d_retrieval.client.transport.session import Options, Session
+from s3d_retrieval.client.transport.session import (Options, Pinned, ServerError, Session, VersionNotServed,
+                                                    served_text)
 
 Queries = str | Sequence[str]
 Where = str | Path | Location  # an index: its folder, or another store's location (`Milvus(uri, collection)`)
@@ -126,42 +128,92 @@ class Client:
         self.session.close()
 
     def reader(self, index: Where) -> Reader:
-        """The index opened for reading, once per client: its view is loaded again only when it changed."""
+        """The index opened for reading, once per client: its view is loaded again only when it changed (or the
+        name it was given by now points at another index)."""
         where = location(index)
         with self._opening:
             if where not in self._readers:
-                self._readers[where] = Reader(where.open(self.options.model, read_only=True,
-                                                         timeout=self.options.timeout))
+                self._readers[where] = Reader(functools.partial(where.open, self.options.model, read_only=True,
+                                                                timeout=self.options.timeout))
             return self._readers[where]
 
     # --- the model server ---------------------------------------------------------------------------------
 
     def ready(self) -> int:
-        """The model version served (AVAILABLE), or ServerError saying what is wrong."""
+        """The newest model version served (AVAILABLE), or ServerError saying what is wrong."""
         return self.session.ensure_ready()
 
     def status(self) -> list[tuple[int, str, int, str]]:
         """(version, state, error code, error message) of every version the server knows."""
         return self.session.status()
 
-    def metadata(self) -> tuple[int, object]:
-        """(version, SignatureDefMap) of the version the server would use."""
-        return self.session.metadata()
+    def labels(self) -> dict[str, int]:
+        """The version labels the server defines (of `stable` and `canary`) and the versions they name."""
+        return self.session.labels()
+
+    def metadata(self, *, model_version: int | None = None, model_label: str | None = None) -> tuple[int, object]:
+        """(version, SignatureDefMap) of a version (by number or label; default: the server's choice)."""
+        return self.session.metadata(model_version, model_label)
+
+    def model_version(self, model_version: int | None = None, model_label: str | None = None) -> int:
+        """The version asked for (by number, or by a label the server defines), else the one a new index takes:
+        `stable`'s if the server defines it, else the newest served; checked to be served."""
+        if model_version is not None and model_label is not None:
+            raise ValueError("give a model version or a label (--model-version, --model-label), not both")
+        if model_label is not None:
+            version = self.session.label(model_label)
+            if version is None:
+                raise ServerError(f"the model server at {self.options.address} has no version label "
+                                  f"{model_label!r} (it serves {self._served()}); name a version or a label it has")
+            return self._served_version(version)
+        return self._served_version(model_version) if model_version is not None else self.session.default_version()
+
+    def _served(self, versions: list[int] | None = None) -> str:
+        """What the server serves, for messages."""
+        served = versions if versions is not None else sorted(v for v, state, _, _ in self.status()
+                                                              if state == "AVAILABLE")
+        return served_text(served, self.session.labels())
+
+    def _served_version(self, version: int, where: str | None = None) -> int:
+        """`version` if it is served, else one line naming it (and the index `where` that needs it) and what is
+        served."""
+        try:
+            return self.session.ensure_ready(version)
+        except VersionNotServed as err:
+            needs = f"{where} holds model version {version}, which" if where else f"model version {version}"
+            what = f"serve version {version} again (models.config)" + (
+                ", or rebuild the index with a served version and promote it" if where else "")
+            raise VersionNotServed(f"{needs} the model server at {self.options.address} does not serve (it serves "
+                                   f"{self._served(err.served)}): {what}", version, err.served) from None
+
+    def pinned(self, model_version: int | None = None, model_label: str | None = None) -> Pinned:
+        """This client's session with every request naming one version (`model_version`)."""
+        return Pinned(self.session, self.model_version(model_version, model_label))
+
+    def session_for(self, version: int | None, where: str) -> Pinned:
+        """The session for the index `where` holding `version`, checked to be served (an empty index of an
+        earlier release holds none: the one a new index takes)."""
+        return self.pinned() if version is None else Pinned(self.session, self._served_version(version, where))
 
     def sampling(self, *, mode: str = "segments", frames: int | None = None, fps: float | None = None,
-                 size: int | None = None, stride: float | None = None) -> Sampling:
-        """How videos are cut into windows: the served model's own sampling (its preprocessing signature), with
-        any setting given here winning."""
-        return model_sampling(self.session.preprocessing(), mode, frames, fps, size, stride)
+                 size: int | None = None, stride: float | None = None, model_version: int | None = None) -> Sampling:
+        """How videos are cut into windows: the model version's own sampling (its preprocessing signature; default
+        the version a new index takes), with any setting given here winning."""
+        return model_sampling(self.pinned(model_version).preprocessing(), mode, frames, fps, size, stride)
 
-    def embed_text(self, sentences: Queries) -> np.ndarray:
-        """[N, 512] float32: one embedding per sentence (the server tokenises)."""
-        return self.session.embed_text(_list(sentences))
+    def embed_text(self, sentences: Queries, *, model_version: int | None = None,
+                   model_label: str | None = None) -> np.ndarray:
+        """[N, 512] float32: one embedding per sentence (the server tokenises), by the version asked (default:
+        the one a new index takes)."""
+        return self.pinned(model_version, model_label).embed_text(_list(sentences))
 
-    def embed_video(self, path: str | Path, sampling: Sampling | None = None) -> VideoWindows:
-        """A video's window embeddings; VideoError if it cannot be read."""
-        sampling = sampling or self.sampling()
-        embeddings, spans = embed_one(self.session, os.fspath(path), sampling)
+    def embed_video(self, path: str | Path, sampling: Sampling | None = None, *, model_version: int | None = None,
+                    model_label: str | None = None) -> VideoWindows:
+        """A video's window embeddings by the version asked (default: the one a new index takes); VideoError if
+        it cannot be read."""
+        session = self.pinned(model_version, model_label)
+        sampling = sampling or model_sampling(session.preprocessing())
+        embeddings, spans = embed_one(session, os.fspath(path), sampling)
         return VideoWindows(os.fspath(path), embeddings, spans, sampling)
 
     # --- a video library ----------------------------------------------------------------------------------
@@ -170,47 +222,64 @@ class Client:
                videos: Sequence[str | Path] | None = None, top: int = 5, moments: int = 1, like: Likes = (),
                under: Sequence[str | Path] = (), glob: str | None = None, min_duration: float | None = None,
                max_duration: float | None = None, kind: str | None = None, nprobe: int | None = None,
-               sampling: Sampling | None = None) -> Result:
-        """Rank an index's videos (`index=`: a folder or a `Milvus` collection, read only, kept open for the next
-        search) or video files decoded now (`videos=`) for each text query and each liked moment
-        (`like="VIDEO@SECONDS"` or a `Like`); `result.as_json()` is the document `s3d-client search --json`
-        prints for the same call. Filters, `kind` ("exact" or "ivf") and `nprobe` apply to an index; `sampling`
-        to files (default: the served model's)."""
+               sampling: Sampling | None = None, model_version: int | None = None,
+               model_label: str | None = None) -> Result:
+        """Rank an index's videos (`index=`: a folder or a `Milvus` collection, or a name `promote` points at one;
+        read only, kept open for the next search) or video files decoded now (`videos=`) for each text query and
+        each liked moment (`like="VIDEO@SECONDS"` or a `Like`); `result.as_json()` is the document `s3d-client
+        search --json` prints for the same call. An index is searched with the model version that embedded it,
+        whatever else is served (one line, VersionNotServed, when it is not); files with the version asked
+        (`model_version`, `model_label`; default `stable`'s, else the newest). Filters, `kind` ("exact" or "ivf")
+        and `nprobe` apply to an index; `sampling` to files (default: the model version's)."""
         queries, likes = _asked(queries, like, index, videos, top, moments)
         if index is not None:
             filters = Filters(tuple(_paths(under)), glob, min_duration, max_duration)
-            return self._search_index(queries, likes, index, top, moments, filters, kind, nprobe)
-        self.ready()
-        return search(self.session, queries, _paths(videos), sampling or self.sampling(), top, moments, likes)
+            reader, view = self._view(index, kind, nprobe)
+            return search_index(self.session_for(view.model_version, reader.store.where), queries, reader.store, view, top,
+                                filters, moments, likes)
+        session = self.pinned(model_version, model_label)
+        return search(session, queries, _paths(videos), sampling or model_sampling(session.preprocessing()), top,
+                      moments, likes)
 
-    def _search_index(self, queries: list[str], likes: list[Like], index: Where, top: int, moments: int,
-                      filters: Filters, kind: str | None, nprobe: int | None, embed_text: EmbedText | None = None,
-                      served: int | None = None) -> Result:
+    def _view(self, index: Where, kind: str | None, nprobe: int | None) -> tuple[Reader, View]:
+        """The index as it is now (what its name points at now), from the store this client keeps open."""
         reader = self.reader(index)
-        view = reader.current(kind, nprobe)
-        return search_index(self.session, queries, reader.store, view, top, filters, moments, likes, embed_text,
-                            served)
+        return reader, reader.current(kind, nprobe)
 
-    def _writer(self, where: Where, sampling: Sampling | None = None, create: bool = False) -> Store:
-        """The index opened for writing: a folder's changes wait up to `lock_wait` for another writer, saying so
-        once; a Milvus collection takes many writers at once. A new one takes `sampling`, else the served
-        model's."""
+    def _writer(self, where: Where, sampling: Sampling | None = None, create: bool = False,
+                model_version: int | None = None, model_label: str | None = None) -> Store:
+        """The index opened for writing (what a name points at now): a folder's changes wait up to `lock_wait`
+        for another writer, saying so once; a Milvus collection takes many writers at once. A new one takes
+        `sampling` and the version asked, else the version a new index takes and its sampling; an existing one
+        must hold the version asked."""
+        asked = self.model_version(model_version, model_label) if (model_version, model_label) != (None, None) \
+            else None
+        chosen: list[int] = []
+
+        def new_version() -> int:  # asked once, whichever of the index and its sampling asks first
+            chosen[:] = chosen or [asked if asked is not None else self.session.default_version()]
+            return chosen[0]
+
         return location(where).open(self.options.model, sampling=sampling, create=create, lock_wait=self.lock_wait,
-                                    log=self.log, timeout=self.options.timeout, new_sampling=self.sampling)
+                                    log=self.log, timeout=self.options.timeout,
+                                    new_sampling=lambda: self.sampling(model_version=new_version()),
+                                    model_version=asked, new_version=new_version)
 
     def index(self, paths: str | Path | Sequence[str | Path], *, index: Where, flush_every: int = 16,
               shard: Shard | str | None = None, sampling: Sampling | None = None,
               progress: Callable[[int, int], None] | None = None, on_commit: Callable[[str], None] | None = None,
-              bar: bool = False) -> Stats:
-        """Embed video files (or everything under folders) into the index at `index` (made if missing, with
-        `sampling` or the served model's), then bring its search structure up to date. `shard` ("I/N"): only
-        that share of the files. `progress(done, total)` after each video; `on_commit(line)` after each group
-        of videos is committed; `bar`: a progress bar on stderr (the CLI's, on a terminal). Unreadable videos
-        are in `stats.failed`."""
+              bar: bool = False, model_version: int | None = None, model_label: str | None = None) -> Stats:
+        """Embed video files (or everything under folders) into the index at `index` (made if missing; a name
+        `promote` made writes into what it points at), then bring its search structure up to date. Every video is
+        embedded by the index's model version; a new index takes `model_version` (or `model_label`'s), else
+        `stable`'s if the server defines it, else the newest served, and `sampling`, else that version's. An
+        existing index asked for another version is refused. `shard` ("I/N"): only that share of the files.
+        `progress(done, total)` after each video; `on_commit(line)` after each group of videos is committed;
+        `bar`: a progress bar on stderr (the CLI's, on a terminal). Unreadable videos are in `stats.failed`."""
         self.ready()  # before creating anything
-        with self._writer(index, sampling, create=True) as opened:
-            stats = index_videos(self.session, opened, _paths(paths), flush_every, bar, on_commit,
-                                 Shard.parse(shard) if isinstance(shard, str) else shard, progress)
+        with self._writer(index, sampling, True, model_version, model_label) as opened:
+            stats = index_videos(self.session_for(opened.model_version, opened.where), opened, _paths(paths), flush_every,
+                                 bar, on_commit, Shard.parse(shard) if isinstance(shard, str) else shard, progress)
             opened.refresh_search(wait=_changed(stats))
         return stats
 
@@ -241,24 +310,105 @@ class Client:
         with self._writer(index) as opened:
             return opened.vacuum(older_than)
 
+    def promote(self, name: Where, target: Where, *, eval_csv: str | Path | None = None,
+                videos: str | Path | None = None, force: bool = False) -> Promotion:
+        """Point `name` (a path, or a `Milvus` alias) at the index `target` in one atomic step; every reader given
+        the name follows it. With `eval_csv` and `videos` (eval's labelled set), the index in service and `target`
+        are measured on it first, read only, each with its own model version, and the promote is refused
+        (GateRefused, both figures) unless `target`'s R@1 is at least the other's; `force` promotes anyway.
+        NameError_ (nothing changed) for a `target` that is no index of this model, a `name` that is a real index,
+        or a set naming videos `target` lacks."""
+        new = location(target)
+        named = location(name).name(self.lock_wait)
+        with named.locked():
+            current = named.points_at()
+            now_version = self._version_of(new)
+            before_version = self._version_of(current) if current is not None else None
+            figures: list[str] = []
+            if eval_csv is not None:
+                if videos is None:
+                    raise ValueError("--eval needs --videos (the folder holding the labelled set's videos)")
+                evalset = load_evalset(Path(eval_csv), Path(videos))
+                scored = [(str(where), self._gate_eval(where, evalset)) for where in ([current] if current else [])]
+                scored.append((str(new), self._gate_eval(new, evalset)))
+                figures = [_figures(label, result) for label, result in scored]
+                worse = len(scored) == 2 and scored[1][1].text_to_video["R@1"] < scored[0][1].text_to_video["R@1"]
+                if worse and not force:
+                    raise GateRefused(f"{named}: {new} ranks worse than {current} on {eval_csv} (R@1 "
+                                      f"{scored[1][1].text_to_video['R@1']:.3f} < "
+                                      f"{scored[0][1].text_to_video['R@1']:.3f}); nothing changed "
+                                      f"(--force promotes anyway)", figures)
+            named.point(new)
+            named.record([*named.history(), Step.now(named.same(new), now_version)])
+        return Promotion(str(named), named.same(current) if current else None, before_version, named.same(new),
+                         now_version, figures)
+
+    def rollback(self, name: Where) -> Promotion:
+        """Point `name` back at the index it pointed at before its last promote (its history, beside it)."""
+        named = location(name).name(self.lock_wait)
+        with named.locked():
+            now, before = rollback_step(named)
+            back = named.location(before.target)
+            self._version_of(back)  # still an index of this model
+            named.point(back)
+            named.record(named.history()[:-1])
+        return Promotion(str(named), now.target, now.model_version, before.target, before.model_version, [])
+
+    def _version_of(self, where: Location) -> int | None:
+        """The model version of the index at `where`, opened for reading (refused, one line, if it is none)."""
+        with where.open(self.options.model, read_only=True, timeout=self.options.timeout) as store:
+            return store.model_version
+
+    def _gate_eval(self, where: Location, evalset) -> Evaluation:
+        with where.open(self.options.model, read_only=True, timeout=self.options.timeout) as store:
+            return evaluate(self.session_for(store.model_version, store.where), evalset, index=store, add=False)
+
     def evaluate(self, csv: str | Path, videos: str | Path, *, protocol: str = "max", windows: int = 10,
                  index: Where | None = None, sampling: Sampling | None = None,
-                 errors: list[tuple[str, str]] | None = None) -> Evaluation:
-        """Retrieval quality on a labelled set (R@K, median rank, moments), as `s3d-client eval`; `index` reuses
-        (and adds to) an index's windows. Videos that could not be used go to `errors`."""
+                 errors: list[tuple[str, str]] | None = None, model_version: int | None = None,
+                 model_label: str | None = None) -> Evaluation:
+        """Retrieval quality on a labelled set (R@K, median rank, moments), as `s3d-client eval`, with the version
+        asked (default as for a new index); `index` reuses (and adds to) an index's windows, with its version.
+        Videos that could not be used go to `errors`."""
         if windows < 1:
             raise ValueError("windows (--windows) must be at least 1")
         evalset = load_evalset(Path(csv), Path(videos))
         self.ready()
         errors = [] if errors is None else errors
         if index is None:
-            result = evaluate(self.session, evalset, protocol, windows, sampling or self.sampling(), errors=errors)
+            session = self.pinned(model_version, model_label)
+            result = evaluate(session, evalset, protocol, windows, sampling or model_sampling(session.preprocessing()),
+                              errors=errors)
         else:
-            with self._writer(index, sampling, create=True) as opened:
-                result = evaluate(self.session, evalset, protocol, windows, index=opened, errors=errors)
+            with self._writer(index, sampling, True, model_version, model_label) as opened:
+                result = evaluate(self.session_for(opened.model_version, opened.where), evalset, protocol, windows,
+                                  index=opened, errors=errors)
                 opened.refresh_search(wait=False)  # brings the search structure up to videos it added
         result.excluded += [Path(v).stem for v, _ in errors]
         return result
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """What `promote` and `rollback` did: the name, the index it pointed at before (None: none) and now, their
+    model versions, and the eval gate's figures (R@1, R@5, MdR of each) when one was asked."""
+
+    name: str
+    before: str | None
+    before_version: int | None
+    now: str
+    now_version: int | None
+    figures: list[str]
+
+    def summary(self) -> str:
+        """`NAME: old (model version 1) -> new (model version 2)`."""
+        old = f"{self.before} (model version {self.before_version})" if self.before else "(nothing)"
+        return f"{self.name}: {old} -> {self.now} (model version {self.now_version})"
+
+
+def _figures(label: str, result: Evaluation) -> str:
+    t2v = result.text_to_video
+    return f"{label}: R@1 {t2v['R@1']:.3f}, R@5 {t2v['R@5']:.3f}, MdR {t2v['MdR']:g}"
 
 
 def _changed(stats: Stats) -> bool:
@@ -304,43 +454,58 @@ class AsyncClient:
     async def status(self) -> list[tuple[int, str, int, str]]:
         return await self.session.status()
 
-    async def metadata(self) -> tuple[int, object]:
-        return await self.session.metadata()
+    async def labels(self) -> dict[str, int]:
+        return await self.session.labels()
+
+    async def metadata(self, *, model_version: int | None = None, model_label: str | None = None
+                       ) -> tuple[int, object]:
+        return await self.session.metadata(model_version, model_label)
+
+    async def model_version(self, model_version: int | None = None, model_label: str | None = None) -> int:
+        return await asyncio.to_thread(self.sync.model_version, model_version, model_label)
 
     async def sampling(self, *, mode: str = "segments", frames: int | None = None, fps: float | None = None,
-                       size: int | None = None, stride: float | None = None) -> Sampling:
-        return model_sampling(await self.session.preprocessing(), mode, frames, fps, size, stride)
+                       size: int | None = None, stride: float | None = None,
+                       model_version: int | None = None) -> Sampling:
+        version = await self.model_version(model_version)
+        return model_sampling(await self.session.preprocessing(version), mode, frames, fps, size, stride)
 
-    async def embed_text(self, sentences: Queries) -> np.ndarray:
-        return await self.session.embed_text(_list(sentences))
+    async def embed_text(self, sentences: Queries, *, model_version: int | None = None,
+                         model_label: str | None = None) -> np.ndarray:
+        return await self.session.embed_text(_list(sentences), await self.model_version(model_version, model_label))
 
-    async def embed_video(self, path: str | Path, sampling: Sampling | None = None) -> VideoWindows:
-        return await asyncio.to_thread(self.sync.embed_video, path, sampling or await self.sampling())
+    async def embed_video(self, path: str | Path, sampling: Sampling | None = None, *,
+                          model_version: int | None = None, model_label: str | None = None) -> VideoWindows:
+        return await asyncio.to_thread(functools.partial(self.sync.embed_video, path, sampling,
+                                                         model_version=model_version, model_label=model_label))
 
     async def search(self, queries: Queries = (), *, index: Where | None = None,
                      videos: Sequence[str | Path] | None = None, top: int = 5, moments: int = 1, like: Likes = (),
                      under: Sequence[str | Path] = (), glob: str | None = None, min_duration: float | None = None,
                      max_duration: float | None = None, kind: str | None = None, nprobe: int | None = None,
-                     sampling: Sampling | None = None) -> Result:
+                     sampling: Sampling | None = None, model_version: int | None = None,
+                     model_label: str | None = None) -> Result:
         asked, likes = _asked(queries, like, index, videos, top, moments)
         if videos is not None:
             return await asyncio.to_thread(functools.partial(
-                self.sync.search, asked, videos=videos, top=top, moments=moments, like=likes,
-                sampling=sampling or await self.sampling()))
-        served = await self.ready()
-        texts = await self.session.embed_text([*asked, ""]) if asked else None
+                self.sync.search, asked, videos=videos, top=top, moments=moments, like=likes, sampling=sampling,
+                model_version=model_version, model_label=model_label))
+        reader, view = await asyncio.to_thread(self.sync._view, index, kind, nprobe)
+        session = await asyncio.to_thread(self.sync.session_for, view.model_version, reader.store.where)
+        texts = await self.session.embed_text([*asked, ""], session.version) if asked else None
         filters = Filters(tuple(_paths(under)), glob, min_duration, max_duration)
-        return await asyncio.to_thread(self.sync._search_index, asked, likes, index, top, moments, filters, kind,
-                                       nprobe, lambda sentences: texts, served)
+        return await asyncio.to_thread(search_index, session, asked, reader.store, view, top, filters, moments, likes,
+                                       lambda sentences: texts)
 
     async def index(self, paths: str | Path | Sequence[str | Path], *, index: Where, flush_every: int = 16,
                     shard: Shard | str | None = None, sampling: Sampling | None = None,
                     progress: Callable[[int, int], None] | None = None,
-                    on_commit: Callable[[str], None] | None = None, bar: bool = False) -> Stats:
+                    on_commit: Callable[[str], None] | None = None, bar: bool = False,
+                    model_version: int | None = None, model_label: str | None = None) -> Stats:
         """`Client.index` in a worker thread (`progress` and `on_commit` are called from it)."""
         return await asyncio.to_thread(functools.partial(
             self.sync.index, paths, index=index, flush_every=flush_every, shard=shard, sampling=sampling,
-            progress=progress, on_commit=on_commit, bar=bar))
+            progress=progress, on_commit=on_commit, bar=bar, model_version=model_version, model_label=model_label))
 
     async def remove(self, paths: str | Path | Sequence[str | Path], *, index: Where) -> int:
         return await asyncio.to_thread(self.sync.remove, paths, index=index)
@@ -353,7 +518,8 @@ class AsyncClient:
 
     async def evaluate(self, csv: str | Path, videos: str | Path, *, protocol: str = "max", windows: int = 10,
                        index: Where | None = None, sampling: Sampling | None = None,
-                       errors: list[tuple[str, str]] | None = None) -> Evaluation:
+                       errors: list[tuple[str, str]] | None = None, model_version: int | None = None,
+                       model_label: str | None = None) -> Evaluation:
         return await asyncio.to_thread(functools.partial(
             self.sync.evaluate, csv, videos, protocol=protocol, windows=windows, index=index, sampling=sampling,
-            errors=errors))
+            errors=errors, model_version=model_version, model_label=model_label))

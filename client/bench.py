@@ -36,7 +36,7 @@ from s3d_retrieval.client.transport.tensors import to_proto
 from s3d_retrieval.client.decode.video import Sampling, load
 from s3d_retrieval.client.library.stream import embed_stream
 from s3d_retrieval.client.memory import release_big_blocks
-from s3d_retrieval.client.transport.session import Options, Session
+from s3d_retrieval.client.transport.session import Options, Pinned, Session
 
 
 SEARCH_SIZES = [1_000_000, 10_000_000]
@@ -306,13 +306,13 @@ def search_memory(folder: Path) -> None:
     print(json.dumps({"held_mib": status_mib("RssAnon") - before}))
 
 
-def whole_video(session: Session, path: str, sampling: Sampling) -> int:
+def whole_video(session: Pinned, path: str, sampling: Sampling) -> int:
     """How `index` embedded a video before streaming: every window in memory at once, then the requests."""
     frames, _ = load(path, sampling)
     return len(session.embed_windows(frames))
 
 
-def streamed(session: Session, path: str, sampling: Sampling) -> int:
+def streamed(session: Pinned, path: str, sampling: Sampling) -> int:
     """How `index` embeds a video now (`client.library.stream`)."""
     [(_, done)] = embed_stream(session, [path], str, sampling)
     return len(done.embeddings)
@@ -321,7 +321,8 @@ def streamed(session: Session, path: str, sampling: Sampling) -> int:
 def video_memory(address: str, path: str, frames: int, size: int, how: str) -> None:
     release_big_blocks()  # as the CLI does, for both ways
     sampling = Sampling(frames=frames, size=size, stride=frames / FPS)
-    with Session(Options(address=address, timeout=600)) as session:
+    with Session(Options(address=address, timeout=600)) as served:
+        session = Pinned(served, served.default_version())
         start = time.perf_counter()
         windows = (whole_video if how == "whole" else streamed)(session, path, sampling)
         seconds = time.perf_counter() - start

@@ -22,6 +22,7 @@ from s3d_retrieval.client.errors import Error
 from s3d_retrieval.client.files import atomic_write
 from s3d_retrieval.client.library.evaluate import PROTOCOLS
 from s3d_retrieval.client.library.like import Like, LikeError
+from s3d_retrieval.client.library.promote import GateRefused
 from s3d_retrieval.client.library.vectors import EXACT_LIMIT, SCAN
 from s3d_retrieval.client.library.walk import Shard
 from s3d_retrieval.client.memory import release_big_blocks
@@ -41,6 +42,14 @@ def _sampling_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", type=int, help=f"frames per window (default: the model's, else {FRAMES})")
     parser.add_argument("--fps", type=float, help=f"sampling rate of segments (default: the model's, else {FPS:g})")
     parser.add_argument("--size", type=int, help=f"frame height and width (default: the model's, else {SIZE})")
+
+
+def _version_flags(parser: argparse.ArgumentParser, what: str) -> None:
+    """The model version a verb's requests name: by number, or by a label the server defines."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--model-version", type=int, metavar="N", help=f"the model version {what}")
+    group.add_argument("--model-label", metavar="LABEL",
+                       help="the version a label of the server names (TF Serving's version_labels: stable, canary)")
 
 
 def _milvus_flags(parser: argparse.ArgumentParser, where: argparse._MutuallyExclusiveGroup) -> None:
@@ -116,6 +125,8 @@ def parser() -> argparse.ArgumentParser:
     search.add_argument("--nprobe", type=int,
                         help=f"--search ivf: inverted lists searched (default: those holding ~{SCAN:,} windows)")
     _sampling_flags(search)
+    _version_flags(search, "that embeds --videos and the text (default: the label stable's, else the newest served); "
+                           "an index is searched with the version that embedded it")
     frames = verbs.add_parser("frames", help="write the exact uint8 model input of a video as .npy")
     frames.add_argument("video")
     frames.add_argument("--out", type=Path, required=True, help="FILE.npy: [windows, T, H, W, 3] uint8")
@@ -130,6 +141,8 @@ def parser() -> argparse.ArgumentParser:
                        help="index only share I of N (0-based) of the files, by a stable hash of each path relative "
                             "to the PATH it was found under: N machines agree without talking; then `merge`")
     _sampling_flags(index)
+    _version_flags(index, "of a new index (default: the label stable's, else the newest served); an existing one "
+                          "keeps its own, and refuses another")
     merging = verbs.add_parser("merge", help="combine shard indexes (index --shard) into one index")
     merging.add_argument("shards", nargs="+", type=Path, metavar="SHARD_INDEX")
     merging.add_argument("--index", type=Path, required=True, metavar="DIR", help="the combined index (made or added to)")
@@ -153,6 +166,7 @@ def parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print JSON instead of a table")
     evaluate.add_argument("--html", type=Path, metavar="FILE", help="also write an HTML report")
     _sampling_flags(evaluate)
+    _version_flags(evaluate, "that embeds (default as for a new index; with --index, the index's)")
     ui = verbs.add_parser("ui", help="a search page and its JSON API over an index (pip install '.[ui]')")
     over = ui.add_mutually_exclusive_group(required=True)
     over.add_argument("--index", type=Path, metavar="DIR", help="an index built with `index`")
@@ -172,6 +186,20 @@ def parser() -> argparse.ArgumentParser:
     vacuum.add_argument("--older-than", type=float, metavar="SECONDS",
                         help=f"--milvus: only windows made this long ago or more (default {VACUUM_AGE:g}: a writer "
                              f"in flight may be about to commit younger ones)")
+    promote = verbs.add_parser("promote", help="point a name readers follow at an index (blue/green), after an "
+                                               "optional eval gate")
+    promote.add_argument("name", metavar="NAME", help="the name: a path (a symbolic link made here), or with --milvus "
+                                                      "an alias")
+    promote.add_argument("target", metavar="TARGET", help="the index to point it at (a folder, or a collection)")
+    promote.add_argument("--milvus", metavar="URI", help="NAME and TARGET are collections of this Milvus")
+    promote.add_argument("--eval", type=Path, metavar="CSV",
+                         help="gate: measure the index NAME points at and TARGET on this labelled set (eval's CSV), "
+                              "and refuse (exit 1) unless TARGET's R@1 is at least as high")
+    promote.add_argument("--videos", type=Path, metavar="ROOT", help="--eval: the folder holding the set's videos")
+    promote.add_argument("--force", action="store_true", help="promote even if the gate finds TARGET worse")
+    rollback = verbs.add_parser("rollback", help="point a name back at the index it pointed at before")
+    rollback.add_argument("name", metavar="NAME")
+    rollback.add_argument("--milvus", metavar="URI", help="NAME is an alias of this Milvus")
     verbs.add_parser("status", help="the model's versions and their states")
     verbs.add_parser("metadata", help="the signatures the server exposes")
     return p
@@ -189,9 +217,18 @@ def _client(args: argparse.Namespace) -> Client:
     return Client(args.server, lock_wait=args.lock_wait, log=stderr_note, **_transport(args))
 
 
-def _sampling(args: argparse.Namespace, client: Client) -> Sampling:
-    """The window flags over the served model's sampling."""
-    return client.sampling(mode=args.sampling, frames=args.frames, fps=args.fps, size=args.size, stride=args.stride)
+def _sampling(args: argparse.Namespace, client: Client, model_version: int | None = None) -> Sampling:
+    """The window flags over the model version's sampling."""
+    return client.sampling(mode=args.sampling, frames=args.frames, fps=args.fps, size=args.size, stride=args.stride,
+                           model_version=model_version)
+
+
+def _new_sampling(args: argparse.Namespace, client: Client) -> Sampling | None:
+    """The window flags given (over the asked version's sampling), or None: an index keeps its own, a new one
+    takes its version's."""
+    if args.sampling == "segments" and (args.frames, args.fps, args.size, args.stride) == (None,) * 4:
+        return None
+    return _sampling(args, client, client.model_version(args.model_version, args.model_label))
 
 
 def _search(args: argparse.Namespace) -> int:
@@ -199,11 +236,16 @@ def _search(args: argparse.Namespace) -> int:
     with _client(args) as client:
         common = dict(top=args.top, moments=args.moments, like=args.like)
         if args.index or args.milvus:
+            if (args.model_version, args.model_label) != (None, None):
+                raise ValueError("--model-version and --model-label are for --videos: an index is searched with the "
+                                 "model version that embedded it")
             result = client.search(args.queries, index=_where(args), under=args.under, glob=args.glob,
                                    min_duration=args.min_duration, max_duration=args.max_duration, kind=args.search,
                                    nprobe=args.nprobe, **common)
         else:
-            result = client.search(args.queries, videos=args.videos, sampling=_sampling(args, client), **common)
+            version = client.model_version(args.model_version, args.model_label)
+            result = client.search(args.queries, videos=args.videos, sampling=_sampling(args, client, version),
+                                   model_version=version, **common)
     print(json.dumps(result.as_json(), indent=2) if args.json else as_table(result), end="\n" if args.json else "")
     if args.html:
         html_report.write(args.html, html_report.render(result))
@@ -229,7 +271,8 @@ def _frames(args: argparse.Namespace) -> int:
 def _index(args: argparse.Namespace) -> int:
     with _client(args) as client:
         stats = client.index(args.paths, index=_where(args), flush_every=args.flush_every, shard=args.shard,
-                             sampling=_sampling(args, client), on_commit=print, bar=sys.stderr.isatty())
+                             sampling=_new_sampling(args, client), on_commit=print, bar=sys.stderr.isatty(),
+                             model_version=args.model_version, model_label=args.model_label)
     print(stats.summary())
     return _report_errors(stats.failed, "skipped")
 
@@ -249,10 +292,9 @@ def _remove(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     errors: list[tuple[str, str]] = []
     with _client(args) as client:
-        made = args.index is not None and (args.index / "index.sqlite").is_file()
         result = client.evaluate(args.csv, args.videos, protocol=args.protocol, windows=args.windows,
-                                 index=_where(args), sampling=None if made else _sampling(args, client),
-                                 errors=errors)
+                                 index=_where(args), sampling=_new_sampling(args, client), errors=errors,
+                                 model_version=args.model_version, model_label=args.model_label)
     print(json.dumps(result.as_json(), indent=2) if args.json else eval_report.as_table(result),
           end="\n" if args.json else "")
     if args.html:
@@ -268,6 +310,31 @@ def _ui(args: argparse.Namespace) -> int:
         raise ValueError(f"the ui verb needs the [ui] extra ({err}): pip install 's3d-retrieval[ui]' "
                          f"(or '.[ui]' in a checkout)") from None
     return serve(_where(args), args.server, _transport(args), args.host, args.port, args.library, args.reload_every)
+
+
+def _names(args: argparse.Namespace, *names: str) -> list[Path | Milvus]:
+    """NAME (and TARGET) as locations: paths, or with --milvus collections."""
+    return [Milvus(args.milvus, n) if args.milvus else Path(n) for n in names]
+
+
+def _promote(args: argparse.Namespace) -> int:
+    name, target = _names(args, args.name, args.target)
+    with _client(args) as client:
+        try:
+            done = client.promote(name, target, eval_csv=args.eval, videos=args.videos, force=args.force)
+        except GateRefused as refused:
+            print("\n".join(refused.figures))
+            print(f"error: {refused}", file=sys.stderr)
+            return 1
+    print("\n".join([*done.figures, done.summary()]))
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    [name] = _names(args, args.name)
+    with _client(args) as client:
+        print(client.rollback(name).summary())
+    return 0
 
 
 def _vacuum(args: argparse.Namespace) -> int:
@@ -294,7 +361,8 @@ def _metadata(args: argparse.Namespace) -> int:
 
 VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
     "search": _search, "frames": _frames, "index": _index, "merge": _merge, "remove": _remove, "eval": _eval,
-    "ui": _ui, "vacuum": _vacuum, "status": _status, "metadata": _metadata}
+    "ui": _ui, "vacuum": _vacuum, "promote": _promote, "rollback": _rollback, "status": _status,
+    "metadata": _metadata}
 
 
 def _report_errors(errors: list[tuple[str, str]], label: str = "error") -> int:

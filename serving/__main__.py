@@ -41,6 +41,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--gpu-memory-fraction", type=float,
                         help="share of GPU memory TF Serving may take (default: TF takes nearly all)")
     parser.add_argument("--poll-seconds", type=float, default=1.0, help="how often to look for new versions")
+    parser.add_argument("--model_config_file_poll_wait_seconds", type=float, default=0.0, metavar="SECONDS",
+                        help="TF Serving's flag: read the models config again this often (versions, policies, labels "
+                             "change without a restart); 0: read once")
+    parser.add_argument("--allow_version_labels_for_unavailable_models", action="store_true",
+                        help="TF Serving's flag: a new label may name a version that is not loaded yet (labels in "
+                             "the config at start need it)")
     add_verbose_flag(parser)
     args = parser.parse_args(argv)
     if not args.model_config:
@@ -52,6 +58,7 @@ def run_embedded(args: argparse.Namespace, plan: launcher.Plan) -> int:
     quiet_tensorflow()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from s3d_retrieval.serving.embedded.batching import BatchingOptions
+    from s3d_retrieval.serving.embedded.errors import ServingError
     from s3d_retrieval.serving.embedded.manager import LoadRetries
     from s3d_retrieval.serving.embedded.server import EmbeddedServer, Options
 
@@ -60,12 +67,20 @@ def run_embedded(args: argparse.Namespace, plan: launcher.Plan) -> int:
     options = Options(models=launcher.model_server_config(plan),
                       host=args.host, port=args.port, rest_port=args.rest_port or None,
                       metrics_path=monitoring.path if monitoring.enable else None, poll_seconds=args.poll_seconds,
-                      batching=batching, load_retries=LoadRetries(args.load_retries, args.load_retry_interval))
+                      batching=batching, load_retries=LoadRetries(args.load_retries, args.load_retry_interval),
+                      config_source=lambda: launcher.model_server_config(plan),
+                      config_poll_seconds=plan.config_poll_seconds,
+                      allow_unavailable_labels=plan.allow_unavailable_labels)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     server = EmbeddedServer(options)
-    server.start()
+    try:
+        server.start()
+    except ServingError as err:  # a label the config cannot set: TF Serving does not start either
+        print(f"error: {err.message} (models config; or pass --allow_version_labels_for_unavailable_models)",
+              file=sys.stderr)
+        return 2
     host = "localhost" if args.host in ("0.0.0.0", "::") else args.host
     print(f"serving {args.model_name} (embedded server): gRPC {host}:{server.port}"
           + (f", REST http://{host}:{server.rest.port}" if server.rest else "")
@@ -82,21 +97,29 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     parse_batching()  # a broken batching file should fail here, not inside a container
     plan = launcher.Plan(args.model_name, args.model_dir, args.model_config, args.port, args.rest_port,
-                         args.batching, args.gpu_memory_fraction, args.load_retries, args.load_retry_interval)
+                         args.batching, args.gpu_memory_fraction, args.load_retries, args.load_retry_interval,
+                         args.model_config_file_poll_wait_seconds, args.allow_version_labels_for_unavailable_models)
     if args.embedded or not (shutil.which("tensorflow_model_server") or launcher.docker_engine()):
         return run_embedded(args, plan)
     with tempfile.TemporaryDirectory() as tmp:
         config_file = Path(tmp) / "models.config"
         if shutil.which("tensorflow_model_server"):
-            config_file.write_text(launcher.models_config(plan))
+            base_path = None
             command, kind = launcher.binary_command(plan, config_file), "tensorflow_model_server"
         else:
             gpu = launcher.gpu_visible()
-            config_file.write_text(launcher.models_config(plan, f"{launcher.CONTAINER_MODELS}/{args.model_name}"))
+            base_path = f"{launcher.CONTAINER_MODELS}/{args.model_name}"
             command, kind = launcher.docker_command(plan, config_file, gpu), "Docker " + ("GPU" if gpu else "CPU")
+        config_file.write_text(launcher.models_config(plan, base_path))
         print(f"serving {args.model_name} ({kind}): gRPC localhost:{args.port}, REST http://localhost:{args.rest_port}")
         print(" ".join(command), flush=True)
-        return subprocess.call(command)
+        stop = threading.Event()
+        if plan.config_poll_seconds > 0:
+            launcher.keep_config(plan, config_file, base_path, stop)
+        try:
+            return subprocess.call(command)
+        finally:
+            stop.set()
 
 
 if __name__ == "__main__":

@@ -167,7 +167,7 @@ def search_page_load(address: str, clients: int, seconds: float) -> None:
     print(f"\n{f'search API, {clients} clients x {seconds:g} s':34} {'requests':>9} {'req/s':>7} {'p50 ms':>8} "
           f"{'p99 ms':>8} {'errors':>7} {'x cached':>8}")
     with tempfile.TemporaryDirectory() as tmp, Client(address) as api:
-        session = api.session
+        session = api.pinned()
         library = Path(tmp) / "library"
         library.mkdir()
         for i in range(8):
@@ -177,7 +177,7 @@ def search_page_load(address: str, clients: int, seconds: float) -> None:
             index.refresh_search()
         rows = []
         for name, distinct in (("repeated queries (cached)", False), ("every query new (embedded)", True)):
-            catalog = Catalog(Index(Path(tmp) / "index", MODEL_NAME, read_only=True))
+            catalog = Catalog(lambda: Index(Path(tmp) / "index", MODEL_NAME, read_only=True))
             with in_thread(create_app(catalog, api, api)) as root:
                 host, port = urllib.parse.urlsplit(root).netloc.split(":")
                 deadline = time.monotonic() + seconds

@@ -37,7 +37,7 @@ from s3d_retrieval.client.library.metrics import IOU_AT, iou
 from s3d_retrieval.client.library.rank import Windows, rank
 from s3d_retrieval.client.outputs.report import as_table
 from s3d_retrieval.client.library.search import Result, search_index
-from s3d_retrieval.client.transport.session import Options, Session
+from s3d_retrieval.client.transport.session import Options, Pinned, Session
 from s3d_retrieval.client.decode.video import model_sampling
 from s3d_retrieval.model.quiet import add_verbose_flag, verbose
 
@@ -84,7 +84,8 @@ def run(model_dir: Path, out: Path, seed: int = 0) -> Demo:
     story = (world / "story" / "story.webm").resolve()
     server, address = start_server(model_dir)
     try:
-        with Session(Options(address=address)) as session:
+        with Session(Options(address=address)) as served:
+            session = Pinned(served, served.default_version())
             sampling = model_sampling(session.preprocessing())
             sampling = replace(sampling, stride=sampling.stride / 2)  # half-window steps: finer moments
             with Index(out / "index", MODEL_NAME, sampling, create=True) as index:

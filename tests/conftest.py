@@ -65,11 +65,11 @@ def server(model_dir):
 
 @pytest.fixture()
 def session(server):
-    """A client session on the shared embedded server."""
-    from s3d_retrieval.client.transport.session import Options, Session
+    """A client session on the shared embedded server, every request naming its model version (1)."""
+    from s3d_retrieval.client.transport.session import Options, Pinned, Session
 
     with Session(Options(address=f"127.0.0.1:{server.port}", windows_per_request=2)) as s:
-        yield s
+        yield Pinned(s, 1)
 
 
 def folder_catalog(folder: Path, roots: list[Path] | None = None, check_every: float = 1.0):
@@ -78,7 +78,7 @@ def folder_catalog(folder: Path, roots: list[Path] | None = None, check_every: f
     from s3d_retrieval.client.library.index import Index
     from s3d_retrieval.client.ui.catalog import Catalog
 
-    return Catalog(Index(folder, MODEL_NAME, read_only=True), roots, check_every)
+    return Catalog(lambda: Index(folder, MODEL_NAME, read_only=True), roots, check_every)
 
 
 def write_clip(path: Path, frames: int, fps: float, size: tuple[int, int] = (96, 72), fourcc: str = "FFV1",

@@ -21,7 +21,7 @@ from s3d_retrieval.client.cli import main
 from s3d_retrieval.client.library.index import Index
 from s3d_retrieval.client.library.rank import Windows, rank
 from s3d_retrieval.client.library.search import search
-from s3d_retrieval.client.transport.session import Options, ServerError, Session
+from s3d_retrieval.client.transport.session import Options, Pinned, ServerError, Session
 from s3d_retrieval.client.transport.tensors import to_numpy, to_proto
 from s3d_retrieval.client.decode.video import Sampling, VideoError, load
 from tests.conftest import write_clip
@@ -199,7 +199,7 @@ def test_search_scores_equal_the_source_module_in_process(server, standin, clips
     queries = ["playing guitar", "A dog, running on the beach!", "water"]
     sampling = Sampling(size=64)
     with Session(Options(address=f"127.0.0.1:{server.port}", windows_per_request=2)) as session:
-        result = search(session, queries, clips, sampling, top=3)
+        result = search(Pinned(session, 1), queries, clips, sampling, top=3)
     module = hub.load(str(standin())).signatures
     texts = module["text"](words=tf.constant(queries))["text_embedding"].numpy()
     expected = {}

@@ -22,7 +22,7 @@ from s3d_retrieval.client.decode.video import Sampling
 from s3d_retrieval.client.defaults import MODEL_NAME
 from s3d_retrieval.client.library.evalset import read_sentences
 from s3d_retrieval.client.library.search import search
-from s3d_retrieval.client.transport.session import Options, Session
+from s3d_retrieval.client.transport.session import Options, Pinned, Session
 from s3d_retrieval.export.pipeline import export_model
 from s3d_retrieval.model.corpus import write_corpus
 from s3d_retrieval.model.train import CHECKPOINTS, LOG
@@ -127,7 +127,7 @@ def test_the_distributed_result_exports_serves_and_retrieves_heldout_clips(runs,
     server = start_server(model_dir)
     try:
         with Session(Options(address=f"127.0.0.1:{server.port}")) as session:
-            found = search(session, [sentence for _, sentence in queries], videos,
+            found = search(Pinned(session, 1), [sentence for _, sentence in queries], videos,
                            Sampling(frames=8, fps=10, size=64, stride=0.8), top=len(videos))
     finally:
         server.stop(grace=5)

@@ -15,13 +15,11 @@ import pytest
 
 from s3d_retrieval.client.cli import main
 from s3d_retrieval.client.decode.ahead import decode_ahead
-from s3d_retrieval.client.decode.video import load
 from s3d_retrieval.client.library import index as index_module
 from s3d_retrieval.client.library import indexing, walk
 from s3d_retrieval.client.library.index import Index, IndexFolderError
 from s3d_retrieval.client.library.indexing import index_videos
-from s3d_retrieval.client.library.stream import embed_stream
-from s3d_retrieval.client.transport.session import Options, Session
+from s3d_retrieval.client.transport.session import Options, Pinned, Session
 from tests.conftest import start_server, write_clip
 from tests.test_index import SAMPLING, check_consistent, library  # noqa: F401 - the fixture
 
@@ -196,7 +194,7 @@ def test_an_index_rides_out_a_server_restart(model_dir, library, tmp_path):  # n
     try:
         options = Options(address=f"127.0.0.1:{port}", windows_per_request=2, wait=180, log=log)
         with Session(options) as session, Index(tmp_path / "idx", "s3d_milnce", SAMPLING, create=True) as index:
-            stats = index_videos(session, index, [library], flush_every=1, log=log)
+            stats = index_videos(Pinned(session, 1), index, [library], flush_every=1, log=log)
     finally:
         thread.join(timeout=300)
         if restarted and restarted[0]:
@@ -205,28 +203,6 @@ def test_an_index_rides_out_a_server_restart(model_dir, library, tmp_path):  # n
     assert len([line for line in said if line.startswith("waiting up to")]) == 1  # said once
     assert any("answers again" in line for line in said)
     check_consistent(tmp_path / "idx", library)  # every window exactly once
-
-
-class FlakyVersions:
-    """A session whose server publishes version 2 after the first request."""
-
-    def __init__(self, session: Session):
-        self.options, self._session, self.sent = session.options, session, 0
-
-    def embed_batches(self, batches):
-        for embeddings, _ in self._session.embed_batches(batches):
-            self.sent += 1
-            yield embeddings, 1 if self.sent == 1 else 2
-
-
-def test_a_video_answered_by_two_versions_is_embedded_again_on_one(session, tmp_path):
-    clip = write_clip(tmp_path / "long.avi", 400, 20, (80, 64), "MJPG", seed=7)
-    flaky = FlakyVersions(session)
-    [(path, done)] = list(embed_stream(flaky, [str(clip)], str, SAMPLING))
-    frames, spans = load(clip, SAMPLING)
-    assert done.version == 2 and len(done.embeddings) == len(frames) > 2
-    np.testing.assert_allclose(done.spans, spans)
-    np.testing.assert_allclose(done.embeddings, session.embed_windows(frames), atol=1e-5)
 
 
 def test_decoding_ahead_is_bounded_by_windows_and_stops_when_the_reader_does():

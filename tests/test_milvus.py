@@ -74,7 +74,7 @@ def page(server, uri: str, library: Path, expected: dict) -> None:
     from s3d_retrieval.client.ui.app import create_app
 
     with MilvusStore(uri, "lib", "s3d_milnce") as store, Client(f"127.0.0.1:{server.port}") as api, \
-            TestClient(create_app(Catalog(store), api, api)) as http:
+            TestClient(create_app(Catalog(lambda: store), api, api)) as http:
         assert http.get("/api/search", params={"q": "a dog", "top": "3", "moments": "3"}).json() == expected
         assert len(http.get("/api/videos").json()["videos"]) == 5
         health = http.get("/api/health").json()
@@ -201,7 +201,7 @@ def test_stores_sharing_a_lite_file_and_a_page_whose_milvus_went_away(server, tm
         first.close()
         assert second.count(second.videos_name) == 0  # the file's server outlived the first store
         with Client(f"127.0.0.1:{server.port}") as api, \
-                TestClient(create_app(Catalog(second, [tmp_path]), api, api)) as http:
+                TestClient(create_app(Catalog(lambda: second, [tmp_path]), api, api)) as http:
             server_manager_instance.release_server(str(tmp_path / "lib.db"))  # Milvus goes away
             health = http.get("/api/health")
             assert health.status_code == 503 and health.json()["error"].startswith("index: Milvus at ")

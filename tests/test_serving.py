@@ -105,7 +105,7 @@ def test_launch_commands_use_the_config_files_and_the_pinned_image(tmp_path):
     docker = launcher.docker_command(plan, config, gpu=True)
     assert f"{TF_SERVING_IMAGE}-gpu" in docker and ["--gpus", "all"] == docker[4:6]
     assert f"{(tmp_path / 'm').resolve()}:/models/{MODEL_NAME}:ro" in docker
-    assert "--model_config_file=/config/local-models.config" in docker
+    assert f"--model_config_file=/config-local/{config.name}" in docker and f"{tmp_path}:/config-local:ro" in docker
     assert TF_SERVING_IMAGE in launcher.docker_command(plan, config, gpu=False)
     local = launcher.model_server_config(plan)
     assert local.model_config_list.config[0].base_path == str((tmp_path / "m").resolve())

@@ -13,7 +13,7 @@ import tensorflow as tf
 import tensorflow_hub as hub
 
 from s3d_retrieval.client.defaults import MODEL_NAME
-from s3d_retrieval.client.transport.session import Options, Session
+from s3d_retrieval.client.transport.session import Options, Pinned, Session
 from s3d_retrieval.client.decode.video import Sampling
 from s3d_retrieval.client.library.search import search
 from s3d_retrieval.export.pipeline import export_model
@@ -210,7 +210,8 @@ def test_a_trained_module_loads_exports_serves_and_tells_the_client_its_sampling
             assert session.preprocessing() == {k: float(v) for k, v in dataclasses.asdict(SAMPLING).items()}
             np.testing.assert_allclose(session.embed_text(["a red ball"]), local, atol=1e-5)
             videos = sorted(str(p) for p in (world / "heldout").glob("*.webm"))
-            found = search(session, ["a red ball"], videos, Sampling(frames=16, fps=10, size=64, stride=0.8), top=4)
+            found = search(Pinned(session, 1), ["a red ball"], videos, Sampling(frames=16, fps=10, size=64, stride=0.8),
+                           top=4)
             assert not found.errors and len(found.matches[0]) == 4
     finally:
         server.stop(grace=5)

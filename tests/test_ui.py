@@ -15,7 +15,7 @@ from s3d_retrieval.client.decode.video import Sampling
 from s3d_retrieval.client.library.index import Index
 from s3d_retrieval.client.library.indexing import index_videos
 from s3d_retrieval.client.api import Client
-from s3d_retrieval.client.transport.session import Options, Session
+from s3d_retrieval.client.transport.session import Options, Pinned, Session
 from tests.conftest import folder_catalog, files_of, write_clip
 
 starlette = pytest.importorskip("starlette", reason="the [ui] extra is not installed: pip install '.[ui]'")
@@ -40,7 +40,7 @@ def world(server, tmp_path_factory):
     (library / "link.webm").symlink_to(outside / "secret.webm")
     with Session(Options(address=f"127.0.0.1:{server.port}")) as session, \
             Index(root / "index", "s3d_milnce", SAMPLING, create=True) as index:
-        assert index_videos(session, index, [library]).added == 5
+        assert index_videos(Pinned(session, 1), index, [library]).added == 5
         index.refresh_search()
     return root
 
@@ -109,7 +109,7 @@ def test_videos_and_health(client, world):
     assert health.status_code == 200
     body = health.json()
     assert body["ok"] and body["index"]["videos"] == 5 and body["model_server"]["version"] == 1
-    assert body["index"]["model_versions"] == [1] and body["warnings"] == []
+    assert body["index"]["model_version"] == 1 and body["model_server"]["versions"] == [1]
 
 
 def test_a_range_request_gets_206_and_the_right_bytes(client, world):
@@ -181,7 +181,7 @@ def test_the_index_reloads_on_commits(server, world, tmp_path):
                 create_app(folder_catalog(folder, check_every=0), api, api)) as http:
             assert len(http.get("/api/videos").json()["videos"]) == 5
             with Index(folder, "s3d_milnce", SAMPLING) as index:  # a writer commits: no refresh_search of its own
-                assert index_videos(api.session, index, [extra]).added == 1
+                assert index_videos(api.pinned(), index, [extra]).added == 1
             names = {Path(v["video"]).name for v in http.get("/api/videos").json()["videos"]}
             assert "late.webm" in names and len(names) == 6
             assert http.get("/api/media", params={"video": str(extra)}).status_code == 200
@@ -204,7 +204,7 @@ def test_a_structure_behind_the_index_answers_for_every_video_and_the_page_write
         with Client(f"127.0.0.1:{server.port}") as api, TestClient(
                 create_app(folder_catalog(folder, check_every=0), api, api)) as http:
             with Index(folder, "s3d_milnce", SAMPLING) as index:
-                index_videos(api.session, index, [extra])  # a writer commits and has not rebuilt the structure yet
+                index_videos(api.pinned(), index, [extra])  # a writer commits and has not rebuilt the structure yet
             before = files_of(folder)
             health = http.get("/api/health").json()
             assert health["ok"] and "1 of 6 videos are scored exactly" in health["index"]["stale"]

@@ -31,7 +31,7 @@ from s3d_retrieval.client.library.metrics import iou, moment_summary, ranks, sum
 from s3d_retrieval.client.library.moments import find, inside
 from s3d_retrieval.client.library.rank import Windows, best_per_video
 from s3d_retrieval.client.library.search import embed_videos
-from s3d_retrieval.client.transport.session import Session
+from s3d_retrieval.client.transport.session import Pinned
 from s3d_retrieval.client.decode.video import Capture, Sampling, VideoError, colab_windows, pad, sampled_frames, segment_windows
 
 PROTOCOLS = ("max", "mean", "colab")
@@ -104,7 +104,7 @@ def clip_starts(clip: Clip, protocol: str, sampling: Sampling, count: int, secon
     return sorted(set(range(first, last, sampling.frames)) | {last})
 
 
-def embed_clips(session: Session, evalset: EvalSet, protocol: str, sampling: Sampling, count: int,
+def embed_clips(session: Pinned, evalset: EvalSet, protocol: str, sampling: Sampling, count: int,
                 errors: list[tuple[str, str]]) -> list[np.ndarray | None]:
     """Per clip, its window embeddings [W, D] (mean: one averaged row); None for a clip that failed."""
     by_video: dict[str, list[int]] = defaultdict(list)
@@ -171,19 +171,24 @@ def clip_scores(text: np.ndarray, per_clip: list[np.ndarray]) -> np.ndarray:
     return scores
 
 
-def evaluate(session: Session, evalset: EvalSet, protocol: str = "max", count: int = 10,
+def evaluate(session: Pinned, evalset: EvalSet, protocol: str = "max", count: int = 10,
              sampling: Sampling | None = None, index: Store | None = None,
-             errors: list[tuple[str, str]] | None = None) -> Evaluation:
-    """Score every sentence against every clip and summarise, the way the field reports retrieval."""
+             errors: list[tuple[str, str]] | None = None, add: bool = True) -> Evaluation:
+    """Score every sentence against every clip and summarise, the way the field reports retrieval. With `index`,
+    its windows (the videos it lacks embedded into it first, unless `add` is False: then they are refused)."""
     errors = [] if errors is None else errors
     whole: Windows | None = None
     if index is not None:
         if protocol != "max":
             raise ValueError("--index holds every window of each video: use it with --protocol max")
-        stats = index_videos(session, index, sorted({c.video for c in evalset.clips}))
-        errors += stats.failed
+        if add:
+            errors += index_videos(session, index, sorted({c.video for c in evalset.clips})).failed
         sampling = index.sampling
         per_clip, whole = from_index(index, evalset)
+        lacking = sorted({c.video for c, found in zip(evalset.clips, per_clip) if found is None})
+        if lacking and not add:
+            raise ValueError(f"{index.where} lacks {len(lacking)} video(s) of the labelled set ({lacking[0]}"
+                             f"{', ...' if len(lacking) > 1 else ''}): index them into it first")
     else:
         per_clip = embed_clips(session, evalset, protocol, sampling, count, errors)
     failed = {i for i, e in enumerate(per_clip) if e is None}

@@ -1,7 +1,8 @@
 """A persistent, incremental, resumable index of video embeddings.
 
 Layout of an index folder:
-- `index.sqlite`: table `meta` (format, model name, sampling settings as JSON) and table `videos`
+- `index.sqlite`: table `meta` (format, model name, the model version that embeds every video, sampling settings
+  as JSON) and table `videos`
   (path, sha256, size, mtime, model version, duration, shard, first row, row count, indexed at);
 - `shards/<id>.embeddings.npy` [rows, 512] float32 and `shards/<id>.spans.npy` [rows, 2] (start, end seconds):
   immutable; a video's windows are rows `first .. first + count` of its shard;
@@ -100,16 +101,22 @@ class Folder:
 
     def open(self, model: str, *, sampling: Sampling | None = None, create: bool = False, read_only: bool = False,
              lock_wait: float = LOCK_WAIT, log: Callable[[str], None] | None = None, timeout: float = TIMEOUT,
-             new_sampling: Callable[[], Sampling] | None = None) -> Index:
-        if create and sampling is None and new_sampling is not None and not self.exists():
+             new_sampling: Callable[[], Sampling] | None = None, model_version: int | None = None,
+             new_version: Callable[[], int] | None = None) -> Index:
+        """The index this folder is, or a name points at now (`promote`)."""
+        if create and sampling is None and new_sampling is not None and not (self.path / DB).is_file():
             sampling = new_sampling()
-        return Index(self.path, model, sampling, create=create, read_only=read_only, lock_wait=lock_wait, log=log)
-
-    def exists(self) -> bool:
-        return (self.path / DB).is_file()
+        return Index(self.path, model, sampling, create=create, read_only=read_only, lock_wait=lock_wait, log=log,
+                     model_version=model_version, new_version=new_version)
 
     def __str__(self) -> str:
         return str(self.path)
+
+    def name(self, lock_wait: float = LOCK_WAIT):
+        """This path as a name `promote` points at an index (`client.library.promote.FolderName`)."""
+        from s3d_retrieval.client.library.promote import FolderName  # promote builds on this module
+
+        return FolderName(self.path, lock_wait)
 
 
 def location(where: str | os.PathLike[str] | Location) -> Location:
@@ -119,19 +126,26 @@ def location(where: str | os.PathLike[str] | Location) -> Location:
 
 class Index:
     def __init__(self, folder: str | Path, model: str, sampling: Sampling | None = None, create: bool = False,
-                 read_only: bool = False, lock_wait: float = LOCK_WAIT, log: Callable[[str], None] | None = None):
+                 read_only: bool = False, lock_wait: float = LOCK_WAIT, log: Callable[[str], None] | None = None,
+                 model_version: int | None = None, new_version: Callable[[], int] | None = None):
         """Open (or, with `create`, make) the index; `sampling` must match the one it was built with.
         `read_only`: for readers (search, the UI, merge's sources): the database is opened read-only and no file
         is ever written. A writer waits up to `lock_wait` seconds for another writer's change (`log` says once
-        who holds the index)."""
-        self.folder = Path(folder)
-        self.where = str(self.folder)
+        who holds the index). The index holds one model version (`model_version`, None for an empty index of an
+        earlier release): `model_version` asked of an index that has another is refused; a new one takes it,
+        else `new_version()`."""
+        self.name = Path(folder)  # as given: a name `promote` made is followed to the index it points at now
+        self.folder = Path(os.path.realpath(folder))
+        self.target: Folder = Folder(self.folder)
+        self.where = str(self.name) if os.path.abspath(self.name) == str(self.folder) else \
+            f"{self.name} (-> {self.folder})"
         if not (self.folder / DB).is_file() and not create:
             raise IndexFolderError(f"{self.folder}: no index here; build one with `index PATH... --index {self.folder}`")
         self.lock = None if read_only else WriterLock(self.folder, lock_wait, log)
         self._reader: ReadOnlyDB | None = None
         try:
             self._open(model, sampling, read_only)
+            self.model_version = self._version(model_version, new_version, read_only)
         except BaseException:
             self.close()
             raise
@@ -156,6 +170,33 @@ class Index:
         if sampling is not None and sampling != self.sampling:
             raise IndexFolderError(f"{self.folder} was built with {self.sampling}; index with the same settings or "
                                    f"use another --index folder")
+
+    def _version(self, asked: int | None, new_version: Callable[[], int] | None, read_only: bool) -> int | None:
+        """The model version the index holds: recorded in `meta`; an index of an earlier release records the one
+        its videos share (a writer writes it down); a new index takes `asked`, else `new_version()`."""
+        def recorded() -> str | None:
+            return self._read(lambda db: (db.execute("SELECT value FROM meta WHERE key = 'model_version'").fetchone()
+                                          or [None])[0])
+
+        version = recorded()
+        if version is None:
+            used = sorted(self._read(lambda db: {r[0] for r in db.execute("SELECT DISTINCT model_version FROM videos")}))
+            if len(used) > 1:
+                raise IndexFolderError(f"{self.folder} holds embeddings of model versions {used}, made before an "
+                                       f"index kept one version: rebuild it (`s3d-client index PATH... --index NEW`, "
+                                       f"then `s3d-client promote NAME NEW`)")
+            chosen = used[0] if used else asked if asked is not None else new_version() if new_version else None
+            if chosen is not None and not read_only:
+                with self.lock.held(), self.db:  # two writers at once record the same one, or the first's
+                    self.db.execute("INSERT OR IGNORE INTO meta VALUES ('model_version', ?)", (str(chosen),))
+                version = recorded()
+            else:
+                version = None if chosen is None else str(chosen)
+        if version is not None and asked is not None and int(version) != asked:
+            raise IndexFolderError(f"{self.folder} holds model version {version}, not {asked}: an index keeps the "
+                                   f"version that embedded it; index into a new one (--model-version {asked}) and "
+                                   f"promote it")
+        return None if version is None else int(version)
 
     def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """`fn(connection)` on the database as last committed; a failure is one line."""
@@ -321,6 +362,14 @@ class Index:
         """The shard files, then the transaction that makes them count (the caller holds the lock)."""
         if not entries and not rows:
             return
+        versions = {e.model_version for e in [*entries, *rows]}
+        if self.model_version is None and len(versions) == 1:  # the first commit of a new index records it
+            with self.db:
+                self.db.execute("INSERT OR IGNORE INTO meta VALUES ('model_version', ?)", (str(min(versions)),))
+            self.model_version = self._version(None, None, False)
+        if versions - {self.model_version}:  # one version an index
+            raise IndexWriteError(f"{self.folder} holds model version {self.model_version}; embeddings of model "
+                                  f"version(s) {sorted(versions)} are not added to it")
         if entries:
             matrix = np.concatenate(embeddings).astype(np.float32)
             atomic_write(files[0], lambda f: np.save(f, matrix))
@@ -467,6 +516,10 @@ class Index:
             rows = slice(entry.first_row, entry.first_row + entry.row_count)
             parts.append((entry.path, emb[rows], spans[rows]))
         return parts
+
+    def resolve(self) -> Folder:
+        """The index folder the path this was opened by is now (a name `promote` moves is followed)."""
+        return Folder(Path(os.path.realpath(self.name)))
 
     def view(self, before: View | None = None, kind: str | None = None, nprobe: int | None = None) -> IndexView:
         """What a reader searches now (`client.library.view`); `before`'s loaded segments are kept."""

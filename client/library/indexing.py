@@ -32,7 +32,7 @@ from s3d_retrieval.client.library.index import file_sha256
 from s3d_retrieval.client.library.store import Entry, Store
 from s3d_retrieval.client.library.stream import embed_stream
 from s3d_retrieval.client.library.walk import Shard, walk
-from s3d_retrieval.client.transport.session import Session
+from s3d_retrieval.client.transport.session import Pinned
 
 
 
@@ -45,7 +45,7 @@ class Stats:
     reused: int = 0  # same content already indexed under another path
     windows: int = 0
     requests: int = 0
-    versions: set[int] = field(default_factory=set)  # model versions that embedded this run's videos
+    model_version: int = 0  # the version that embedded this run's videos: the index's
     failed: list[tuple[str, str]] = field(default_factory=list)  # (path, why it was skipped)
 
     def summary(self) -> str:
@@ -121,14 +121,17 @@ def changed_since(entry: Entry) -> str | None:
     return None
 
 
-def index_videos(session: Session, index: Store, paths: Iterable[str | Path], flush_every: int = 16,
+def index_videos(session: Pinned, index: Store, paths: Iterable[str | Path], flush_every: int = 16,
                  progress: bool | None = None, log: Callable[[str], None] | None = None,
                  shard: Shard | None = None, on_video: Callable[[int, int], None] | None = None) -> Stats:
-    """Add `paths` to `index`. Raises IndexWriteError (nothing of the failed group committed) on a write fault,
-    ServerError when the server stays away longer than the session's `wait`."""
+    """Add `paths` to `index`, embedded by `session`'s model version, which must be the index's. Raises
+    IndexWriteError (nothing of the failed group committed) on a write fault, ServerError when the server stays
+    away longer than the session's `wait` or stops serving the version."""
+    if index.model_version not in (None, session.version):
+        raise ValueError(f"{index.where} holds model version {index.model_version}, not {session.version}")
     version = session.ensure_ready()
     requests_before = session.requests
-    stats = Stats()
+    stats = Stats(model_version=version)
     todo, reused = plan(index, paths, version, stats, shard)
     for entry, why in index.commit([], [], [], reused, changed_since):
         stats.reused -= 1
@@ -167,10 +170,6 @@ def index_videos(session: Session, index: Store, paths: Iterable[str | Path], fl
         if isinstance(done, VideoError):
             stats.failed.append((item.path, str(done).removeprefix(f"{item.path}: ")))
             continue
-        if log and done.version != version and done.version not in stats.versions:
-            log(f"model version {done.version} now answers (the run began on {version}); each video records the "
-                f"version that embedded it: run index again to bring the earlier ones to it")
-        stats.versions.add(done.version)
         entry = Entry(item.path, item.sha256, item.stat.st_size, item.stat.st_mtime, done.version,
                       float(done.spans[-1][1]), "", 0, 0)
         pending.append((entry, done.embeddings, done.spans, item.replacing))

@@ -30,13 +30,13 @@ from s3d_retrieval.client.errors import Error
 NAME = "writer.lock"
 POLL = 0.2  # seconds between attempts while another writer holds the lock
 
-_GATES: dict[str, threading.Lock] = {}  # real folder -> the lock this process's writers of it take first
+_GATES: dict[str, threading.Lock] = {}  # real lock file -> the lock this process's holders of it take first
 _GATES_LOCK = threading.Lock()
 
 
-def _gate(folder: Path) -> threading.Lock:
+def _gate(path: Path) -> threading.Lock:
     with _GATES_LOCK:
-        return _GATES.setdefault(os.path.realpath(folder), threading.Lock())
+        return _GATES.setdefault(os.path.realpath(path), threading.Lock())
 
 
 class LockTimeout(Error):
@@ -54,9 +54,10 @@ def holder(path: Path) -> str:
 class WriterLock:
     """Re-entrant within one object: nested `held()` blocks take the lock once."""
 
-    def __init__(self, folder: Path, patience: float, log: Callable[[str], None] | None = None):
-        self.path, self.patience, self.log = folder / NAME, patience, log
-        self._gate = _gate(folder)
+    def __init__(self, folder: Path, patience: float, log: Callable[[str], None] | None = None, name: str = NAME):
+        """The lock `folder/name`: an index's writers' by default (`promote` takes one of its own beside a name)."""
+        self.path, self.patience, self.log = folder / name, patience, log
+        self._gate = _gate(self.path)
         self._fd: int | None = None
         self._depth = 0
 

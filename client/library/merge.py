@@ -5,7 +5,8 @@ shard files into the target and records the sources' entries there in one SQLite
 or nothing, and no embedding is rewritten. Indexes built with another sampling or model are refused. A path
 present in several indexes keeps its newest entry (by when it was indexed); re-running the same merge finds
 every entry already there and changes nothing: no lock taken, no file touched, no generation moved. The sources
-are only read; the target's writer lock is held from the first file brought in to the adoption.
+are only read, and must hold one model version, the target's; the target's writer lock is held from the first
+file brought in to the adoption.
 """
 from __future__ import annotations
 
@@ -77,13 +78,18 @@ def merge(sources: list[Path], out: Path, model: str, lock_wait: float = LOCK_WA
             if index.sampling != sampling:
                 raise IndexFolderError(f"{index.folder} was built with {index.sampling} but {opened[0].folder} "
                                        f"with {sampling}: merge only indexes built with the same settings")
+        versions = {index.model_version for index in opened} - {None}
+        if len(versions) > 1:
+            raise IndexFolderError(f"the shard indexes hold model versions {sorted(versions)}: merge only shards "
+                                   f"embedded by one version (index --model-version N)")
         newest: dict[str, tuple[Index, Record]] = {}
         for index in opened:
             for path, record in index.records().items():
                 if path not in newest or record.indexed_at > newest[path][1].indexed_at:
                     newest[path] = (index, record)
         stats = MergeStats()
-        with Index(out, model, sampling, create=True, lock_wait=lock_wait, log=log) as target:
+        with Index(out, model, sampling, create=True, lock_wait=lock_wait, log=log,
+                   model_version=next(iter(versions), None)) as target:
             current, wanted = _wanted(target, newest)
             if wanted:  # decided again under the lock: another writer may have brought some meanwhile
                 with target.lock.held():

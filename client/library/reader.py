@@ -1,14 +1,17 @@
 """A store kept open by a long-lived process (an application's `Client`, the search page): its views are loaded
 once and loaded again only when the store changed, so a search costs the search, not reading the index.
 
-Whether the store changed is asked at most every `check_every` seconds (0: before every search, one SQLite row for
-a folder). While one caller loads the new view, the others keep answering from the one before.
+Whether the store changed, and whether the name it was opened by now points at another index (`promote`), is
+asked at most every `check_every` seconds (0: before every search; one SQLite row and a path for a folder). While
+one caller loads the new view, the others keep answering from the one before; after a promote, a request in
+flight finishes on the index it began on (the store before stays open until the next promote).
 """
 from __future__ import annotations
 
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 
 from s3d_retrieval.client.library.store import Store, View
 
@@ -16,21 +19,27 @@ KINDS = 4  # views kept per store, one per way of searching asked (kind, nprobe)
 
 
 class Reader:
-    def __init__(self, store: Store, check_every: float = 0.0):
-        self.store, self.check_every = store, check_every
+    def __init__(self, open_store: Callable[[], Store], check_every: float = 0.0):
+        """`open_store()`: the index, for reading, as its location (a name, perhaps) gives it now."""
+        self.open_store, self.check_every = open_store, check_every
+        self.store = open_store()
+        self._before: Store | None = None  # the store a promote left, kept for the requests still on it
         self._views: OrderedDict[tuple[str | None, int | None], tuple[View, float]] = OrderedDict()
         self._loading = threading.Lock()
 
     def current(self, kind: str | None = None, nprobe: int | None = None) -> View:
-        """The store as it is now, searched as `kind` and `nprobe` ask (None: as built)."""
+        """The index as it is now, searched as `kind` and `nprobe` ask (None: as built)."""
         key = (kind, nprobe)
         kept = self._views.get(key)
         if kept is not None and time.monotonic() - kept[1] < self.check_every:
             return kept[0]
         if not self._loading.acquire(blocking=kept is None):
+            assert kept is not None
             return kept[0]  # another caller is loading: the view before answers meanwhile
         try:
             checked = time.monotonic()
+            if self.store.resolve() != self.store.target:  # the name now points at another index
+                self._follow()
             kept = self._views.get(key)
             if kept is not None and not self.store.outdated(kept[0]):
                 view = kept[0]
@@ -45,6 +54,16 @@ class Reader:
             self._loading.release()
         return view
 
+    def _follow(self) -> None:
+        """Open the index the name points at now; the store before stays open for requests still on its views."""
+        fresh = self.open_store()
+        if self._before is not None:
+            self._before.close()
+        self._before, self.store = self.store, fresh
+        self._views.clear()
+
     def close(self) -> None:
         self._views.clear()
+        if self._before is not None:
+            self._before.close()
         self.store.close()

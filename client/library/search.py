@@ -14,7 +14,7 @@ from s3d_retrieval.client.library.moments import Moment
 from s3d_retrieval.client.library.rank import Match, Windows, rank
 from s3d_retrieval.client.library.store import Store, View
 from s3d_retrieval.client.library.stream import embed_stream
-from s3d_retrieval.client.transport.session import Session
+from s3d_retrieval.client.transport.session import Pinned
 
 
 @dataclass
@@ -45,7 +45,7 @@ def _match(m: Match) -> dict:
     return {"video": m.video, **best, "moments": [best, *map(_moment, m.moments[1:])]}
 
 
-def embed_videos(session: Session, paths: Sequence[str], sampling: Sampling,
+def embed_videos(session: Pinned, paths: Sequence[str], sampling: Sampling,
                  errors: list[tuple[str, str]]) -> Windows:
     """Decode (in threads, ahead) and embed every video, streaming; unusable files go to `errors`."""
     parts = []
@@ -94,7 +94,7 @@ def _labels(queries: Sequence[str], likes: Sequence[Like]) -> list[str]:
     return [*queries, *map(str, likes)]
 
 
-def search(session: Session, queries: Sequence[str], paths: Sequence[str], sampling: Sampling, top: int = 5,
+def search(session: Pinned, queries: Sequence[str], paths: Sequence[str], sampling: Sampling, top: int = 5,
            moments: int = 1, likes: Sequence[Like] = ()) -> Result:
     """Rank video files (decoded and embedded now) for each query; a liked video not among them is embedded
     too, as a query only."""
@@ -114,7 +114,7 @@ def search(session: Session, queries: Sequence[str], paths: Sequence[str], sampl
                         lambda found, count, each: rank(found, windows, count, each), top, moments, result)
 
 
-def embed_one(session: Session, video: str, sampling: Sampling) -> tuple[np.ndarray, np.ndarray]:
+def embed_one(session: Pinned, video: str, sampling: Sampling) -> tuple[np.ndarray, np.ndarray]:
     """One video decoded and embedded now (a liked moment's video outside the searched ones); VideoError if it
     cannot be read."""
     errors: list[tuple[str, str]] = []
@@ -122,14 +122,6 @@ def embed_one(session: Session, video: str, sampling: Sampling) -> tuple[np.ndar
     if errors:
         raise VideoError(f"{video}: {errors[0][1]}")
     return windows.embeddings, windows.spans
-
-
-def version_warnings(used: set[int], served: int) -> list[str]:
-    """What to say when an index's embeddings came from another model version than the one served."""
-    if not used - {served}:
-        return []
-    return [f"the index holds embeddings of model version(s) {sorted(used)} but version {served} is served: "
-            f"re-run `index` on the same files to refresh them"]
 
 
 def indexed(view: View) -> Source:
@@ -156,13 +148,13 @@ def search_view(embed_text: EmbedText, queries: Sequence[str], view: View, top: 
     return result
 
 
-def search_index(session: Session, queries: Sequence[str], store: Store, view: View, top: int = 5,
+def search_index(session: Pinned, queries: Sequence[str], store: Store, view: View, top: int = 5,
                  filters: Filters = Filters(), moments: int = 1, likes: Sequence[Like] = (),
-                 embed_text: EmbedText | None = None, served: int | None = None) -> Result:
-    """Rank the videos of an index (`view`, read from `store`) for each query without writing anything; warns if
-    they were embedded by another model version. A liked video the index lacks is decoded and embedded now with
-    the index's sampling. `embed_text` and `served` (the version served): given by a caller that asked the server
-    already (the asyncio client)."""
+                 embed_text: EmbedText | None = None) -> Result:
+    """Rank the videos of an index (`view`, read from `store`) for each query without writing anything, the
+    queries embedded by `session`'s version, the index's (its caller checked that it is served). A liked video the
+    index lacks is decoded and embedded now with the index's sampling. `embed_text`: given by a caller that embedded
+    the text already (the asyncio client)."""
     from_index = indexed(view)
 
     def source(like: Like) -> tuple[np.ndarray, np.ndarray]:
@@ -171,7 +163,4 @@ def search_index(session: Session, queries: Sequence[str], store: Store, view: V
         except LikeError:  # not indexed: decoded with the index's sampling
             return embed_one(session, like.video, store.sampling)
 
-    served = session.ensure_ready() if served is None else served
-    result = search_view(embed_text or session.embed_text, queries, view, top, filters, moments, likes, source)
-    result.warnings[:0] = version_warnings(view.versions, served)
-    return result
+    return search_view(embed_text or session.embed_text, queries, view, top, filters, moments, likes, source)

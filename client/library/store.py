@@ -1,15 +1,16 @@
 """What every store of an index offers: the one interface the verbs, `eval`, the Python API and the page use.
 
 A store keeps, per video, an `Entry` (what `index` compares against the file) and its windows (embeddings and
-spans). The folder index (`client.library.index`) and Milvus (`client.milvus`) implement it; a third store is a
-module with a `Location` (where the index lives, able to open it) and a `Store`. Nothing in `library/` knows a
-particular store but the folder index, its own.
+spans), all embedded by one model version, the store's. The folder index (`client.library.index`) and Milvus
+(`client.milvus`) implement it; a third store is a module with a `Location` (where the index lives, able to open
+it, and to be a name that points at another, `promote`), a `Store` and its `View`. Nothing in `library/` knows
+a particular store but the folder index, its own.
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -53,9 +54,9 @@ class View(Protocol):
     """The index as one reader sees it at one moment: what a search ranks, what the page lists."""
 
     generation: str  # moves with every change of the entries
+    model_version: int | None  # the version that embedded every video, and must embed the queries
     kind: str  # how it searches ("exact", "ivf", or the store's own)
     stale: str | None  # why some videos are searched the slow way, else None
-    versions: set[int]  # model versions that embedded its videos (empty when the store does not say)
 
     @property
     def videos(self) -> int: ...
@@ -81,13 +82,18 @@ class Store(Protocol):
     """An index opened by a reader (view, outdated, entry) or a writer (the rest)."""
 
     where: str  # how messages name it
+    target: Location  # the index opened (the one a name pointed at when it was opened)
     sampling: Sampling  # how its videos were cut into windows
+    model_version: int | None  # the version that embedded them (None: an empty index of an earlier release)
 
     def close(self) -> None: ...
 
     def __enter__(self) -> Store: ...
 
     def __exit__(self, *exc: object) -> None: ...
+
+    def resolve(self) -> Location:
+        """The index the location this was opened by is now: `target`, unless a name was moved (`promote`)."""
 
     def view(self, before: View | None = None, kind: str | None = None, nprobe: int | None = None) -> View:
         """The index as it is now; `before`, a view of this store read earlier, lends what has not changed."""
@@ -133,6 +139,11 @@ class Location(Protocol):
 
     def open(self, model: str, *, sampling: Sampling | None = None, create: bool = False, read_only: bool = False,
              lock_wait: float = ..., log: Callable[[str], None] | None = None, timeout: float = TIMEOUT,
-             new_sampling: Callable[[], Sampling] | None = None) -> Store:
-        """The store, for a reader (`read_only`) or a writer; `create` makes it with `sampling` (else
-        `new_sampling()`, the served model's) when missing, and refuses other settings when not."""
+             new_sampling: Callable[[], Sampling] | None = None, model_version: int | None = None,
+             new_version: Callable[[], int] | None = None) -> Store:
+        """The store this location is (or, for a name, points at now), for a reader (`read_only`) or a writer;
+        `create` makes it with `sampling` and `model_version` (else `new_sampling()`, `new_version()`: the served
+        model's) when missing, and refuses other settings (and another `model_version`) when not."""
+
+    def name(self, lock_wait: float = ...) -> Any:
+        """This location as a name readers follow (`client.library.promote.Name`)."""

@@ -2,9 +2,9 @@
 
 Decoders run ahead by a bounded number of windows (`client.decode.ahead`), windows are grouped into requests
 of `windows_per_request`, at most `concurrency` requests are in flight, and only the embeddings (512 floats
-per window) and spans of a video are kept. A video whose windows were answered by two model versions (a new
-version published mid-video) is embedded again whole, so one video never mixes versions; one the server answered
-with non-finite values (NaN, infinity) is an error for that video: such a window would win every ranking.
+per window) and spans of a video are kept. Every request names the session's model version (`Pinned`), so one
+video never mixes versions; one the server answered with non-finite values (NaN, infinity) is an error for that
+video: such a window would win every ranking.
 """
 from __future__ import annotations
 
@@ -17,10 +17,9 @@ import numpy as np
 
 from s3d_retrieval.client.decode.ahead import decode_ahead
 from s3d_retrieval.client.decode.video import Sampling, VideoError, Window, windows
-from s3d_retrieval.client.transport.session import Session
+from s3d_retrieval.client.transport.session import Pinned
 
 T = TypeVar("T")
-VERSION_ATTEMPTS = 3  # a video re-embedded this many times, each time meeting a version change, is given up
 
 
 @dataclass
@@ -30,12 +29,8 @@ class Embedded:
     version: int  # the model version that embedded every window
 
 
-class VersionChanged(Exception):
-    """The served model version changed while one video was being embedded."""
-
-
-def embed_video(session: Session, stream: Iterator[Window]) -> Embedded:
-    """Embed one video's windows as they come; raises VersionChanged if two versions answered."""
+def embed_video(session: Pinned, stream: Iterator[Window]) -> Embedded:
+    """Embed one video's windows as they come."""
     spans: list[tuple[float, float]] = []
     step = max(1, session.options.windows_per_request)
 
@@ -44,36 +39,21 @@ def embed_video(session: Session, stream: Iterator[Window]) -> Embedded:
             spans.extend((w.start, w.end) for w in chunk)
             yield np.stack([w.frames for w in chunk])
 
-    parts, versions = [], set()
-    for embeddings, version in session.embed_batches(batches()):
-        parts.append(embeddings)
-        versions.add(version)
-    if len(versions) > 1:
-        raise VersionChanged(f"model versions {sorted(versions)} answered")
-    return Embedded(np.concatenate(parts).astype(np.float32), np.asarray(spans, np.float64), versions.pop())
+    parts = [embeddings for embeddings, _ in session.embed_batches(batches())]
+    return Embedded(np.concatenate(parts).astype(np.float32), np.asarray(spans, np.float64), session.version)
 
 
-def embed_stream(session: Session, items: Iterable[T], path: Callable[[T], str], sampling: Sampling,
+def embed_stream(session: Pinned, items: Iterable[T], path: Callable[[T], str], sampling: Sampling,
                  videos_ahead: int = 2) -> Iterator[tuple[T, Embedded | VideoError]]:
     """Each item's embeddings (or the VideoError that made its file unusable), in order."""
     buffer = 2 * max(1, session.options.windows_per_request)
     for item, feed in decode_ahead(items, lambda i: windows(path(i), sampling), videos_ahead, buffer):
-        stream: Iterator[Window] = feed
-        for attempt in range(VERSION_ATTEMPTS):
-            try:
-                done = embed_video(session, stream)
-                bad = int((~np.isfinite(done.embeddings).all(axis=1)).sum())
-                yield item, done if not bad else VideoError(
-                    f"{path(item)}: the model server answered {bad} of its {len(done.embeddings)} windows with "
-                    f"non-finite values (NaN or infinity); check model version {done.version}")
-                break
-            except VideoError as err:
-                yield item, err
-                break
-            except VersionChanged as change:
-                if attempt == VERSION_ATTEMPTS - 1:
-                    yield item, VideoError(f"{path(item)}: {change} while it was embedded, {VERSION_ATTEMPTS} "
-                                           f"times; run again once the model versions settle")
-                    break
-                feed.cancel()
-                stream = windows(path(item), sampling)  # again, decoded in this thread: rare
+        try:
+            done = embed_video(session, feed)
+        except VideoError as err:
+            yield item, err
+            continue
+        bad = int((~np.isfinite(done.embeddings).all(axis=1)).sum())
+        yield item, done if not bad else VideoError(
+            f"{path(item)}: the model server answered {bad} of its {len(done.embeddings)} windows with "
+            f"non-finite values (NaN or infinity); check model version {done.version}")

@@ -37,7 +37,7 @@ class IndexView:
     missing: list[tuple[Entry, np.ndarray, np.ndarray]]  # entries the structure lacks, with their windows
     stale: str | None  # why the structure is behind the entries, else None
     windows: int = 0  # of the entries
-    versions: set[int] = field(default_factory=set)  # model versions that embedded the entries
+    model_version: int | None = None  # the version that embedded them
     _numbers: dict[str, int] | None = field(default=None, repr=False)  # path -> structure video number, when asked
 
     @property
@@ -117,12 +117,12 @@ def _view(index: Index, kind: str | None, nprobe: int | None, loaded: VectorSear
     elif built and "segments" in built:  # one of an older version's format is not used: a writer rebuilds it
         structure = VectorSearch(index.folder, nprobe, kind, loaded)
     windows = sum(e.row_count for e in entries.values())
-    versions = {e.model_version for e in entries.values()}
+    version = index.model_version
     if structure is None:
         return IndexView(generation, entries, None, None, _with_windows(index, list(entries.values())),
-                         "no search structure has been built yet" if entries else None, windows, versions)
+                         "no search structure has been built yet" if entries else None, windows, version)
     if structure.manifest["generation"] == generation:
-        return IndexView(generation, entries, structure, None, [], None, windows, versions)
+        return IndexView(generation, entries, structure, None, [], None, windows, version)
     now = {path: e.placement for path, e in entries.items()}
     held = vectors.still_held(structure.videos, structure.placements, structure.dead, now)
     kept = {structure.videos[n][0] for n in held}
@@ -130,4 +130,4 @@ def _view(index: Index, kind: str | None, nprobe: int | None, loaded: VectorSear
     stale = (f"the search structure is behind the index (built at generation {structure.manifest['generation']}, "
              f"now {generation}): {len(missing)} of {len(entries)} videos are scored exactly from their shards "
              f"until a writer (index, merge, remove) brings it up to date")
-    return IndexView(generation, entries, structure, held, missing, stale, windows, versions)
+    return IndexView(generation, entries, structure, held, missing, stale, windows, version)

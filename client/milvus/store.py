@@ -7,8 +7,10 @@
   the current `token`. Writing it is the commit: a video becomes visible to search only once all its windows
   are stored, and windows of older tokens are deleted after it. Milvus needs a vector in every collection:
   a constant 2-d `marker`.
-- The collection's properties record the model name and the sampling (`s3d.model`, `s3d.sampling`), so a
-  writer with other settings is refused as for an index folder.
+- The collection's properties record the model name, the model version that embeds every video and the sampling
+  (`s3d.model`, `s3d.model_version`, `s3d.sampling`), so a writer with other settings is refused as for a folder.
+- A name may be an alias (`promote`) of a windows collection: the store opens what it names now, and `resolve`
+  says what it names later.
 Many writers (the Indexed Job's pods) write at once with no lock and no merge: a video's commit is its own
 row, and when two writers embed the same video the last commit wins and deletes the other's windows. Windows no
 row names (a writer killed between its windows and its row, a failed insert, two writers of one video) are
@@ -32,6 +34,7 @@ from s3d_retrieval.client.library.rank import Windows
 from s3d_retrieval.client.library.store import Entry, Still, View
 from s3d_retrieval.client.milvus.connection import (PAGE, STRONG, TOP_K, MilvusError, connect, literal, one_of, release,
                                                     starts_with, why)
+from s3d_retrieval.client.milvus.names import MilvusName
 from s3d_retrieval.client.milvus.view import MilvusView
 
 DIMENSION = 512
@@ -52,11 +55,17 @@ class Milvus:
 
     def open(self, model: str, *, sampling: Sampling | None = None, create: bool = False, read_only: bool = False,
              lock_wait: float = 0.0, log: Callable[[str], None] | None = None, timeout: float = TIMEOUT,
-             new_sampling: Callable[[], Sampling] | None = None) -> MilvusStore:
-        return MilvusStore(self.uri, self.collection, model, sampling, create, timeout, new_sampling)
+             new_sampling: Callable[[], Sampling] | None = None, model_version: int | None = None,
+             new_version: Callable[[], int] | None = None) -> MilvusStore:
+        return MilvusStore(self.uri, self.collection, model, sampling, create, timeout, new_sampling, model_version,
+                           new_version, read_only)
 
     def __str__(self) -> str:
         return f"{self.uri} (collection {self.collection})"
+
+    def name(self, lock_wait: float = 0.0) -> MilvusName:
+        """This collection name as an alias `promote` points at a collection."""
+        return MilvusName(self.uri, self.collection)
 
 
 def new_token() -> str:
@@ -85,21 +94,29 @@ class MilvusStore:
     """Use as a context manager, like `Index`: `with MilvusStore(uri, name, model, sampling, create=True)`."""
 
     def __init__(self, uri: str, name: str, model: str, sampling: Sampling | None = None, create: bool = False,
-                 timeout: float = TIMEOUT, new_sampling: Callable[[], Sampling] | None = None):
-        """`sampling`: the settings a writer embeds with (refused if the collection has others); a collection
-        made here takes it, else `new_sampling()` (the served model's), else the released model's."""
-        self.uri, self.windows_name, self.videos_name = uri, name, f"{name}_videos"
-        self.where = f"{uri} (collection {name})"
+                 timeout: float = TIMEOUT, new_sampling: Callable[[], Sampling] | None = None,
+                 model_version: int | None = None, new_version: Callable[[], int] | None = None,
+                 read_only: bool = False):
+        """`name`: a windows collection, or an alias of one (`promote`). `sampling`: the settings a writer embeds
+        with (refused if the collection has others); a collection made here takes it, else `new_sampling()` (the
+        served model's), else the released model's; and `model_version`, else `new_version()`. An existing one
+        asked for another `model_version` is refused."""
+        self.uri, self.name = uri, name
         self.client = connect(uri, timeout)
         self.wrote = False  # by this store: what refresh_search seals
         try:
-            exists = self.client.has_collection(name)
+            collection = self._aliased(name) or name
+            self.windows_name, self.videos_name = collection, f"{collection}_videos"
+            self.target = Milvus(uri, collection)
+            self.where = f"{uri} (collection {name}" + (f" -> {collection})" if collection != name else ")")
+            exists = self.client.has_collection(collection)
             if not exists and not create:
                 raise MilvusError(f"no collection {name!r} at {uri}; run index with --milvus {uri} "
                                   f"--collection {name} first")
             if not exists:
-                self._create(model, sampling or (new_sampling() if new_sampling else Sampling()))
-            properties = self.client.describe_collection(name).get("properties", {})
+                self._create(model, sampling or (new_sampling() if new_sampling else Sampling()),
+                             model_version if model_version is not None else new_version() if new_version else None)
+            properties = self.client.describe_collection(collection).get("properties", {})
             for collection in (self.videos_name, self.windows_name):  # a Lite file opened anew starts released
                 self.client.load_collection(collection)
         except MilvusError:
@@ -108,16 +125,49 @@ class MilvusStore:
         except Exception as err:
             self.close()
             raise MilvusError(f"Milvus at {uri}: {why(err)}") from None
+        try:
+            self._check(properties, model, sampling, model_version, read_only)
+        except BaseException:
+            self.close()
+            raise
+
+    def _check(self, properties: dict, model: str, sampling: Sampling | None, asked: int | None,
+               read_only: bool) -> None:
+        """The collection's model, sampling and model version, against what was asked."""
         built_model = properties.get("s3d.model")
         if built_model != model:
-            self.close()
-            raise MilvusError(f"collection {name!r} at {uri} holds model {built_model!r}, not {model!r}: use "
-                              f"another --collection")
+            raise MilvusError(f"collection {self.name!r} at {self.uri} holds model {built_model!r}, not {model!r}: "
+                              f"use another --collection")
         self.sampling = Sampling(**json.loads(properties["s3d.sampling"]))
         if sampling is not None and sampling != self.sampling:
-            self.close()
-            raise MilvusError(f"collection {name!r} at {uri} was built with {self.sampling}, not {sampling}: "
-                              f"index with its settings or use another --collection")
+            raise MilvusError(f"collection {self.name!r} at {self.uri} was built with {self.sampling}, not "
+                              f"{sampling}: index with its settings or use another --collection")
+        recorded = properties.get("s3d.model_version")
+        if recorded is None:  # a collection of an earlier release: the version its videos share
+            used = sorted({e.model_version for e in self.entries().values()})
+            if len(used) > 1:
+                raise MilvusError(f"{self.where} holds embeddings of model versions {used}, made before a "
+                                  f"collection kept one version: rebuild it into a new collection and promote it")
+            version = used[0] if used else asked
+            if version is not None and not read_only:
+                with self._asking("record the model version"):
+                    self.client.alter_collection_properties(self.windows_name, {"s3d.model_version": str(version)})
+            recorded = None if version is None else str(version)
+        self.model_version = None if recorded is None else int(recorded)
+        if self.model_version is not None and asked is not None and self.model_version != asked:
+            raise MilvusError(f"{self.where} holds model version {self.model_version}, not {asked}: a collection "
+                              f"keeps the version that embedded it; index into a new one and promote it")
+
+    def _aliased(self, name: str) -> str | None:
+        """The collection alias `name` names, or None when it is no alias."""
+        try:
+            return self.client.describe_alias(name)["collection_name"]
+        except Exception:  # pymilvus says "alias ... does not exist" as an exception
+            return None
+
+    def resolve(self) -> Milvus:
+        """The collection the name this store was opened by names now."""
+        return Milvus(self.uri, self._aliased(self.name) or self.name)
 
     def __enter__(self) -> MilvusStore:
         return self
@@ -141,7 +191,7 @@ class MilvusStore:
             raise MilvusError(f"Milvus at {self.uri} failed to {what} ({why(err)}); what was committed before "
                               f"stays, run the same command again") from None
 
-    def _create(self, model: str, sampling: Sampling) -> None:
+    def _create(self, model: str, sampling: Sampling, version: int | None) -> None:
         from pymilvus import DataType
 
         windows = self.client.create_schema(auto_id=True)
@@ -168,7 +218,8 @@ class MilvusStore:
         self._make(self.videos_name, schema=videos, index_params=marker)
         # the windows' collection last: its existence says the pair is complete
         self._make(self.windows_name, schema=windows, index_params=index, properties={
-            "s3d.model": model, "s3d.sampling": json.dumps(asdict(sampling))})
+            "s3d.model": model, "s3d.sampling": json.dumps(asdict(sampling)),
+            **({"s3d.model_version": str(version)} if version is not None else {})})
 
     def _make(self, name: str, **how) -> None:
         """Create a collection, unless another writer starting at the same time just did."""

@@ -42,7 +42,7 @@ class MilvusView:
 
     def __init__(self, store: MilvusStore):
         self.store = store
-        self.versions: set[int] = set()  # not read: that would read every video's row
+        self.model_version = store.model_version
 
     @property
     def entries(self) -> Mapping[str, Entry]:

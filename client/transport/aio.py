@@ -12,8 +12,8 @@ import numpy as np
 
 from s3d_retrieval.client.defaults import PREPROCESSING_OUTPUT, TEXT_OUTPUT, TEXT_SIGNATURE
 from s3d_retrieval.client.transport import protos
-from s3d_retrieval.client.transport.session import (CHANNEL_OPTIONS, MAX_BACKOFF, METHODS, Options, Protocol,
-                                                    ServerError, _serialize, credentials)
+from s3d_retrieval.client.transport.session import (CHANNEL_OPTIONS, DEFAULT_LABEL, LABELS, MAX_BACKOFF, METHODS,
+                                                    Options, Protocol, ServerError, _serialize, credentials)
 
 
 class AsyncSession(Protocol):
@@ -58,25 +58,27 @@ class AsyncSession(Protocol):
         async with self._slots:
             return self._answer(await self.call(protos.PREDICT, request))[0]
 
-    async def embed_text(self, sentences: Sequence[str]) -> np.ndarray:
-        """[N, 512] embeddings of raw sentences, `sentences_per_request` a request, requests concurrent."""
+    async def embed_text(self, sentences: Sequence[str], version: int | None = None) -> np.ndarray:
+        """[N, 512] embeddings of raw sentences by model `version`, `sentences_per_request` a request, requests
+        concurrent."""
         words = np.array([s.encode() for s in sentences], dtype=object)
         step = max(1, self.options.sentences_per_request)
-        parts = await asyncio.gather(*(self._predict(self._request(TEXT_SIGNATURE, words[i: i + step], (TEXT_OUTPUT,)))
+        parts = await asyncio.gather(*(self._predict(self._request(TEXT_SIGNATURE, words[i: i + step], (TEXT_OUTPUT,),
+                                                                   version))
                                        for i in range(0, len(words), step)))
         return np.concatenate([p[TEXT_OUTPUT] for p in parts])
 
-    async def embed_windows(self, frames: np.ndarray) -> np.ndarray:
+    async def embed_windows(self, frames: np.ndarray, version: int | None = None) -> np.ndarray:
         """[W, 512] embeddings of uint8 windows [W, T, H, W, 3], several per request, requests concurrent."""
         step = max(1, self.options.windows_per_request)
-        parts = await asyncio.gather(*(self._predict(self._video_request(frames[i: i + step]))
+        parts = await asyncio.gather(*(self._predict(self._video_request(frames[i: i + step], version))
                                        for i in range(0, len(frames), step)))
         return np.concatenate([p["video_embedding"] for p in parts])
 
-    async def preprocessing(self) -> dict[str, float] | None:
-        """The served model's sampling, as `Session.preprocessing`."""
+    async def preprocessing(self, version: int | None = None) -> dict[str, float] | None:
+        """Model `version`'s sampling, as `Session.preprocessing`."""
         try:
-            outputs = await self._predict(self._preprocessing_request())
+            outputs = await self._predict(self._preprocessing_request(version))
         except ServerError as err:
             if err.code == grpc.StatusCode.FAILED_PRECONDITION:
                 return None
@@ -86,8 +88,21 @@ class AsyncSession(Protocol):
     async def status(self) -> list[tuple[int, str, int, str]]:
         return self._status_rows(await self.call(protos.GET_MODEL_STATUS, self._status_request()))
 
-    async def metadata(self) -> tuple[int, object]:
-        return self._signatures(await self.call(protos.GET_MODEL_METADATA, self._metadata_request()))
+    async def metadata(self, version: int | None = None, label: str | None = None) -> tuple[int, object]:
+        return self._signatures(await self.call(protos.GET_MODEL_METADATA, self._metadata_request(version, label)))
 
-    async def ensure_ready(self) -> int:
-        return self._available(await self.status())
+    async def ensure_ready(self, version: int | None = None) -> int:
+        return self._available(await self.status(), version)
+
+    async def label(self, label: str) -> int | None:
+        try:
+            response = await self.call(protos.GET_MODEL_METADATA, self._metadata_request(label=label))
+        except ServerError as err:
+            return self._label(label, err)
+        return self._label(label, response)
+
+    async def labels(self) -> dict[str, int]:
+        return {label: version for label in LABELS if (version := await self.label(label)) is not None}
+
+    async def default_version(self) -> int:
+        return await self.ensure_ready(await self.label(DEFAULT_LABEL))

@@ -30,6 +30,8 @@ from s3d_retrieval.client.errors import Error
 MAX_MESSAGE_BYTES = 2**31 - 1
 MAX_BACKOFF = 8.0  # seconds: the longest pause between two attempts while the server is away
 SAMPLING_NAMES = ("frames", "fps", "size")  # what the `preprocessing` signature is asked for
+LABELS = ("stable", "canary")  # the version labels a client looks for (TF Serving cannot list them)
+DEFAULT_LABEL = "stable"  # a new index embeds with the version of this label, if the server defines it
 
 
 def _serialize(message) -> bytes:
@@ -43,6 +45,14 @@ class ServerError(Error):
     def __init__(self, message: str, code: grpc.StatusCode | None = None):
         super().__init__(message)
         self.code = code
+
+
+class VersionNotServed(ServerError):
+    """The model version a request must name is not AVAILABLE; `served` lists those that are."""
+
+    def __init__(self, message: str, version: int, served: list[int]):
+        super().__init__(message)
+        self.version, self.served = version, served
 
 
 @dataclass
@@ -136,15 +146,22 @@ class Protocol:
             self._say(f"the model server at {self.options.address} answers again "
                       f"(after {time.monotonic() - began:.0f} s)")
 
-    def _spec(self, target, signature: str = "") -> None:
+    def _spec(self, target, signature: str = "", version: int | None = None, label: str | None = None) -> None:
+        """Every request names the model, and the version its answer must come from (None: the server's choice,
+        asked only to learn which versions there are)."""
         target.name = self.options.model
         if signature:
             target.signature_name = signature
+        if version is not None:
+            target.version.value = version
+        elif label is not None:
+            target.version_label = label
 
-    def _request(self, signature: str, value: np.ndarray, output_filter: Sequence[str]) -> bytes:
+    def _request(self, signature: str, value: np.ndarray, output_filter: Sequence[str],
+                 version: int | None = None) -> bytes:
         """A PredictRequest, serialized at once: the bytes are all a request in flight keeps of its tensor."""
         request = protos.PredictRequest()
-        self._spec(request.model_spec, signature)
+        self._spec(request.model_spec, signature, version)
         to_proto(value, into=request.inputs[INPUT_KEYS[signature]])
         request.output_filter.extend(output_filter)
         return request.SerializeToString()
@@ -168,9 +185,9 @@ class Protocol:
         return [(s.version, protos.STATE_NAMES.get(s.state, str(s.state)), s.status.error_code,
                  s.status.error_message) for s in response.model_version_status]
 
-    def _metadata_request(self):
+    def _metadata_request(self, version: int | None = None, label: str | None = None):
         request = protos.GetModelMetadataRequest(metadata_field=["signature_def"])
-        self._spec(request.model_spec)
+        self._spec(request.model_spec, version=version, label=label)
         return request
 
     @staticmethod
@@ -179,28 +196,51 @@ class Protocol:
         signatures.ParseFromString(response.metadata["signature_def"].value)
         return response.model_spec.version.value, signatures
 
-    def _available(self, states: list[tuple[int, str, int, str]]) -> int:
-        """The newest AVAILABLE version, or a ServerError saying what is wrong."""
-        available = [v for v, state, _, _ in states if state == "AVAILABLE"]
+    def _available(self, states: list[tuple[int, str, int, str]], version: int | None = None) -> int:
+        """`version` if it is AVAILABLE (else VersionNotServed), or the newest AVAILABLE one, or a ServerError
+        saying what is wrong."""
+        available = sorted(v for v, state, _, _ in states if state == "AVAILABLE")
         if not available:
             detail = "; ".join(f"version {v} {s}{': ' + m if m else ''}" for v, s, _, m in states)
             raise ServerError(f"model '{self.options.model}' at {self.options.address} is not ready ({detail})")
-        return max(available)
+        if version is not None and version not in available:
+            raise VersionNotServed(f"model '{self.options.model}' version {version} is not served at "
+                                   f"{self.options.address} (it serves {_versions(available)})", version, available)
+        return max(available) if version is None else version
 
-    def _preprocessing_request(self) -> bytes:
+    def _label(self, label: str, response_or_error) -> int | None:
+        """The version a label names (None: the server has no such label)."""
+        if isinstance(response_or_error, ServerError):
+            if response_or_error.code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND):
+                return None
+            raise response_or_error
+        return response_or_error.model_spec.version.value
+
+    def _preprocessing_request(self, version: int | None = None) -> bytes:
         return self._request(PREPROCESSING_SIGNATURE, np.array([n.encode() for n in SAMPLING_NAMES], dtype=object),
-                             (PREPROCESSING_OUTPUT,))
+                             (PREPROCESSING_OUTPUT,), version)
 
     @staticmethod
     def _sampling(values: np.ndarray) -> dict[str, float] | None:
         found = {n: float(v) for n, v in zip(SAMPLING_NAMES, values) if v > 0}
         return found if len(found) == len(SAMPLING_NAMES) else None
 
-    def _video_request(self, batch: np.ndarray) -> bytes:
+    def _video_request(self, batch: np.ndarray, version: int | None = None) -> bytes:
         """uint8 windows to `video_uint8`, or float32 to `video` (`float_input`)."""
         if self.options.float_input:
-            return self._request(VIDEO_SIGNATURE, batch.astype(np.float32) / np.float32(255), ("video_embedding",))
-        return self._request(VIDEO_UINT8_SIGNATURE, batch, ("video_embedding",))
+            return self._request(VIDEO_SIGNATURE, batch.astype(np.float32) / np.float32(255), ("video_embedding",),
+                                 version)
+        return self._request(VIDEO_UINT8_SIGNATURE, batch, ("video_embedding",), version)
+
+
+def _versions(numbers: list[int]) -> str:
+    return ("version " if len(numbers) == 1 else "versions ") + ", ".join(map(str, numbers))
+
+
+def served_text(versions: list[int], labels: dict[str, int]) -> str:
+    """What a server serves, for messages: `versions 2, 3 (stable=2, canary=3)`."""
+    named = ", ".join(f"{label}={version}" for label, version in labels.items())
+    return _versions(versions) + (f" ({named})" if named else "")
 
 
 class Session(Protocol):
@@ -243,36 +283,39 @@ class Session(Protocol):
             self._back()
             return response
 
-    def predict(self, signature: str, value: np.ndarray, output_filter: Sequence[str] = ()) -> dict[str, np.ndarray]:
-        return self.predict_versioned(signature, value, output_filter)[0]
+    def predict(self, signature: str, value: np.ndarray, output_filter: Sequence[str] = (),
+                version: int | None = None) -> dict[str, np.ndarray]:
+        return self.predict_versioned(signature, value, output_filter, version)[0]
 
-    def predict_versioned(self, signature: str, value: np.ndarray,
-                          output_filter: Sequence[str] = ()) -> tuple[dict[str, np.ndarray], int]:
-        """The outputs and the model version that computed them."""
-        return self._answer(self.call(protos.PREDICT, self._request(signature, value, output_filter)))
+    def predict_versioned(self, signature: str, value: np.ndarray, output_filter: Sequence[str] = (),
+                          version: int | None = None) -> tuple[dict[str, np.ndarray], int]:
+        """The outputs and the model version that computed them (`version`, when one is named)."""
+        return self._answer(self.call(protos.PREDICT, self._request(signature, value, output_filter, version)))
 
-    def embed_text(self, sentences: Sequence[str]) -> np.ndarray:
-        """[N, 512] embeddings of raw sentences (the server tokenises), `sentences_per_request` a request."""
+    def embed_text(self, sentences: Sequence[str], version: int | None = None) -> np.ndarray:
+        """[N, 512] embeddings of raw sentences (the server tokenises) by model `version`, `sentences_per_request`
+        a request."""
         words = np.array([s.encode() for s in sentences], dtype=object)
         step = max(1, self.options.sentences_per_request)
-        parts = self._pool.map(lambda i: self.predict(TEXT_SIGNATURE, words[i: i + step], (TEXT_OUTPUT,))[TEXT_OUTPUT],
-                               range(0, len(words), step))
+        parts = self._pool.map(lambda i: self.predict(TEXT_SIGNATURE, words[i: i + step], (TEXT_OUTPUT,),
+                                                      version)[TEXT_OUTPUT], range(0, len(words), step))
         return np.concatenate(list(parts))
 
-    def embed_windows(self, frames: np.ndarray) -> np.ndarray:
+    def embed_windows(self, frames: np.ndarray, version: int | None = None) -> np.ndarray:
         """[W, 512] embeddings of uint8 windows [W, T, H, W, 3], several per request, requests in parallel."""
         step = max(1, self.options.windows_per_request)
         chunks = (frames[i: i + step] for i in range(0, len(frames), step))
-        return np.concatenate([embeddings for embeddings, _ in self.embed_batches(chunks)])
+        return np.concatenate([embeddings for embeddings, _ in self.embed_batches(chunks, version)])
 
-    def embed_batches(self, batches: Iterable[np.ndarray]) -> Iterator[tuple[np.ndarray, int]]:
+    def embed_batches(self, batches: Iterable[np.ndarray],
+                      version: int | None = None) -> Iterator[tuple[np.ndarray, int]]:
         """(embeddings, model version) of each request's uint8 windows, in order. Each batch is serialized
         here and dropped; at most `concurrency` requests are in flight and `batches` is read only as they
         finish, so memory holds that many requests however many windows stream through."""
         inflight: deque[Future] = deque()
         try:
             for batch in batches:
-                request = self._video_request(batch)
+                request = self._video_request(batch, version)
                 del batch
                 inflight.append(self._pool.submit(self._embed, request))
                 if len(inflight) >= max(1, self.options.concurrency):
@@ -287,11 +330,11 @@ class Session(Protocol):
         outputs, version = self._answer(self.call(protos.PREDICT, request))
         return outputs["video_embedding"], version
 
-    def preprocessing(self) -> dict[str, float] | None:
-        """The clip sampling the served model was trained with ({"frames", "fps", "size"}), read from its
+    def preprocessing(self, version: int | None = None) -> dict[str, float] | None:
+        """The clip sampling model `version` was trained with ({"frames", "fps", "size"}), read from its
         `preprocessing` signature; None when it has none (the hub module served as is, older exports)."""
         try:
-            outputs, _ = self._answer(self.call(protos.PREDICT, self._preprocessing_request()))
+            outputs, _ = self._answer(self.call(protos.PREDICT, self._preprocessing_request(version)))
         except ServerError as err:
             if err.code == grpc.StatusCode.FAILED_PRECONDITION:  # 'Serving signature key ... not found.'
                 return None
@@ -302,10 +345,65 @@ class Session(Protocol):
         """(version, state, error code, error message) of every version the server knows."""
         return self._status_rows(self.call(protos.GET_MODEL_STATUS, self._status_request()))
 
-    def metadata(self) -> tuple[int, object]:
-        """(version, SignatureDefMap) of the version the server would use."""
-        return self._signatures(self.call(protos.GET_MODEL_METADATA, self._metadata_request()))
+    def metadata(self, version: int | None = None, label: str | None = None) -> tuple[int, object]:
+        """(version, SignatureDefMap) of `version`, of the version `label` names, or of the one the server would
+        use."""
+        return self._signatures(self.call(protos.GET_MODEL_METADATA, self._metadata_request(version, label)))
+
+    def ensure_ready(self, version: int | None = None) -> int:
+        """`version`, if it is AVAILABLE (VersionNotServed otherwise), or the newest AVAILABLE one; a ServerError
+        saying what is wrong when none is."""
+        return self._available(self.status(), version)
+
+    def label(self, label: str) -> int | None:
+        """The version `label` names on the server (None: no such label)."""
+        try:
+            response = self.call(protos.GET_MODEL_METADATA, self._metadata_request(label=label))
+        except ServerError as err:
+            return self._label(label, err)
+        return self._label(label, response)
+
+    def labels(self) -> dict[str, int]:
+        """The labels of `LABELS` the server defines, and their versions."""
+        return {label: version for label in LABELS if (version := self.label(label)) is not None}
+
+    def default_version(self) -> int:
+        """The version a new index (or a search of files) embeds with: `stable`'s, else the newest served."""
+        stable = self.label(DEFAULT_LABEL)
+        return self.ensure_ready(stable)
+
+
+class Pinned:
+    """A session whose every request names one model version: what the library's verbs are given, so that an
+    index's videos and its queries are embedded by the version that made it, whatever else is served."""
+
+    def __init__(self, session: Session, version: int):
+        self.session, self.version = session, version
+
+    @property
+    def options(self) -> Options:
+        return self.session.options
+
+    @property
+    def requests(self) -> int:
+        return self.session.requests
 
     def ensure_ready(self) -> int:
-        """The version that is AVAILABLE, or a ServerError saying what is wrong."""
-        return self._available(self.status())
+        """This version, if it is AVAILABLE (VersionNotServed otherwise)."""
+        return self.session.ensure_ready(self.version)
+
+    def embed_text(self, sentences: Sequence[str]) -> np.ndarray:
+        return self.session.embed_text(sentences, self.version)
+
+    def embed_windows(self, frames: np.ndarray) -> np.ndarray:
+        return self.session.embed_windows(frames, self.version)
+
+    def embed_batches(self, batches: Iterable[np.ndarray]) -> Iterator[tuple[np.ndarray, int]]:
+        return self.session.embed_batches(batches, self.version)
+
+    def preprocessing(self) -> dict[str, float] | None:
+        return self.session.preprocessing(self.version)
+
+    def __getattr__(self, name: str) -> object:
+        """What does not embed (status, labels, metadata...) is the session's own."""
+        return getattr(self.session, name)

@@ -3,8 +3,9 @@
 - `GET /api/search?q=TEXT[&q=...][&like=VIDEO@SECONDS|VIDEO@START-END][&top=K][&moments=K][&under=FOLDER]
   [&glob=PATTERN][&min_duration=S][&max_duration=S]`: the document `search --index --json` prints, ranked the
   same way; `like` searches with a moment of an indexed video (more like this), q or like at least once;
-- `GET /api/videos`: the indexed videos; `GET /api/health`: index loaded, model server reachable, versions
-  (503 when not ready; `?probe=live` answers 200 while the process serves);
+- `GET /api/videos`: the indexed videos; `GET /api/health`: the index loaded and the model version it needs,
+  the model server reachable, the versions and labels it serves (503 when the index's version is not served, or
+  either is not ready; `?probe=live` answers 200 while the process serves);
 - `GET /api/media?video=PATH` (HTTP range requests) and `GET /api/still?video=PATH&t=SECONDS` (a JPEG): only
   for videos of the index (`Catalog.media`);
 - `/` and `/static/`: the page, with no outside resources.
@@ -27,7 +28,7 @@ from starlette.staticfiles import StaticFiles
 from s3d_retrieval.client.library.store import StoreError
 from s3d_retrieval.client.library.like import Like, LikeError
 from s3d_retrieval.client.library.filters import Filters
-from s3d_retrieval.client.library.search import search_view, version_warnings
+from s3d_retrieval.client.library.search import search_view
 from s3d_retrieval.client.outputs.stills import jpeg_at
 from s3d_retrieval.client.api import Client
 from s3d_retrieval.client.transport.session import ServerError
@@ -83,13 +84,12 @@ def create_app(catalog: Catalog, client: Client, probe: Client) -> Starlette:
                           _number(request, "min_duration", float, low=0),
                           _number(request, "max_duration", float, low=0))
         snapshot = catalog.current()
-        served = client.ready()
+        version = client.session_for(snapshot.view.model_version, catalog.folder).version  # 503 when it is not served
         try:
-            result = search_view(lambda sentences: texts.embed(served, sentences), queries, snapshot.view, top,
+            result = search_view(lambda sentences: texts.embed(version, sentences), queries, snapshot.view, top,
                                  filters, moments, likes)
         except LikeError as err:
             raise BadRequest(str(err)) from None
-        result.warnings[:0] = version_warnings(snapshot.versions, served)
         return JSONResponse(result.as_json())
 
     def videos(request: Request) -> Response:
@@ -104,19 +104,20 @@ def create_app(catalog: Catalog, client: Client, probe: Client) -> Starlette:
         index: dict = {"folder": str(catalog.folder), "loaded": False}
         server: dict = {"address": probe.options.address, "model": probe.options.model, "reachable": False}
         try:
-            snapshot = catalog.current()
-            view = snapshot.view
+            view = catalog.current().view
             index.update(loaded=True, generation=view.generation, videos=view.videos, windows=view.windows,
-                         search=view.kind, stale=view.stale, model_versions=sorted(snapshot.versions))
+                         search=view.kind, stale=view.stale, model_version=view.model_version)
         except (StoreError, OSError, sqlite3.Error) as err:
             index["error"] = str(err)
         try:
-            server.update(reachable=True, version=probe.ready())
-        except ServerError as err:  # reachable, but without a ready version (or refusing): still an answer
+            server.update(versions=sorted(v for v, state, _, _ in probe.status() if state == "AVAILABLE"),
+                          labels=probe.labels(), reachable=True)
+            if index["loaded"]:  # the version the index needs, served (else the sentence that says what is)
+                server["version"] = probe.session_for(index["model_version"], catalog.folder).version
+        except ServerError as err:  # reachable, but without the version (or refusing): still an answer
             server.update(error=str(err), reachable=err.code is None or err.code.name not in UNREACHABLE)
         ok = index["loaded"] and "version" in server
-        warnings = version_warnings(set(index.get("model_versions", [])), server["version"]) if ok else []
-        body = {"ok": ok, "index": index, "model_server": server, "warnings": warnings}
+        body = {"ok": ok, "index": index, "model_server": server}
         if not ok:  # the one line a page or a person reads first
             body["error"] = f"index: {index['error']}" if "error" in index else f"model server: {server['error']}"
         return JSONResponse(body, status_code=200 if ok else 503)

@@ -10,6 +10,7 @@ commits itself. The service is a reader: it never writes a file.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,17 +35,16 @@ class Snapshot:
     def generation(self) -> str:
         return self.view.generation
 
-    @property
-    def versions(self) -> set[int]:  # model versions that embedded the entries
-        return self.view.versions
 
 
 class Catalog:
-    def __init__(self, store: Store, roots: list[Path] | None = None, check_every: float = 1.0):
-        """`store`: opened for reading, kept until `close`. `roots`: folders whose files may be sent (default: the
+    def __init__(self, open_store: Callable[[], Store], roots: list[Path] | None = None, check_every: float = 1.0):
+        """`open_store()`: the index opened for reading as its location gives it now (a name `promote` moves is
+        followed within `check_every`); kept until `close`. `roots`: folders whose files may be sent (default: the
         deepest folder holding every indexed video); a video reached through a symbolic link out of them is
         refused."""
-        self.reader, self.folder = Reader(store, check_every), store.where
+        self.reader = Reader(open_store, check_every)
+        self.folder = self.reader.store.where
         self._roots = [os.path.realpath(r) for r in roots] if roots else None
         self._snapshot: Snapshot | None = None
 

@@ -1,6 +1,7 @@
 """`s3d-client ui`: load the index, then serve the page and the API with uvicorn until interrupted."""
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import sys
@@ -36,9 +37,8 @@ def listen(host: str, port: int) -> socket.socket:
 def serve(index: Where, address: str, transport: dict, host: str, port: int, roots: list[Path] | None,
           check_every: float) -> int:
     """`index`: a folder, or a Milvus collection; `transport`: `Client`'s keywords (the CLI's global flags)."""
-    store = location(index).open(transport.get("model", MODEL_NAME), read_only=True,
-                                 timeout=transport.get("timeout", TIMEOUT))
-    catalog = Catalog(store, roots, check_every)
+    catalog = Catalog(functools.partial(location(index).open, transport.get("model", MODEL_NAME), read_only=True,
+                                        timeout=transport.get("timeout", TIMEOUT)), roots, check_every)
     try:
         return _serve(catalog, address, transport, host, port)
     finally:

@@ -1,5 +1,5 @@
-"""Query embeddings cached per (served model version, query string): a page that re-asks a query, or several
-people asking the same, costs no model request; a new model version embeds anew."""
+"""Query embeddings cached per (model version, query string): a page that re-asks a query, or several people
+asking the same, costs no model request; an index of another model version (a promote) embeds anew."""
 from __future__ import annotations
 
 import threading
@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from s3d_retrieval.client.api import Client
+from s3d_retrieval.client.transport.session import Pinned
 
 SIZE = 4096  # query strings kept (2 KB each)
 
@@ -29,7 +30,7 @@ class TextCache:
                     found[sentence] = self._store[(version, sentence)]
         missing = [s for s in dict.fromkeys(sentences) if s not in found]
         if missing:
-            fresh = dict(zip(missing, self.client.embed_text(missing)))
+            fresh = dict(zip(missing, Pinned(self.client.session, version).embed_text(missing)))
             found.update(fresh)
             with self._lock:
                 self._store.update(((version, s), e) for s, e in fresh.items())

@@ -1,7 +1,13 @@
 """Model versions on disk -> loaded servables, as TF Serving's file-system source and manager do.
 
 Every `poll_seconds` each model's base path is scanned for numeric version folders; the version policy
-(`latest {num_versions}`, `all`, `specific`) picks which to serve. A new version is loaded (and warmed up)
+(`latest {num_versions}`, `all`, `specific`) picks which to serve. `version_labels` name versions (`stable`,
+`canary`); as TF Serving's ServerCore does, a label may point only at a version AVAILABLE when the config is
+applied (FAILED_PRECONDITION otherwise, the config refused whole), unless `allow_unavailable_labels`
+(`--allow_version_labels_for_unavailable_models`) lets a label that is new, or unchanged, point at a version not
+loaded yet; a request by an unknown label is INVALID_ARGUMENT. `reload` applies a new config while serving
+(`--model_config_file_poll_wait_seconds`): labels first, then the versions the new policies want are loaded and
+the others unloaded, each after the requests already running on it. A new version is loaded (and warmed up)
 before the old one is unloaded, and unloading waits for the old version's requests in flight, so a
 version swap fails no request. A failed load is retried as TF Serving retries it (`max_num_load_retries`
 5 times, `load_retry_interval` 60 s apart), the version staying LOADING meanwhile; if every attempt fails it
@@ -21,7 +27,9 @@ from tensorflow_serving.apis import get_model_status_pb2, model_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
 from s3d_retrieval.serving.config import LOAD_RETRIES, LOAD_RETRY_INTERVAL
-from s3d_retrieval.serving.embedded.errors import not_found
+import grpc
+
+from s3d_retrieval.serving.embedded.errors import ServingError, invalid, not_found
 from s3d_retrieval.serving.embedded.servable import Runtime, Servable
 
 State = get_model_status_pb2.ModelVersionStatus.State
@@ -76,18 +84,24 @@ class Manager:
 
     def __init__(self, models: list[model_server_config_pb2.ModelConfig], runtime: Runtime,
                  poll_seconds: float = 1.0, retries: LoadRetries = LoadRetries(),
-                 on_change: Callable[[dict[str, bool]], None] | None = None):
+                 on_change: Callable[[dict[str, bool]], None] | None = None, allow_unavailable_labels: bool = False):
         self.models = {m.name: Model(m) for m in models}
+        self.labels: dict[str, dict[str, int]] = {}  # model -> label -> version
         self.runtime = runtime
         self.poll_seconds = poll_seconds
         self.retries = retries
         self.on_change = on_change
+        self.allow_unavailable_labels = allow_unavailable_labels
         self._lock = threading.Lock()
+        self._polling = threading.Lock()  # one poll at a time (the poller's, a reload's)
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
 
     def start(self) -> None:
-        """Load what is on disk (waiting, like TF Serving, until every model has a version), then poll."""
+        """Apply the labels (as TF Serving does before anything is loaded: FAILED_PRECONDITION unless
+        `allow_unavailable_labels`), load what is on disk (waiting, like TF Serving, until every model has a
+        version), then poll."""
+        self.labels = self._label_map([m.config for m in self.models.values()])
         warned: set[str] = set()
         while not self._stop.is_set():
             self.poll()
@@ -115,8 +129,49 @@ class Manager:
         while not self._stop.wait(self.poll_seconds):
             self.poll()
 
+    def reload(self, models: list[model_server_config_pb2.ModelConfig]) -> None:
+        """A new config while serving (TF Serving's ReloadConfig): the labels checked against what is available
+        now (ServingError, nothing changed, if one cannot be set), then the new policies applied: versions they
+        want loaded, the others and removed models' unloaded after their requests in flight."""
+        labels = self._label_map(models)
+        gone = []
+        with self._lock:
+            self.labels = labels
+            for config in models:
+                if config.name in self.models:
+                    self.models[config.name].config = config
+                else:
+                    self.models[config.name] = Model(config)
+            for name in set(self.models) - {m.name for m in models}:
+                gone.append(self.models.pop(name))
+        for model in gone:
+            for number in list(model.versions):
+                self._unload(model, number)
+        self.poll()
+
+    def _label_map(self, models: list[model_server_config_pb2.ModelConfig]) -> dict[str, dict[str, int]]:
+        """Each model's labels, if each may point where the config says (ServerCore::UpdateModelVersionLabelMap)."""
+        found: dict[str, dict[str, int]] = {}
+        with self._lock:
+            for config in models:
+                model = self.models.get(config.name)
+                for label, version in config.version_labels.items():
+                    before = self.labels.get(config.name, {}).get(label)
+                    loose = self.allow_unavailable_labels and before in (None, version)
+                    state = model.versions[version].state if model and version in model.versions else None
+                    if not loose and state != State.AVAILABLE:
+                        raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
+                                           f"Request to assign label to version {version} of model {config.name}, "
+                                           f"which is not currently available for inference")
+                    found.setdefault(config.name, {})[label] = version
+        return found
+
     def poll(self) -> None:
-        for model in self.models.values():
+        with self._polling:
+            self._poll()
+
+    def _poll(self) -> None:
+        for model in list(self.models.values()):
             wanted = model.wanted()
             for number in sorted(wanted - set(model.versions)):
                 self._load(model, number)
@@ -182,12 +237,15 @@ class Manager:
         with self._lock:
             model = self.models.get(spec.name)
             available = {n: v.servable for n, v in model.versions.items() if v.servable} if model else {}
-            if spec.HasField("version"):
-                chosen = available.get(spec.version.value)
+            asked = spec.version.value if spec.HasField("version") else None
+            if spec.version_label:
+                asked = self.labels.get(spec.name, {}).get(spec.version_label)
+                if asked is None:
+                    raise invalid(f"Unrecognized servable version label: {spec.version_label}")
+            if asked is not None:
+                chosen = available.get(asked)
                 if chosen is None:
-                    raise not_found(f"Servable not found for request: Specific({spec.name}, {spec.version.value})")
-            elif spec.version_label:
-                raise not_found(f"Servable not found for request: Label({spec.name}, {spec.version_label})")
+                    raise not_found(f"Servable not found for request: Specific({spec.name}, {asked})")
             elif available:
                 chosen = available[max(available)]
             else:

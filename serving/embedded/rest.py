@@ -28,6 +28,15 @@ HTTP_STATUS = {grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.FAILED_PRE
                grpc.StatusCode.DEADLINE_EXCEEDED: 504}
 
 
+def _named(model_spec, spec: dict) -> None:
+    """A ModelSpec from the path's name and its version or label (`/versions/N`, `/labels/L`)."""
+    model_spec.name = spec["name"]
+    if spec.get("version"):
+        model_spec.version.value = int(spec["version"])
+    elif spec.get("label"):
+        model_spec.version_label = spec["label"]
+
+
 def _decode(value, dtype: int) -> np.ndarray:
     """JSON value -> array of the signature's dtype (strings may be {"b64": ...})."""
     np_type = DTYPES[dtype][0]
@@ -53,9 +62,7 @@ def _encode(array: np.ndarray):
 def predict_request(body: dict, spec: dict, signatures: dict) -> tuple[predict_pb2.PredictRequest, bool]:
     """A PredictRequest from a REST body; also whether the body was in row (`instances`) form."""
     request = predict_pb2.PredictRequest()
-    request.model_spec.name = spec["name"]
-    if spec.get("version"):
-        request.model_spec.version.value = int(spec["version"])
+    _named(request.model_spec, spec)
     request.model_spec.signature_name = body.get("signature_name", "")
     key = request.model_spec.signature_name or DEFAULT_KEY
     if key not in signatures:
@@ -125,13 +132,11 @@ def make_handler(api: Api, metrics_path: str | None) -> type[BaseHTTPRequestHand
         def _answer(self, method: str, match: re.Match | None) -> dict:
             if not match or (method == "POST") != (match["verb"] == ":predict"):
                 raise invalid(f"Malformed request: {method} {self.path}")
-            spec = {"name": match["name"], "version": match["version"]}
-            if match["label"]:
-                raise ServingError(grpc.StatusCode.NOT_FOUND,
-                                   f"Servable not found for request: Label({spec['name']}, {match['label']})")
+            spec = {"name": match["name"], "version": match["version"], "label": match["label"]}
             if method == "POST":
                 return self._predict(spec)
-            model_spec = {"name": spec["name"], **({"version": spec["version"]} if spec["version"] else {})}
+            model_spec = {"name": spec["name"], **({"version": spec["version"]} if spec["version"] else {}),
+                          **({"version_label": spec["label"]} if spec["label"] else {})}
             if match["verb"] == "/metadata":
                 request = json_format.ParseDict({"model_spec": model_spec, "metadata_field": [SIGNATURE_DEF]},
                                                 get_model_metadata_pb2.GetModelMetadataRequest())
@@ -151,9 +156,7 @@ def make_handler(api: Api, metrics_path: str | None) -> type[BaseHTTPRequestHand
             if not isinstance(body, dict):
                 raise invalid("JSON body must be an object")
             probe = predict_pb2.PredictRequest()
-            probe.model_spec.name = spec["name"]
-            if spec["version"]:
-                probe.model_spec.version.value = int(spec["version"])
+            _named(probe.model_spec, spec)
             with api.manager.servable(probe.model_spec) as servable:
                 try:
                     request, rows = predict_request(body, spec, servable.signatures)

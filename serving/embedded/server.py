@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
 
@@ -13,6 +15,7 @@ from tensorflow_serving.config import model_server_config_pb2
 from s3d_retrieval.client.defaults import GRPC_PORT, REST_PORT
 from s3d_retrieval.serving.embedded.api import Api
 from s3d_retrieval.serving.embedded.batching import BatchingOptions, BatchScheduler
+from s3d_retrieval.serving.embedded.errors import ServingError
 from s3d_retrieval.serving.embedded.grpc_service import ModelService, PredictionService
 from s3d_retrieval.serving.embedded.health import Health
 from s3d_retrieval.serving.embedded.manager import LoadRetries, Manager
@@ -36,6 +39,11 @@ class Options:
     tensor_content: bool = False  # answer in tensor_content instead of typed fields
     batching: BatchingOptions | None = None  # None: no server-side batching (TF Serving without --enable_batching)
     load_retries: LoadRetries = LoadRetries()
+    # --model_config_file_poll_wait_seconds: `config_source()` (the config file read again) every this many
+    # seconds, applied as TF Serving applies it (0: never)
+    config_source: Callable[[], model_server_config_pb2.ModelServerConfig] | None = None
+    config_poll_seconds: float = 0.0
+    allow_unavailable_labels: bool = False  # --allow_version_labels_for_unavailable_models
 
 
 class EmbeddedServer:
@@ -46,7 +54,8 @@ class EmbeddedServer:
         self.health = Health()
         self.manager = Manager(list(options.models.model_config_list.config),
                                Runtime(metrics, self.scheduler, options.tensor_content), options.poll_seconds,
-                               options.load_retries, on_change=self.health.update)
+                               options.load_retries, on_change=self.health.update,
+                               allow_unavailable_labels=options.allow_unavailable_labels)
         self.api = Api(self.manager, metrics)
         self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="grpc"),
                                 options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -56,9 +65,12 @@ class EmbeddedServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self.grpc)
         self.port = 0
         self.rest: RestServer | None = None
+        self._stopping = threading.Event()
+        self._config_poller: threading.Thread | None = None
 
     def start(self) -> EmbeddedServer:
-        """Load the models first, then open the ports (as TF Serving does)."""
+        """Load the models first, then open the ports (as TF Serving does). A label the config cannot set ends
+        the start with ServingError (TF Serving exits)."""
         self.manager.start()
         self.health.update(self.manager.available())
         self.port = self.grpc.add_insecure_port(f"{self.options.host}:{self.options.port}")
@@ -66,13 +78,34 @@ class EmbeddedServer:
         if self.options.rest_port is not None:
             self.rest = RestServer(self.api, self.options.host, self.options.rest_port, self.options.metrics_path)
             self.rest.start()
+        if self.options.config_source and self.options.config_poll_seconds > 0:
+            self._config_poller = threading.Thread(target=self._poll_config, name="config-poller", daemon=True)
+            self._config_poller.start()
         log.info("Running gRPC ModelServer at %s:%d", self.options.host, self.port)
         if self.rest:
             log.info("Exporting HTTP/REST API at %s:%d", self.options.host, self.rest.port)
         return self
 
+    def _poll_config(self) -> None:
+        """TF Serving's PollFilesystemAndReloadConfig: a config that cannot be read or applied is logged, and the
+        one before goes on serving."""
+        assert self.options.config_source is not None
+        while not self._stopping.wait(self.options.config_poll_seconds):
+            try:
+                config = self.options.config_source()
+            except Exception as err:  # noqa: BLE001 - a half-edited file: said, and read again next time
+                log.error("Failed to read ModelServerConfig file: %s", err)
+                continue
+            try:
+                self.manager.reload(list(config.model_config_list.config))
+            except ServingError as err:
+                log.error("PollFilesystemAndReloadConfig failed to ReloadConfig: %s", err.message)
+
     def stop(self, grace: float = 30.0) -> None:
         """Say NOT_SERVING, stop taking requests, let those in flight finish (up to `grace` s), unload."""
+        self._stopping.set()
+        if self._config_poller:
+            self._config_poller.join()
         self.health.stop()
         self.grpc.stop(grace).wait()
         if self.rest:

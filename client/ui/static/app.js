@@ -196,7 +196,6 @@ window.addEventListener("popstate", fromAddress);
 getJson("/api/health").then((health) => {
   const index = health.index;
   $("status").textContent ||= `${index.videos} videos, ${index.windows} windows indexed · model version ` +
-    `${health.model_server.version}`;
-  if (health.warnings.length) showError(health.warnings.join(" "));
+    `${index.model_version}`;
 }).catch((err) => showError(err.message));
 fromAddress();
