@@ -320,6 +320,8 @@ class Client:
         or a set naming videos `target` lacks."""
         new = location(target)
         named = location(name).name(self.lock_wait)
+        with named.connected():
+            named.points_at(), self._version_of(new)  # refused before anything is locked or written
         with named.locked():
             current = named.points_at()
             now_version = self._version_of(new)
@@ -346,6 +348,8 @@ class Client:
     def rollback(self, name: Where) -> Promotion:
         """Point `name` back at the index it pointed at before its last promote (its history, beside it)."""
         named = location(name).name(self.lock_wait)
+        with named.connected():
+            rollback_step(named)  # refused before anything is locked
         with named.locked():
             now, before = rollback_step(named)
             back = named.location(before.target)

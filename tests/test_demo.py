@@ -3,10 +3,16 @@ the held-out clips and the story video indexed, searched and measured with `eval
 change that breaks `make demo` turns `make test` red."""
 from __future__ import annotations
 
+import shutil
+
+import pytest
+
+from s3d_retrieval.client.cli import main as main_cli
 from s3d_retrieval.client.defaults import MODEL_NAME
 from s3d_retrieval.export.pipeline import export_model
 from s3d_retrieval.model.corpus import DEMO_MODULE
 from s3d_retrieval.serving.demo import main, run
+from tests.conftest import files_of
 
 # Floors under what the committed model reaches (README, "The demo"), far above chance (1/32 and ~0.1), and the
 # issue's targets for moments (#23), which the best window alone cannot reach (a 1.6 s window on a 4 s event: IoU
@@ -15,10 +21,18 @@ HELDOUT_R1 = 0.6  # here: 0.88
 STORY_MIOU, STORY_R1_IOU05 = 0.5, 0.6  # here: 0.71 and 0.90; the best window alone 0.29 and 0.00
 
 
-def test_the_demo_finds_the_held_out_clips_and_the_story_moments(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """The committed demo model exported (version 1), and the demo run on it: the held-out clips and the story
+    indexed under out/."""
+    tmp_path = tmp_path_factory.mktemp("demo")
     model_dir = tmp_path / "models" / MODEL_NAME
     export_model(str(DEMO_MODULE), model_dir)
-    demo = run(model_dir, tmp_path / "out")
+    return tmp_path, model_dir, run(model_dir, tmp_path / "out")
+
+
+def test_the_demo_finds_the_held_out_clips_and_the_story_moments(demo_run, capsys):
+    tmp_path, model_dir, demo = demo_run
     assert demo.heldout.queries == len(demo.pairs) == 32 and demo.heldout.videos == 32
     assert demo.heldout.text_to_video["R@1"] >= HELDOUT_R1, demo.heldout.text_to_video
     assert demo.story.queries == len(demo.events), demo.story.moments
@@ -32,3 +46,41 @@ def test_the_demo_finds_the_held_out_clips_and_the_story_moments(tmp_path, capsy
     printed = capsys.readouterr().out
     assert "added 0, replaced 0, unchanged 33" in printed and "held-out text->video R@1" in printed
     assert (tmp_path / "out" / "report.html").stat().st_size > 1000
+
+
+def test_the_promote_gate_refuses_random_weights_against_the_demo_model(demo_run, tmp_path, standin, capsys):
+    """The demo model's index in service, and an index of the same held-out clips by random weights (the stand-in):
+    the gate measures both on the held-out set and refuses the worse, exit 1 with both figures; --force promotes."""
+    from s3d_retrieval.serving.embedded.server import EmbeddedServer, Options
+    from tests.test_versions import config
+
+    ran, demo_models, _ = demo_run  # the demo model (version 1) and the demo's index of it, only read here
+    model_dir = tmp_path / MODEL_NAME
+    shutil.copytree(demo_models / "1", model_dir / "1")
+    export_model(str(standin()), model_dir, frames=8, size=64)  # version 2: random weights
+    server = EmbeddedServer(Options(models=config(model_dir, (1, 2)), host="127.0.0.1", port=0, rest_port=None)).start()
+    heldout, name = ran / "out" / "corpus" / "heldout", tmp_path / "library"
+    demo, random = ran / "out" / "index", tmp_path / "random"
+    flags = ["--server", f"127.0.0.1:{server.port}"]
+    try:
+        assert main_cli([*flags, "index", str(heldout), "--index", str(random), "--model-version", "2"]) == 0
+        assert main_cli([*flags, "promote", str(name), str(demo)]) == 0
+        capsys.readouterr()
+        before = files_of(ran / "out") | files_of(random)
+        gate = ["--eval", str(heldout / "queries.csv"), "--videos", str(heldout)]
+        assert main_cli([*flags, "promote", str(name), str(random), *gate]) == 1
+        out, err = capsys.readouterr()
+        figures = out.splitlines()
+        assert [f.split(": R@1")[0] for f in figures] == [str(demo), str(random)]
+        demo_r1, random_r1 = (float(f.split("R@1 ")[1].split(",")[0]) for f in figures)
+        assert demo_r1 >= HELDOUT_R1 > random_r1 and "ranks worse" in err and err.count("\n") == 1
+        assert name.resolve() == demo and (files_of(ran / "out") | files_of(random)) == before
+        story = ran / "out" / "corpus" / "story"
+        assert main_cli([*flags, "promote", str(name), str(random), "--eval", str(story / "story.csv"), "--videos",
+                         str(story)]) == 2  # a set naming a video the new index lacks
+        assert "lacks 1 video(s) of the labelled set" in capsys.readouterr().err
+        assert main_cli([*flags, "promote", str(name), str(random), *gate, "--force"]) == 0
+        assert capsys.readouterr().out.splitlines()[-1] == f"{name}: {demo} (model version 1) -> {random} (model " \
+                                                          f"version 2)" and name.resolve() == random
+    finally:
+        server.stop(grace=5)

@@ -77,6 +77,9 @@ class Name(Protocol):
     def locked(self) -> Iterator[None]:
         """One promote or rollback at a time (a context manager)."""
 
+    def connected(self) -> Iterator[None]:
+        """Able to read the name, without its lock (a context manager): to refuse bad input before locking."""
+
     def same(self, target: Location) -> str:
         """How the history names `target`."""
 
@@ -133,6 +136,10 @@ class FolderName:
     def locked(self) -> Iterator[None]:
         with self.lock.held():
             yield
+
+    @contextmanager
+    def connected(self) -> Iterator[None]:
+        yield
 
     def same(self, target: Location) -> str:
         assert isinstance(target, Folder)

@@ -31,6 +31,11 @@ class MilvusName:
     @contextmanager
     def locked(self) -> Iterator[None]:
         """Connected for the promote (Milvus has no lock to take: see the module)."""
+        with self.connected():
+            yield
+
+    @contextmanager
+    def connected(self) -> Iterator[None]:
         self.client = connect(self.uri, self.timeout)
         try:
             yield

@@ -173,7 +173,8 @@ class Manager:
     def _poll(self) -> None:
         for model in list(self.models.values()):
             wanted = model.wanted()
-            for number in sorted(wanted - set(model.versions)):
+            unloaded = {n for n, v in model.versions.items() if v.state == State.END and not v.error_code}
+            for number in sorted(wanted - (set(model.versions) - unloaded)):  # new, or wanted again (not failed)
                 self._load(model, number)
             if not any(model.versions[n].state == State.AVAILABLE for n in wanted if n in model.versions):
                 continue  # keep serving the old version while no wanted one is available
