@@ -134,7 +134,8 @@ def parser() -> argparse.ArgumentParser:
     index = verbs.add_parser("index", help="embed video files (or folders) into a persistent index")
     index.add_argument("paths", nargs="+", metavar="PATH")
     into = index.add_mutually_exclusive_group(required=True)
-    into.add_argument("--index", type=Path, metavar="DIR")
+    into.add_argument("--index", type=Path, metavar="DIR",
+                      help="the index folder (made if missing); a name `promote` made: the index it points at")
     _milvus_flags(index, into)
     index.add_argument("--flush-every", type=int, default=16, help="videos committed together")
     index.add_argument("--shard", type=_shard, metavar="I/N",
@@ -347,6 +348,8 @@ def _status(args: argparse.Namespace) -> int:
     with _client(args) as client:
         for version, state, code, message in client.status():
             print(f"version {version}: {state}" + (f" (error {code}: {message})" if code else ""))
+        for label, version in client.labels().items():
+            print(f"label {label}: version {version}")
     return 0
 
 

@@ -6,9 +6,11 @@
   with the structure brought up to date every `REFRESH_EVERY` windows of the run (as `index` does now), and only
   at the run's end (as before);
 - filters at 1M videos (one window each): a search's extra milliseconds for `--under`, `--glob` (one star, and a
-  pattern checked by fnmatch on its candidates) and durations, vectorised (now) against a Python call per video.
+  pattern checked by fnmatch on its candidates) and durations, vectorised (now) against a Python call per video;
+- following a promote: seconds from `promote NAME NEW` until the page (`--reload-every 1`, its default) and a
+  `Client` answer from NEW, asked in a loop.
 
-`python -m serving.service_bench [--model-dir models/s3d_milnce] [--part api|writing|filters]`.
+`python -m serving.service_bench [--model-dir models/s3d_milnce] [--part api|writing|filters|promote]`.
 """
 from __future__ import annotations
 
@@ -84,10 +86,10 @@ def page_p50(address: str, port: int, queries: list[str]) -> float:
     return float(np.median(times)) * 1000
 
 
-def start_page(folder: Path, address: str) -> tuple[subprocess.Popen, int]:
+def start_page(folder: Path, address: str, reload_every: float = 0.2) -> tuple[subprocess.Popen, int]:
     """`s3d-client ui` over `folder` in a process of its own (its memory measured alone); its port."""
     page = subprocess.Popen([sys.executable, "-m", "s3d_retrieval.client", "--server", address, "ui", "--index",
-                             str(folder), "--port", "0", "--reload-every", "0.2"],
+                             str(folder), "--port", "0", "--reload-every", str(reload_every)],
                             stderr=subprocess.PIPE, text=True)
     line = page.stderr.readline()
     while "serving" not in line:
@@ -220,6 +222,49 @@ def filters_at_scale(rows: int = 1_000_000) -> None:
                   f"{shown}")
 
 
+def promote_following(address: str) -> None:
+    """Two small indexes of the same synthetic windows under different paths, a name on the first; the page and a
+    Client asked in a loop while the name moves to the second: how long until each answers from it."""
+    print(f"\n{'following a promote':38} {'seconds':>8}")
+    with tempfile.TemporaryDirectory() as tmp, Client(address) as api:
+        matrix = synthetic_windows(Path(tmp) / "m.npy", 200 * PER_VIDEO, seed=3)
+        version = api.model_version()  # the bench serves one version: the indexes are its
+        for name in ("old", "new"):
+            with Index(Path(tmp) / name, MODEL_NAME, Sampling(size=64), create=True, model_version=version) as index:
+                index.commit([Entry(f"/lib/{name}/video{v:04d}.mp4", f"s{v}", 1, 1.0, version, 800.0, "", 0, 0)
+                              for v in range(200)],
+                             [np.asarray(matrix[v * PER_VIDEO: (v + 1) * PER_VIDEO]) for v in range(200)], [SPANS] * 200)
+                index.refresh_search()
+        name = Path(tmp) / "library"
+        api.promote(name, Path(tmp) / "old")
+        page, port = start_page(name, address, reload_every=1.0)
+        try:
+            page_p50(address, port, sentences(2, "warm"))
+            api.search("warm up", index=name, top=3)
+            api.promote(name, Path(tmp) / "new")
+            moved = time.perf_counter()
+            followed: dict[str, float] = {}
+            while len(followed) < 2:
+                if "api" not in followed and "/new/" in api.search("a dog", index=name, top=1).matches[0][0].video:
+                    followed["api"] = time.perf_counter() - moved
+                if "page" not in followed and "/new/" in page_answer(port, "a dog"):
+                    followed["page"] = time.perf_counter() - moved
+        finally:
+            page.terminate()
+            page.wait(timeout=60)
+    print(f"  {'the page (--reload-every 1)':36} {followed['page']:8.2f}")
+    print(f"  {'a Client (checks at each call)':36} {followed['api']:8.3f}")
+
+
+def page_answer(port: int, query: str) -> str:
+    """The page's first match for `query`."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    connection.request("GET", "/api/search?" + urllib.parse.urlencode({"q": query, "top": 1}))
+    body = json.loads(connection.getresponse().read())
+    connection.close()
+    return body["results"][0]["matches"][0]["video"]
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["write"]:  # the writer of `page_while_writing`, in a process of its own
@@ -227,12 +272,12 @@ def main(argv: list[str] | None = None) -> None:
         return fill(Path(folder), np.load(matrix, mmap_mode="r"), int(first), WRITTEN, float(refresh), PACE)
     parser = argparse.ArgumentParser(prog="python -m serving.service_bench", description=__doc__)
     parser.add_argument("--model-dir", type=Path, default=Path("models") / MODEL_NAME)
-    parser.add_argument("--part", choices=("api", "writing", "filters"), action="append")
+    parser.add_argument("--part", choices=("api", "writing", "filters", "promote"), action="append")
     args = parser.parse_args(argv)
-    parts = args.part or ["api", "writing", "filters"]
+    parts = args.part or ["api", "writing", "filters", "promote"]
     if "filters" in parts:
         filters_at_scale()
-    if not {"api", "writing"} & set(parts):
+    if not {"api", "writing", "promote"} & set(parts):
         return
     from s3d_retrieval.serving import launcher  # TensorFlow, for the embedded server: not in the writer's process
     from s3d_retrieval.serving.embedded.server import EmbeddedServer, Options
@@ -242,6 +287,10 @@ def main(argv: list[str] | None = None) -> None:
                                     rest_port=None)).start()
     address = f"127.0.0.1:{server.port}"
     try:
+        if "promote" in parts:
+            promote_following(address)
+        if not {"api", "writing"} & set(parts):
+            return
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp) / "index"
             matrix = synthetic_windows(Path(tmp) / "m.npy", VIDEOS * PER_VIDEO, seed=1)
