@@ -93,7 +93,7 @@ export: $(if $(filter $(STANDIN),$(SOURCE)),standin,setup) ## export SOURCE (def
 model: setup ## make sure MODEL_DIR holds a version (exports the tiny stand-in if it is empty)
 	@ls -d $(MODEL_DIR)/[0-9]* >/dev/null 2>&1 || $(MAKE) --no-print-directory export
 
-SERVE_FLAGS ?= --model_config_file_poll_wait_seconds 10
+SERVE_FLAGS ?= --model_config_file_poll_wait_seconds 10 --allow_version_labels_for_unavailable_models
 serve: model ## serve MODEL_DIR: tensorflow_model_server, else Docker, else the embedded server (models.config reread every 10 s)
 	$(PY) -m serving --model-dir $(MODEL_DIR) $(SERVE_FLAGS)
 

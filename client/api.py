@@ -31,10 +31,10 @@ from s3d_retrieval.client.library.index import Folder, location
 from s3d_retrieval.client.library.indexing import Stats, index_videos
 from s3d_retrieval.client.library.like import Like
 from s3d_retrieval.client.library.merge import MergeStats, merge
-from s3d_retrieval.client.library.promote import GateRefused, Step, rollback_step
+from s3d_retrieval.client.library.promote import GateRefused, NameError_, Step, move, rollback_step
 from s3d_retrieval.client.library.reader import Reader
 from s3d_retrieval.client.library.search import Result, embed_one, search, search_index
-from s3d_retrieval.client.library.store import Location, Store, View
+from s3d_retrieval.client.library.store import Location, Store, StoreError
 from s3d_retrieval.client.library.walk import Shard
 from s3d_retrieval.client.transport.aio import AsyncSession
 from s3d_retrieval.client.transport.session import (Options, Pinned, ServerError, Session, VersionNotServed,
@@ -233,18 +233,16 @@ class Client:
         and `nprobe` apply to an index; `sampling` to files (default: the model version's)."""
         queries, likes = _asked(queries, like, index, videos, top, moments)
         if index is not None:
+            if (model_version, model_label) != (None, None):
+                raise ValueError("model_version and model_label are for videos=: an index is searched with the "
+                                 "model version that embedded it")
             filters = Filters(tuple(_paths(under)), glob, min_duration, max_duration)
-            reader, view = self._view(index, kind, nprobe)
-            return search_index(self.session_for(view.model_version, reader.store.where), queries, reader.store, view, top,
-                                filters, moments, likes)
+            store, view = self.reader(index).current(kind, nprobe)
+            return search_index(self.session_for(view.model_version, store.where), queries, store, view, top, filters,
+                                moments, likes)
         session = self.pinned(model_version, model_label)
         return search(session, queries, _paths(videos), sampling or model_sampling(session.preprocessing()), top,
                       moments, likes)
-
-    def _view(self, index: Where, kind: str | None, nprobe: int | None) -> tuple[Reader, View]:
-        """The index as it is now (what its name points at now), from the store this client keeps open."""
-        reader = self.reader(index)
-        return reader, reader.current(kind, nprobe)
 
     def _writer(self, where: Where, sampling: Sampling | None = None, create: bool = False,
                 model_version: int | None = None, model_label: str | None = None) -> Store:
@@ -315,53 +313,77 @@ class Client:
         """Point `name` (a path, or a `Milvus` alias) at the index `target` in one atomic step; every reader given
         the name follows it. With `eval_csv` and `videos` (eval's labelled set), the index in service and `target`
         are measured on it first, read only, each with its own model version, and the promote is refused
-        (GateRefused, both figures) unless `target`'s R@1 is at least the other's; `force` promotes anyway.
-        NameError_ (nothing changed) for a `target` that is no index of this model, a `name` that is a real index,
-        or a set naming videos `target` lacks."""
+        (GateRefused, both figures) unless `target`'s R@1 is at least the other's; `force` promotes anyway (and
+        whatever the server serves). Refused, nothing changed: a `target` that is no index of this model or whose
+        version is not served, a `name` that is a real index or already points at `target`, a set naming videos
+        `target` lacks."""
         new = location(target)
         named = location(name).name(self.lock_wait)
-        with named.connected():
-            named.points_at(), self._version_of(new)  # refused before anything is locked or written
-        with named.locked():
+        if eval_csv is not None and videos is None:
+            raise ValueError("--eval needs --videos (the folder holding the labelled set's videos)")
+        evalset = load_evalset(Path(eval_csv), Path(videos)) if eval_csv is not None and videos is not None else None
+        with named.connected():  # everything that can refuse is asked before the name is locked
             current = named.points_at()
-            now_version = self._version_of(new)
-            before_version = self._version_of(current) if current is not None else None
+            if current is not None and named.same(current) == named.same(new):
+                raise NameError_(f"{named} points at {named.same(new)} already")
+            now_version = self._index_version(new, served=not force)
+            before_version = self._index_version(current, served=False, gone=None) if current else None
             figures: list[str] = []
-            if eval_csv is not None:
-                if videos is None:
-                    raise ValueError("--eval needs --videos (the folder holding the labelled set's videos)")
-                evalset = load_evalset(Path(eval_csv), Path(videos))
-                scored = [(str(where), self._gate_eval(where, evalset)) for where in ([current] if current else [])]
-                scored.append((str(new), self._gate_eval(new, evalset)))
+            if evalset is not None:
+                scored = [(named.same(where), self._gate_eval(where, evalset)) for where in [current, new] if where]
                 figures = [_figures(label, result) for label, result in scored]
-                worse = len(scored) == 2 and scored[1][1].text_to_video["R@1"] < scored[0][1].text_to_video["R@1"]
+                (_, old), *rest = scored
+                worse = bool(rest) and rest[0][1].text_to_video["R@1"] < old.text_to_video["R@1"]
                 if worse and not force:
-                    raise GateRefused(f"{named}: {new} ranks worse than {current} on {eval_csv} (R@1 "
-                                      f"{scored[1][1].text_to_video['R@1']:.3f} < "
-                                      f"{scored[0][1].text_to_video['R@1']:.3f}); nothing changed "
-                                      f"(--force promotes anyway)", figures)
-            named.point(new)
-            named.record([*named.history(), Step.now(named.same(new), now_version)])
+                    raise GateRefused(f"{named}: {named.same(new)} ranks worse than {named.same(current)} on "
+                                      f"{eval_csv} (R@1 {rest[0][1].text_to_video['R@1']:.3f} < "
+                                      f"{old.text_to_video['R@1']:.3f}); nothing changed (--force promotes anyway)",
+                                      figures)
+        with named.locked():
+            if named.points_at() != current:
+                raise NameError_(f"{named} was moved while this promote measured it; run it again")
+            move(named, new, [*named.history(), Step.now(named.same(new), now_version)])
         return Promotion(str(named), named.same(current) if current else None, before_version, named.same(new),
                          now_version, figures)
 
     def rollback(self, name: Where) -> Promotion:
-        """Point `name` back at the index it pointed at before its last promote (its history, beside it)."""
+        """Point `name` back at the index it pointed at before its last promote (its history, beside it), if that
+        index is still there and its version served."""
         named = location(name).name(self.lock_wait)
         with named.connected():
-            rollback_step(named)  # refused before anything is locked
+            now, before, back = self._rollback_to(named)
         with named.locked():
-            now, before = rollback_step(named)
-            back = named.location(before.target)
-            self._version_of(back)  # still an index of this model
-            named.point(back)
-            named.record(named.history()[:-1])
+            if self._rollback_to(named)[2] != back:
+                raise NameError_(f"{named} was moved meanwhile; run rollback again")
+            move(named, back, named.history()[:-1])
         return Promotion(str(named), now.target, now.model_version, before.target, before.model_version, [])
 
-    def _version_of(self, where: Location) -> int | None:
-        """The model version of the index at `where`, opened for reading (refused, one line, if it is none)."""
-        with where.open(self.options.model, read_only=True, timeout=self.options.timeout) as store:
-            return store.model_version
+    def _rollback_to(self, named) -> tuple[Step, Step, Location]:
+        """The name's last promote, the one before, and that one's index (checked: where the history says the name
+        points, an index of this model, its version served)."""
+        now, before = rollback_step(named)
+        current = named.points_at()
+        if current is None or named.same(current) != now.target:
+            raise NameError_(f"{named} points at {named.same(current) if current else 'nothing'}, not at {now.target} "
+                             f"as its history says: point it with promote")
+        back = named.location(before.target)
+        self._index_version(back)
+        return now, before, back
+
+    def _index_version(self, where: Location, served: bool = True, gone: object = ...) -> int | None:
+        """The model version of the index at `where`, opened for reading: refused (one line) if it is no index of
+        this model, or (`served`) if its version is not served; `gone`: what to say for an index no longer there
+        instead of refusing."""
+        try:
+            with where.open(self.options.model, read_only=True, timeout=self.options.timeout) as store:
+                version, at = store.model_version, store.where
+        except StoreError:
+            if gone is ...:
+                raise
+            return None
+        if served:
+            self.session_for(version, at)
+        return version
 
     def _gate_eval(self, where: Location, evalset) -> Evaluation:
         with where.open(self.options.model, read_only=True, timeout=self.options.timeout) as store:
@@ -494,11 +516,11 @@ class AsyncClient:
             return await asyncio.to_thread(functools.partial(
                 self.sync.search, asked, videos=videos, top=top, moments=moments, like=likes, sampling=sampling,
                 model_version=model_version, model_label=model_label))
-        reader, view = await asyncio.to_thread(self.sync._view, index, kind, nprobe)
-        session = await asyncio.to_thread(self.sync.session_for, view.model_version, reader.store.where)
+        store, view = await asyncio.to_thread(lambda: self.sync.reader(index).current(kind, nprobe))
+        session = await asyncio.to_thread(self.sync.session_for, view.model_version, store.where)
         texts = await self.session.embed_text([*asked, ""], session.version) if asked else None
         filters = Filters(tuple(_paths(under)), glob, min_duration, max_duration)
-        return await asyncio.to_thread(search_index, session, asked, reader.store, view, top, filters, moments, likes,
+        return await asyncio.to_thread(search_index, session, asked, store, view, top, filters, moments, likes,
                                        lambda sentences: texts)
 
     async def index(self, paths: str | Path | Sequence[str | Path], *, index: Where, flush_every: int = 16,
@@ -519,6 +541,14 @@ class AsyncClient:
 
     async def vacuum(self, *, index: Where, older_than: float | None = None) -> str:
         return await asyncio.to_thread(functools.partial(self.sync.vacuum, index=index, older_than=older_than))
+
+    async def promote(self, name: Where, target: Where, *, eval_csv: str | Path | None = None,
+                      videos: str | Path | None = None, force: bool = False) -> Promotion:
+        return await asyncio.to_thread(functools.partial(self.sync.promote, name, target, eval_csv=eval_csv,
+                                                         videos=videos, force=force))
+
+    async def rollback(self, name: Where) -> Promotion:
+        return await asyncio.to_thread(self.sync.rollback, name)
 
     async def evaluate(self, csv: str | Path, videos: str | Path, *, protocol: str = "max", windows: int = 10,
                        index: Where | None = None, sampling: Sampling | None = None,

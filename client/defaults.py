@@ -27,6 +27,11 @@ INPUT_KEYS = {VIDEO_SIGNATURE: "images", VIDEO_UINT8_SIGNATURE: "frames", TEXT_S
 VIDEO_OUTPUTS = ("video_embedding", "mixed_5c")
 TEXT_OUTPUT = "text_embedding"
 
+# The version labels a client asks the server for (TF Serving cannot list them), and the one whose version a new
+# index takes when no version is asked (else the newest served).
+LABELS = ("stable", "canary")
+DEFAULT_LABEL = "stable"
+
 # Requests stay within the server's batching limit (serving/batching.config max_batch_size 16): TF Serving
 # refuses a request larger than a batch ("Task size N is larger than maximum input batch size").
 WINDOWS_PER_REQUEST = 4

@@ -66,7 +66,7 @@ def test_the_promote_gate_refuses_random_weights_against_the_demo_model(demo_run
         assert main_cli([*flags, "index", str(heldout), "--index", str(random), "--model-version", "2"]) == 0
         assert main_cli([*flags, "promote", str(name), str(demo)]) == 0
         capsys.readouterr()
-        before = files_of(ran / "out") | files_of(random)
+        before = files_of(ran / "out") | files_of(tmp_path)  # the new index, the name, its history and lock
         gate = ["--eval", str(heldout / "queries.csv"), "--videos", str(heldout)]
         assert main_cli([*flags, "promote", str(name), str(random), *gate]) == 1
         out, err = capsys.readouterr()
@@ -74,7 +74,7 @@ def test_the_promote_gate_refuses_random_weights_against_the_demo_model(demo_run
         assert [f.split(": R@1")[0] for f in figures] == [str(demo), str(random)]
         demo_r1, random_r1 = (float(f.split("R@1 ")[1].split(",")[0]) for f in figures)
         assert demo_r1 >= HELDOUT_R1 > random_r1 and "ranks worse" in err and err.count("\n") == 1
-        assert name.resolve() == demo and (files_of(ran / "out") | files_of(random)) == before
+        assert name.resolve() == demo and (files_of(ran / "out") | files_of(tmp_path)) == before
         story = ran / "out" / "corpus" / "story"
         assert main_cli([*flags, "promote", str(name), str(random), "--eval", str(story / "story.csv"), "--videos",
                          str(story)]) == 2  # a set naming a video the new index lacks

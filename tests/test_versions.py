@@ -48,13 +48,22 @@ def two_versions(model_dir, standin, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def served(two_versions, tmp_path_factory):
     """The embedded server serving both versions, stable=1 and canary=2, reading its config file again every
-    0.1 s; `served.applied` is set each time a read config was applied (or refused)."""
+    0.1 s; `served.read` is set each time its poller read the file (whatever it found), `served.applied` each time
+    a config read was applied (or refused)."""
     file = tmp_path_factory.mktemp("config") / "models.config"
     file.write_text(text_format.MessageToString(config(two_versions, (1, 2), stable=1, canary=2)))
+    read = threading.Event()
+
+    def source() -> model_server_config_pb2.ModelServerConfig:
+        try:
+            return text_format.Parse(file.read_text(), model_server_config_pb2.ModelServerConfig())
+        finally:
+            read.set()
+
     server = EmbeddedServer(Options(
         models=config(two_versions, (1, 2), stable=1, canary=2), host="127.0.0.1", port=0, rest_port=0,
-        poll_seconds=0.1, allow_unavailable_labels=True, config_poll_seconds=0.1,
-        config_source=lambda: text_format.Parse(file.read_text(), model_server_config_pb2.ModelServerConfig())))
+        poll_seconds=0.1, allow_unavailable_labels=True, config_poll_seconds=0.1, config_source=source))
+    server.read = read
     real, server.applied = server.manager.reload, threading.Event()
 
     def reload(models):
@@ -137,29 +146,34 @@ def test_requests_by_label_and_version_and_the_labels_a_client_sees(served):
 
 
 def test_the_config_is_read_again_labels_move_and_versions_unload_without_a_failed_request(served, two_versions):
-    failures, answers, stop = [], [], threading.Event()
+    failures, answers, stop, retiring = [], [], threading.Event(), threading.Event()
 
-    def traffic():  # by label: whatever the label names, the request must succeed
+    def traffic():  # by label, and by version 1 until it is retired: whatever a label names, none may fail
         while not stop.is_set():
-            try:
-                answers.append(ask(served, "stable"))
-            except grpc.RpcError as err:
-                failures.append(err.details())
+            for label, version in (("stable", None), *([] if retiring.is_set() else [(None, 1)])):
+                try:
+                    answers.append(ask(served, label, version))
+                except grpc.RpcError as err:
+                    failures.append(err.details())
 
     sender = threading.Thread(target=traffic)
     sender.start()
     try:
         apply(served, config(two_versions, (1, 2), stable=2, canary=2))  # move stable while both are loaded
         assert ask(served, "stable") == 2
+        retiring.set()
         apply(served, config(two_versions, (2,), stable=2))  # then retire version 1
         states = {s.version: s.state for s in __import__("tests.test_serving", fromlist=["Client"]).Client(
             served.port).status().model_version_status}
         assert states[2] == 30 and states[1] == 50  # AVAILABLE, END
         apply(served, config(two_versions, (2,), stable=7))  # a label on a version not loaded: refused whole
         assert ask(served, "stable") == 2
-        served.file.write_text("model_config_list { config { name: ")  # half written: the config before serves on
-        served.applied.clear()
-        assert ask(served, "stable") == 2
+        for text in ("model_config_list { config { name: ", ""):  # half written, or empty: the config before serves
+            served.file.write_text(text)
+            for _ in range(2):  # a whole read after the write
+                served.read.clear()
+                assert served.read.wait(timeout=60)
+            assert ask(served, "stable") == 2
     finally:
         stop.set()
         sender.join(timeout=60)
@@ -217,7 +231,7 @@ def page(served, folder: Path, sentence: str) -> None:
         assert health.json()["model_server"]["versions"] == [2]
 
 
-def test_an_index_of_an_earlier_release_holding_two_versions_says_how_to_rebuild(tmp_path, served):
+def test_an_index_of_an_earlier_release_holding_two_versions_says_how_to_rebuild(tmp_path, served, capsys):
     from s3d_retrieval.client.library.store import Entry
 
     folder = tmp_path / "old"
@@ -229,6 +243,8 @@ def test_an_index_of_an_earlier_release_holding_two_versions_says_how_to_rebuild
                          "row_count, indexed_at FROM videos")
         index.db.commit()
     assert cli(served, "search", "a dog", "--index", str(folder)) == 2
+    err = capsys.readouterr().err
+    assert "holds embeddings of model versions [1, 2]" in err and "rebuild it" in err and err.count("\n") == 1
 
 
 # --- promote and rollback --------------------------------------------------------------------------------------
@@ -252,14 +268,29 @@ def test_promote_rollback_and_what_they_refuse(served, library, tmp_path, capsys
     assert capsys.readouterr().out == f"{name}: {two} (model version 2) -> {one} (model version 1)\n"
     assert cli(served, "rollback", str(name)) == 2
     assert "no earlier index to roll back to" in capsys.readouterr().err
-    other = tmp_path / "other"
+    other, unserved = tmp_path / "other", tmp_path / "seven"
     Index(other, "another_model", SAMPLING, create=True).close()
+    Index(unserved, MODEL_NAME, SAMPLING, create=True, model_version=7).close()
     before = files_of(tmp_path)
-    for args in ((str(name), str(tmp_path / "nothing")), (str(one), str(two)), (str(name), str(other))):
-        assert cli(served, "promote", *args) == 2, args  # no index there; a real index as NAME; another model's
+    for args, why in (((str(name), str(tmp_path / "nothing")), "no index here"),
+                      ((str(one), str(two)), "not a name"), ((str(name), str(other)), "another_model"),
+                      ((str(name), str(one)), "points at"), ((str(name), str(unserved)), "does not serve"),
+                      ((str(tmp_path / "no" / "lib"), str(two)), "no such folder")):
+        assert cli(served, "promote", *args) == 2, args
         err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and err[0].startswith("error: "), err
+        assert len(err) == 1 and err[0].startswith("error: ") and why in err[0], err
     assert files_of(tmp_path) == before
+    assert cli(served, "promote", str(name), str(unserved), "--force") == 0  # whatever the server serves
+    name.unlink()
+    (tmp_path / "gone").symlink_to(two)
+    (tmp_path / "gone").rename(name)  # moved by hand, behind the history's back
+    assert cli(served, "rollback", str(name)) == 2
+    assert "as its history says" in capsys.readouterr().err
+    shutil.rmtree(unserved)
+    name.unlink()
+    name.symlink_to(unserved)  # a name whose index is gone is pointed again
+    assert cli(served, "promote", str(name), str(one)) == 0
+    assert capsys.readouterr().out.endswith(f"{name}: {unserved} (model version None) -> {one} (model version 1)\n")
 
 
 def test_readers_follow_a_promote_with_no_failed_request_each_answer_from_one_index(served, library, tmp_path):
@@ -276,20 +307,26 @@ def test_readers_follow_a_promote_with_no_failed_request_each_answer_from_one_in
         seen: list[dict] = []
         failures: list[str] = []
         promoted = threading.Event()
+        asking = threading.Event()
         with TestClient(create_app(folder_catalog(name, check_every=0), api, api)) as http:
-            def loop() -> None:  # the API and the page, each asked until the name has moved and both followed
+            def loop() -> None:  # the API and the page, asked before, during and after the name moves
                 while True:
                     done = promoted.is_set()
-                    page = http.get("/api/search", params=[("q", q) for q in QUERIES] + [("top", "3")])
-                    if page.status_code != 200:
-                        failures.append(page.text)
-                    seen.append(page.json())
-                    seen.append(api.search(QUERIES, index=name, top=3).as_json())
+                    try:
+                        page = http.get("/api/search", params=[("q", q) for q in QUERIES] + [("top", "3")])
+                        if page.status_code != 200:
+                            failures.append(page.text)
+                        seen.append(page.json())
+                        seen.append(api.search(QUERIES, index=name, top=3).as_json())
+                    except Exception as err:  # noqa: BLE001 - any failure is counted, not lost with the thread
+                        failures.append(repr(err))
+                    asking.set()
                     if done:
                         return
 
             reader = threading.Thread(target=loop)
             reader.start()
+            assert asking.wait(timeout=120)  # answered from the first index before the move
             assert api.promote(name, two).now_version == 2
             promoted.set()
             reader.join(timeout=120)
@@ -324,3 +361,10 @@ def test_a_milvus_alias_is_promoted_followed_and_rolled_back(served, library, tm
         assert api.search(QUERIES, index=Milvus(uri, "lib"), top=3).as_json() == expected["lib_v1"]  # followed
     assert cli(served, "promote", "--milvus", uri, "lib_v1", "lib_v2") == 2  # a collection is no name
     assert "is a collection" in capsys.readouterr().err
+    labelled = tmp_path / "labelled"
+    labelled.mkdir()
+    shutil.copy(library / "clip0.avi", labelled / "extra.avi")  # a video no collection holds
+    (labelled / "set.csv").write_text("video_id,sentence\nextra,a dog\n")
+    assert cli(served, "promote", "--milvus", uri, "lib", "lib_v2", "--eval", str(labelled / "set.csv"), "--videos",
+               str(labelled)) == 2  # the gate's own refusal, not a Milvus failure
+    assert "lacks 1 video(s) of the labelled set" in capsys.readouterr().err

@@ -186,6 +186,10 @@ class Index:
                                        f"index kept one version: rebuild it (`s3d-client index PATH... --index NEW`, "
                                        f"then `s3d-client promote NAME NEW`)")
             chosen = used[0] if used else asked if asked is not None else new_version() if new_version else None
+            if chosen is not None and asked is not None and chosen != asked:
+                raise IndexFolderError(f"{self.folder} holds model version {chosen}, not {asked}: an index keeps "
+                                       f"the version that embedded it; index into a new one (--model-version "
+                                       f"{asked}) and promote it")
             if chosen is not None and not read_only:
                 with self.lock.held(), self.db:  # two writers at once record the same one, or the first's
                     self.db.execute("INSERT OR IGNORE INTO meta VALUES ('model_version', ?)", (str(chosen),))
@@ -523,6 +527,8 @@ class Index:
 
     def view(self, before: View | None = None, kind: str | None = None, nprobe: int | None = None) -> IndexView:
         """What a reader searches now (`client.library.view`); `before`'s loaded segments are kept."""
+        if self.model_version is None:  # an empty index of an earlier release: a writer may have recorded one since
+            self.model_version = self._version(None, None, True)
         loaded = before.structure if isinstance(before, IndexView) else None
         return open_view(self, kind, nprobe, loaded)
 

@@ -45,7 +45,6 @@ class Stats:
     reused: int = 0  # same content already indexed under another path
     windows: int = 0
     requests: int = 0
-    model_version: int = 0  # the version that embedded this run's videos: the index's
     failed: list[tuple[str, str]] = field(default_factory=list)  # (path, why it was skipped)
 
     def summary(self) -> str:
@@ -131,7 +130,7 @@ def index_videos(session: Pinned, index: Store, paths: Iterable[str | Path], flu
         raise ValueError(f"{index.where} holds model version {index.model_version}, not {session.version}")
     version = session.ensure_ready()
     requests_before = session.requests
-    stats = Stats(model_version=version)
+    stats = Stats()
     todo, reused = plan(index, paths, version, stats, shard)
     for entry, why in index.commit([], [], [], reused, changed_since):
         stats.reused -= 1

@@ -54,9 +54,11 @@ def holder(path: Path) -> str:
 class WriterLock:
     """Re-entrant within one object: nested `held()` blocks take the lock once."""
 
-    def __init__(self, folder: Path, patience: float, log: Callable[[str], None] | None = None, name: str = NAME):
-        """The lock `folder/name`: an index's writers' by default (`promote` takes one of its own beside a name)."""
-        self.path, self.patience, self.log = folder / name, patience, log
+    def __init__(self, folder: Path, patience: float, log: Callable[[str], None] | None = None, name: str = NAME,
+                 what: str = "the index"):
+        """The lock `folder/name`: an index's writers' by default (`promote` takes one of its own beside a name,
+        for `what` the messages name)."""
+        self.path, self.patience, self.log, self.what = folder / name, patience, log, what
         self._gate = _gate(self.path)
         self._fd: int | None = None
         self._depth = 0
@@ -126,10 +128,11 @@ class WriterLock:
         The lock file is read for `who` only past the gate: with a writer of this process holding the lock,
         opening and closing the file would drop its lock where flock is emulated by POSIX locks."""
         if time.monotonic() >= deadline:
-            raise LockTimeout(f"{self.path.parent}: another writer has held the index for over {self.patience:g} s "
+            raise LockTimeout(f"{self.path.parent}: another writer has held {self.what} for over {self.patience:g} s "
                               f"({who}); run again when it is done, or raise --lock-wait")
         if not said:
-            (self.log or _stderr)(f"waiting up to {self.patience:g} s for the index: another writer holds it ({who})")
+            (self.log or _stderr)(f"waiting up to {self.patience:g} s for {self.what}: another writer holds it "
+                                  f"({who})")
         time.sleep(POLL)
         return True
 

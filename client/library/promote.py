@@ -93,13 +93,16 @@ class FolderName:
 
     def __init__(self, path: Path, lock_wait: float = LOCK_WAIT):
         self.path = Path(os.path.abspath(path))
-        self.lock = WriterLock(self.path.parent, lock_wait, name=f".{self.path.name}.promote.lock")
+        self.lock = WriterLock(self.path.parent, lock_wait, name=f".{self.path.name}.promote.lock",
+                               what=f"the name {self.path.name}")
         self.file = self.path.with_name(f".{self.path.name}.history.json")
 
     def __str__(self) -> str:
         return str(self.path)
 
     def points_at(self) -> Location | None:
+        if not self.path.parent.is_dir():
+            raise NameError_(f"{self.path.parent}: no such folder; a name lives in a folder, beside its indexes")
         if self.path.is_symlink():
             return Folder(Path(os.path.realpath(self.path)))
         if self.path.exists():
@@ -110,8 +113,8 @@ class FolderName:
 
     def point(self, target: Location) -> None:
         assert isinstance(target, Folder)
-        real = os.path.realpath(target.path)
-        link = os.path.relpath(real, self.path.parent) if os.path.dirname(real) == str(self.path.parent) else real
+        real, parent = os.path.realpath(target.path), os.path.realpath(self.path.parent)
+        link = os.path.relpath(real, parent) if os.path.dirname(real) == parent else real
         tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:8]}.tmp")
         os.symlink(link, tmp)
         try:
@@ -134,8 +137,11 @@ class FolderName:
 
     @contextmanager
     def locked(self) -> Iterator[None]:
-        with self.lock.held():
-            yield
+        try:
+            with self.lock.held():
+                yield
+        except OSError as err:  # the folder cannot be written: one line, nothing changed
+            raise NameError_(f"{self.path}: cannot move the name ({err.strerror}); nothing was changed") from None
 
     @contextmanager
     def connected(self) -> Iterator[None]:
@@ -147,6 +153,19 @@ class FolderName:
 
     def location(self, target: str) -> Location:
         return Folder(Path(target))
+
+
+def move(name: Name, target: Location, history: list[Step]) -> None:
+    """Point `name` at `target` and keep `history` beside it; a history that cannot be written puts the name back
+    where it pointed (the caller holds the name's lock)."""
+    before = name.points_at()
+    name.point(target)
+    try:
+        name.record(history)
+    except BaseException:
+        if before is not None:
+            name.point(before)
+        raise
 
 
 def rollback_step(name: Name) -> tuple[Step, Step]:

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from s3d_retrieval.client.defaults import TIMEOUT
+from s3d_retrieval.client.errors import Error
 from s3d_retrieval.client.library.promote import NameError_, Step
 from s3d_retrieval.client.library.store import Location
 from s3d_retrieval.client.milvus.connection import STRONG, MilvusError, connect, literal, release, why
@@ -39,9 +40,7 @@ class MilvusName:
         self.client = connect(self.uri, self.timeout)
         try:
             yield
-        except MilvusError:
-            raise
-        except NameError_:
+        except (Error, ValueError):  # the project's own (a refused gate, a name that is no name...): as they are
             raise
         except Exception as err:  # pymilvus's own
             raise MilvusError(f"Milvus at {self.uri} failed to move the name {self.alias!r} ({why(err)}); "

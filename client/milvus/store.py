@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 
 from s3d_retrieval.client.decode.video import Sampling
-from s3d_retrieval.client.defaults import TIMEOUT, VACUUM_AGE
+from s3d_retrieval.client.defaults import LOCK_WAIT, TIMEOUT, VACUUM_AGE
 from s3d_retrieval.client.library.rank import Windows
 from s3d_retrieval.client.library.store import Entry, Still, View
 from s3d_retrieval.client.milvus.connection import (PAGE, STRONG, TOP_K, MilvusError, connect, literal, one_of, release,
@@ -54,7 +54,7 @@ class Milvus:
     collection: str = COLLECTION
 
     def open(self, model: str, *, sampling: Sampling | None = None, create: bool = False, read_only: bool = False,
-             lock_wait: float = 0.0, log: Callable[[str], None] | None = None, timeout: float = TIMEOUT,
+             lock_wait: float = LOCK_WAIT, log: Callable[[str], None] | None = None, timeout: float = TIMEOUT,
              new_sampling: Callable[[], Sampling] | None = None, model_version: int | None = None,
              new_version: Callable[[], int] | None = None) -> MilvusStore:
         return MilvusStore(self.uri, self.collection, model, sampling, create, timeout, new_sampling, model_version,
@@ -63,8 +63,8 @@ class Milvus:
     def __str__(self) -> str:
         return f"{self.uri} (collection {self.collection})"
 
-    def name(self, lock_wait: float = 0.0) -> MilvusName:
-        """This collection name as an alias `promote` points at a collection."""
+    def name(self, lock_wait: float = LOCK_WAIT) -> MilvusName:
+        """This collection name as an alias `promote` points at a collection (Milvus has no lock to wait for)."""
         return MilvusName(self.uri, self.collection)
 
 
@@ -149,6 +149,9 @@ class MilvusStore:
                 raise MilvusError(f"{self.where} holds embeddings of model versions {used}, made before a "
                                   f"collection kept one version: rebuild it into a new collection and promote it")
             version = used[0] if used else asked
+            if version is not None and asked is not None and version != asked:
+                raise MilvusError(f"{self.where} holds model version {version}, not {asked}: a collection keeps "
+                                  f"the version that embedded it; index into a new one and promote it")
             if version is not None and not read_only:
                 with self._asking("record the model version"):
                     self.client.alter_collection_properties(self.windows_name, {"s3d.model_version": str(version)})
@@ -159,15 +162,20 @@ class MilvusStore:
                               f"keeps the version that embedded it; index into a new one and promote it")
 
     def _aliased(self, name: str) -> str | None:
-        """The collection alias `name` names, or None when it is no alias."""
+        """The collection the alias `name` names, or None when it is no alias (MilvusError if Milvus cannot say)."""
         try:
             return self.client.describe_alias(name)["collection_name"]
-        except Exception:  # pymilvus says "alias ... does not exist" as an exception
-            return None
+        except Exception as err:  # pymilvus says "alias ... does not exist" as an exception
+            if "does not exist" in str(err):
+                return None
+            raise MilvusError(f"Milvus at {self.uri} cannot say what {name!r} names ({why(err)})") from None
 
     def resolve(self) -> Milvus:
-        """The collection the name this store was opened by names now."""
-        return Milvus(self.uri, self._aliased(self.name) or self.name)
+        """The collection the name this store was opened by names now (where it was, if Milvus cannot say)."""
+        try:
+            return Milvus(self.uri, self._aliased(self.name) or self.name)
+        except MilvusError:  # a moment's outage is no promote
+            return self.target
 
     def __enter__(self) -> MilvusStore:
         return self
@@ -272,6 +280,10 @@ class MilvusStore:
         return now.entry if now else None
 
     def view(self, before: View | None = None, kind: str | None = None, nprobe: int | None = None) -> MilvusView:
+        if self.model_version is None:  # an empty collection of an earlier release: a writer may have recorded one
+            with self._asking("read the collection"):
+                recorded = self.client.describe_collection(self.windows_name).get("properties", {})
+            self.model_version = int(recorded["s3d.model_version"]) if "s3d.model_version" in recorded else None
         return MilvusView(self)
 
     def outdated(self, view: View) -> bool:
@@ -300,6 +312,14 @@ class MilvusStore:
         written (there is no lock to ask it under). Returns the videos left out, with why."""
         if not entries:
             return []
+        versions = {e.model_version for e in entries}
+        if self.model_version is None and len(versions) == 1:  # the first commit of an empty earlier collection
+            with self._asking("record the model version"):
+                self.client.alter_collection_properties(self.windows_name, {"s3d.model_version": str(min(versions))})
+            self.model_version = min(versions)
+        if versions - {self.model_version}:
+            raise MilvusError(f"{self.where} holds model version {self.model_version}; embeddings of model "
+                              f"version(s) {sorted(versions)} are not added to it")
         tokens = [new_token() for _ in entries]
         self.wrote = True
         with self._asking("store windows"):

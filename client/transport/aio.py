@@ -10,10 +10,10 @@ from collections.abc import Sequence
 import grpc
 import numpy as np
 
-from s3d_retrieval.client.defaults import PREPROCESSING_OUTPUT, TEXT_OUTPUT, TEXT_SIGNATURE
+from s3d_retrieval.client.defaults import DEFAULT_LABEL, LABELS, PREPROCESSING_OUTPUT, TEXT_OUTPUT, TEXT_SIGNATURE
 from s3d_retrieval.client.transport import protos
-from s3d_retrieval.client.transport.session import (CHANNEL_OPTIONS, DEFAULT_LABEL, LABELS, MAX_BACKOFF, METHODS,
-                                                    Options, Protocol, ServerError, _serialize, credentials)
+from s3d_retrieval.client.transport.session import (CHANNEL_OPTIONS, MAX_BACKOFF, METHODS, Options, Protocol,
+                                                    ServerError, _serialize, credentials)
 
 
 class AsyncSession(Protocol):

@@ -9,6 +9,7 @@ names the address and what to check.
 from __future__ import annotations
 
 import random
+import re
 import threading
 import time
 from collections import deque
@@ -21,17 +22,16 @@ import grpc
 import numpy as np
 
 from s3d_retrieval.client.transport import protos
-from s3d_retrieval.client.defaults import (GRPC_PORT, INPUT_KEYS, MODEL_NAME, PREPROCESSING_OUTPUT,
-                                           PREPROCESSING_SIGNATURE, SENTENCES_PER_REQUEST, TEXT_OUTPUT, TEXT_SIGNATURE,
-                                           TIMEOUT, VIDEO_SIGNATURE, VIDEO_UINT8_SIGNATURE, WINDOWS_PER_REQUEST)
+from s3d_retrieval.client.defaults import (DEFAULT_LABEL, GRPC_PORT, INPUT_KEYS, LABELS, MODEL_NAME,
+                                           PREPROCESSING_OUTPUT, PREPROCESSING_SIGNATURE, SENTENCES_PER_REQUEST,
+                                           TEXT_OUTPUT, TEXT_SIGNATURE, TIMEOUT, VIDEO_SIGNATURE, VIDEO_UINT8_SIGNATURE,
+                                           WINDOWS_PER_REQUEST)
 from s3d_retrieval.client.transport.tensors import to_numpy, to_proto
 from s3d_retrieval.client.errors import Error
 
 MAX_MESSAGE_BYTES = 2**31 - 1
 MAX_BACKOFF = 8.0  # seconds: the longest pause between two attempts while the server is away
 SAMPLING_NAMES = ("frames", "fps", "size")  # what the `preprocessing` signature is asked for
-LABELS = ("stable", "canary")  # the version labels a client looks for (TF Serving cannot list them)
-DEFAULT_LABEL = "stable"  # a new index embeds with the version of this label, if the server defines it
 
 
 def _serialize(message) -> bytes:
@@ -116,6 +116,9 @@ class Protocol:
             waited = f" after waiting {self.options.wait:g} s" if self.options.wait > 0 else ""
             message = (f"cannot reach the model server at {address}{waited} ({err.details()}); check that it is "
                        f"running (make serve) and the --server address, or raise --wait")
+        elif code == grpc.StatusCode.NOT_FOUND and (number := _specific(err.details() or "")):
+            message = (f"model '{model}' version {number} is not served at {address} ({err.details()}): serve it "
+                       f"again (models.config), or use an index of a version that is served")
         elif code == grpc.StatusCode.NOT_FOUND:
             message = (f"model '{model}' is not available at {address} ({err.details()}); check --model "
                        f"and that a version is exported and loaded (status)")
@@ -209,10 +212,15 @@ class Protocol:
         return max(available) if version is None else version
 
     def _label(self, label: str, response_or_error) -> int | None:
-        """The version a label names (None: the server has no such label)."""
+        """The version a label names (None: the server has no such label; VersionNotServed: it names a version
+        that is not loaded)."""
         if isinstance(response_or_error, ServerError):
-            if response_or_error.code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND):
+            if response_or_error.code == grpc.StatusCode.INVALID_ARGUMENT:  # "Unrecognized servable version label"
                 return None
+            if response_or_error.code == grpc.StatusCode.NOT_FOUND and (number := _specific(str(response_or_error))):
+                raise VersionNotServed(f"the label {label!r} of model '{self.options.model}' at "
+                                       f"{self.options.address} names version {number}, which is not loaded; serve "
+                                       f"it, or move the label (models.config)", number, [])
             raise response_or_error
         return response_or_error.model_spec.version.value
 
@@ -231,6 +239,12 @@ class Protocol:
             return self._request(VIDEO_SIGNATURE, batch.astype(np.float32) / np.float32(255), ("video_embedding",),
                                  version)
         return self._request(VIDEO_UINT8_SIGNATURE, batch, ("video_embedding",), version)
+
+
+def _specific(details: str) -> int | None:
+    """The version of TF Serving's "Servable not found for request: Specific(name, N)", else None."""
+    found = re.search(r"Specific\([^,]*, (\d+)\)", details)
+    return int(found[1]) if found else None
 
 
 def _versions(numbers: list[int]) -> str:

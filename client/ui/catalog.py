@@ -44,9 +44,13 @@ class Catalog:
         deepest folder holding every indexed video); a video reached through a symbolic link out of them is
         refused."""
         self.reader = Reader(open_store, check_every)
-        self.folder = self.reader.store.where
         self._roots = [os.path.realpath(r) for r in roots] if roots else None
         self._snapshot: Snapshot | None = None
+
+    @property
+    def folder(self) -> str:
+        """The index as messages name it (a name's target now)."""
+        return self.reader.store.where
 
     def close(self) -> None:
         self.reader.close()
@@ -54,7 +58,7 @@ class Catalog:
     def current(self) -> Snapshot:
         """The loaded state; loaded anew first when a writer committed since (checked at most every
         `check_every` seconds). While one request loads, the others answer from the state before."""
-        view = self.reader.current()
+        view = self.reader.current().view
         snapshot = self._snapshot
         if snapshot is None or snapshot.view is not view:
             snapshot = self._snapshot = Snapshot(view, self._library(view))

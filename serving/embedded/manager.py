@@ -23,12 +23,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
 from tensorflow_serving.apis import get_model_status_pb2, model_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
 from s3d_retrieval.serving.config import LOAD_RETRIES, LOAD_RETRY_INTERVAL
-import grpc
-
 from s3d_retrieval.serving.embedded.errors import ServingError, invalid, not_found
 from s3d_retrieval.serving.embedded.servable import Runtime, Servable
 
@@ -116,6 +115,10 @@ class Manager:
             self._stop.wait(self.poll_seconds)
         self._poller = threading.Thread(target=self._poll_loop, name="version-poller", daemon=True)
         self._poller.start()
+
+    def halt(self) -> None:
+        """No more loads: one waiting to retry gives up (the server stops)."""
+        self._stop.set()
 
     def stop(self) -> None:
         self._stop.set()

@@ -96,14 +96,20 @@ class EmbeddedServer:
             except Exception as err:  # noqa: BLE001 - a half-edited file: said, and read again next time
                 log.error("Failed to read ModelServerConfig file: %s", err)
                 continue
+            if config.WhichOneof("config") is None:  # an empty file (caught mid-write): TF Serving keeps serving
+                log.info("Taking no action for empty config.")
+                continue
             try:
                 self.manager.reload(list(config.model_config_list.config))
             except ServingError as err:
                 log.error("PollFilesystemAndReloadConfig failed to ReloadConfig: %s", err.message)
+            except Exception as err:  # noqa: BLE001 - the poller lives on: the next config may do
+                log.error("PollFilesystemAndReloadConfig failed to ReloadConfig: %s", err)
 
     def stop(self, grace: float = 30.0) -> None:
         """Say NOT_SERVING, stop taking requests, let those in flight finish (up to `grace` s), unload."""
         self._stopping.set()
+        self.manager.halt()  # a load waiting to retry gives up: the poller's reload returns
         if self._config_poller:
             self._config_poller.join()
         self.health.stop()
