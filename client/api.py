@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -151,7 +152,7 @@ class Client:
         """The version labels the server defines (of `stable` and `canary`) and the versions they name."""
         return self.session.labels()
 
-    def metadata(self, *, model_version: int | None = None, model_label: str | None = None) -> tuple[int, object]:
+    def metadata(self, *, model_version: int | None = None, model_label: str | None = None) -> tuple[int, Any]:
         """(version, SignatureDefMap) of a version (by number or label; default: the server's choice)."""
         return self.session.metadata(model_version, model_label)
 
@@ -332,10 +333,10 @@ class Client:
             if evalset is not None:
                 scored = [(named.same(where), self._gate_eval(where, evalset)) for where in [current, new] if where]
                 figures = [_figures(label, result) for label, result in scored]
-                (_, old), *rest = scored
+                (was, old), *rest = scored
                 worse = bool(rest) and rest[0][1].text_to_video["R@1"] < old.text_to_video["R@1"]
                 if worse and not force:
-                    raise GateRefused(f"{named}: {named.same(new)} ranks worse than {named.same(current)} on "
+                    raise GateRefused(f"{named}: {named.same(new)} ranks worse than {was} on "
                                       f"{eval_csv} (R@1 {rest[0][1].text_to_video['R@1']:.3f} < "
                                       f"{old.text_to_video['R@1']:.3f}); nothing changed (--force promotes anyway)",
                                       figures)
@@ -403,8 +404,7 @@ class Client:
         errors = [] if errors is None else errors
         if index is None:
             session = self.pinned(model_version, model_label)
-            result = evaluate(session, evalset, protocol, windows, sampling or model_sampling(session.preprocessing()),
-                              errors=errors)
+            result = evaluate(session, evalset, protocol, windows, sampling, errors=errors)
         else:
             with self._writer(index, sampling, True, model_version, model_label) as opened:
                 result = evaluate(self.session_for(opened.model_version, opened.where), evalset, protocol, windows,
@@ -484,7 +484,7 @@ class AsyncClient:
         return await self.session.labels()
 
     async def metadata(self, *, model_version: int | None = None, model_label: str | None = None
-                       ) -> tuple[int, object]:
+                       ) -> tuple[int, Any]:
         return await self.session.metadata(model_version, model_label)
 
     async def model_version(self, model_version: int | None = None, model_label: str | None = None) -> int:
@@ -512,7 +512,7 @@ class AsyncClient:
                      sampling: Sampling | None = None, model_version: int | None = None,
                      model_label: str | None = None) -> Result:
         asked, likes = _asked(queries, like, index, videos, top, moments)
-        if videos is not None:
+        if index is None:
             return await asyncio.to_thread(functools.partial(
                 self.sync.search, asked, videos=videos, top=top, moments=moments, like=likes, sampling=sampling,
                 model_version=model_version, model_label=model_label))
@@ -521,7 +521,7 @@ class AsyncClient:
         texts = await self.session.embed_text([*asked, ""], session.version) if asked else None
         filters = Filters(tuple(_paths(under)), glob, min_duration, max_duration)
         return await asyncio.to_thread(search_index, session, asked, store, view, top, filters, moments, likes,
-                                       lambda sentences: texts)
+                                       None if texts is None else lambda sentences: texts)
 
     async def index(self, paths: str | Path | Sequence[str | Path], *, index: Where, flush_every: int = 16,
                     shard: Shard | str | None = None, sampling: Sampling | None = None,

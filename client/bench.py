@@ -33,7 +33,7 @@ from s3d_retrieval.client.defaults import FPS, FRAMES, MODEL_NAME, SIZE
 from s3d_retrieval.client.library import vectors
 from s3d_retrieval.client.decode.samples import real_clips, synthetic_clips
 from s3d_retrieval.client.transport.tensors import to_proto
-from s3d_retrieval.client.decode.video import Sampling, load
+from s3d_retrieval.client.decode.video import Sampling, VideoError, load
 from s3d_retrieval.client.library.stream import embed_stream
 from s3d_retrieval.client.memory import release_big_blocks
 from s3d_retrieval.client.transport.session import Options, Pinned, Session
@@ -46,17 +46,17 @@ def colab_loader(path: str, max_frames: int = FRAMES, size: int = SIZE) -> np.nd
     """A loader written like the official colab's: read frames, crop the centre square, resize, BGR->RGB,
     repeat when short, divide by 255 (float64). The baseline our `colab` sampling must match."""
     cap = cv2.VideoCapture(path)
-    frames = []
-    while len(frames) < max_frames:
+    read: list[np.ndarray] = []
+    while len(read) < max_frames:
         ok, frame = cap.read()
         if not ok:
             break
         y, x = frame.shape[:2]
         m = min(y, x)
         sy, sx = y // 2 - m // 2, x // 2 - m // 2
-        frames.append(cv2.resize(frame[sy:sy + m, sx:sx + m], (size, size))[:, :, [2, 1, 0]])
+        read.append(cv2.resize(frame[sy:sy + m, sx:sx + m], (size, size))[:, :, [2, 1, 0]])
     cap.release()
-    frames = np.array(frames)
+    frames = np.array(read)
     if len(frames) < max_frames:
         frames = frames.repeat(int(math.ceil(max_frames / float(len(frames)))), axis=0)
     return frames[:max_frames] / 255.0
@@ -111,6 +111,8 @@ def imports() -> None:
         return min(runs)
 
     ours, official = seconds("s3d_retrieval.client.cli"), seconds("tensorflow_serving.apis.prediction_service_pb2_grpc")
+    if ours is None:
+        raise SystemExit("error: s3d_retrieval.client.cli does not import; run `make setup`")
     print(f"\n{'import, s (fresh process)':34} {'client.cli':>12} {'tf_serving':>11} {'ratio':>6}")
     if official is None:
         print(f"  {'':32} {ours:12.2f} {'(absent)':>11}")
@@ -125,7 +127,7 @@ BEST_COSINE, SENTENCE_COSINE = 0.49, 0.29
 PER_VIDEO = 10  # synthetic windows per video
 
 
-def synthetic_windows(path: Path, rows: int, seed: int, dim: int = 512) -> np.ndarray:
+def synthetic_windows(path: Path, rows: int, seed: int, dim: int = 512) -> np.memmap:
     """`rows` synthetic windows in a memory-mapped .npy, in 1M-row chunks: topics, videos near a topic, windows
     near their video, unit length, as real embeddings cluster. Every seed draws from the same 1,024 topics."""
     topics = np.random.default_rng(0).standard_normal((1024, dim), dtype=np.float32)
@@ -164,7 +166,8 @@ def synthetic_search(folder: Path, matrix_path: Path, rows: int) -> None:
     parts = synthetic_parts(np.load(segment / "embeddings.npy", mmap_mode="r"), "base")
     np.save(segment / "first.npy", np.cumsum([0, *parts.counts]).astype(np.int64))
     np.save(segment / "spans.npy", np.zeros((rows, 2)))
-    (segment / "videos.json").write_text(json.dumps([[p, d, k] for (p, d), k in zip(parts.videos, parts.placements)]))
+    listed = [[p, d, k] for (p, d), k in zip(parts.videos, parts.placements or [])]
+    (segment / "videos.json").write_text(json.dumps(listed))
     vectors.write_manifest(base, "synthetic", "exact", [{"name": segment.name, "rows": rows,
                                                          "videos": len(parts.videos), "dead": None}], 0, None)
 
@@ -176,11 +179,11 @@ def unit(x: np.ndarray) -> np.ndarray:
 def sentence_queries(targets: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Queries shaped like sentences: cosine `BEST_COSINE` with a target window; the rest is a direction shared by
     every query (the modality offset) and noise, weighted so that two queries meet at ~`SENTENCE_COSINE`."""
-    offset = unit(rng.standard_normal(targets.shape[1]).astype(np.float32))
+    offset = unit(rng.standard_normal((targets.shape[1],), dtype=np.float32))
     share = math.sqrt(SENTENCE_COSINE / (1 - BEST_COSINE ** 2))
-    rest = share * offset + math.sqrt(1 - share ** 2) * unit(rng.standard_normal(targets.shape).astype(np.float32))
+    rest = offset * share + unit(rng.standard_normal(targets.shape).astype(np.float32)) * math.sqrt(1 - share ** 2)
     rest = unit(rest - (rest * targets).sum(axis=1, keepdims=True) * targets)  # orthogonal to the target
-    return (BEST_COSINE * targets + math.sqrt(1 - BEST_COSINE ** 2) * rest).astype(np.float32)
+    return (targets * BEST_COSINE + rest * math.sqrt(1 - BEST_COSINE ** 2)).astype(np.float32)
 
 
 def status_mib(field: str) -> float:
@@ -247,11 +250,18 @@ def search_at_scale(sizes: list[int]) -> None:
         print(line)
 
 
+def built(folder: Path) -> dict:
+    """The manifest of the structure the bench built at `folder`."""
+    manifest = vectors.read_manifest(folder)
+    assert manifest is not None, f"{folder}: no search structure built"
+    return manifest
+
+
 def approximate(folder: Path) -> None:
     """Train the structure at `folder` afresh as IVF-SQ8, in place: lists trained on a sample of every segment's
     rows, each segment's codes written again. A full build's work, without copying the matrices."""
     base = folder / vectors.FOLDER
-    manifest = vectors.read_manifest(folder)
+    manifest = built(folder)
     matrices = [np.load(base / s["name"] / "embeddings.npy", mmap_mode="r") for s in manifest["segments"]]
     rows = sum(len(m) for m in matrices)
     lists = vectors.ivf_lists(rows)
@@ -275,7 +285,7 @@ def grow(folder: Path, rows: int, build: float, shapes: dict[str, np.ndarray]) -
     times, recalls = [], {}
     for step, (start, end) in enumerate(zip(cuts[:-1], cuts[1:])):
         clock = time.perf_counter()
-        vectors.update(folder, vectors.read_manifest(folder), f"grown-{step}", synthetic_parts(extra[start:end],
+        vectors.update(folder, built(folder), f"grown-{step}", synthetic_parts(extra[start:end],
                                                                                              f"grown{step}"), {})
         times.append(time.perf_counter() - clock)
         if end in (rows // 5, rows // 2):
@@ -283,7 +293,7 @@ def grow(folder: Path, rows: int, build: float, shapes: dict[str, np.ndarray]) -
             recalls[end] = [recall_at_10(vectors.VectorSearch(folder), shapes[n], truth[n]) for n in shapes]
         if end == rows // 5:  # the same rows on lists trained afresh; then back to the first lists
             base = folder / vectors.FOLDER
-            trained = base / vectors.read_manifest(folder)["trained"]
+            trained = base / built(folder)["trained"]
             kept = {p: p.with_name(p.name + ".kept") for p in [trained, *base.glob("s-*/ivf.faiss")]}
             for path, copy in kept.items():
                 shutil.copyfile(path, copy)
@@ -291,7 +301,7 @@ def grow(folder: Path, rows: int, build: float, shapes: dict[str, np.ndarray]) -
             afresh = [recall_at_10(vectors.VectorSearch(folder), shapes[n], truth[n]) for n in shapes]
             for path, copy in kept.items():
                 os.replace(copy, path)
-            vectors.write_manifest(base, "kept", "ivf", vectors.read_manifest(folder)["segments"], rows, trained.name)
+            vectors.write_manifest(base, "kept", "ivf", built(folder)["segments"], rows, trained.name)
     shown = lambda pair: f"{pair[0]:.3f}/{pair[1]:.3f}"  # noqa: E731
     return (f"  {'':20} {rows:11,} {build:13.0f} {times[0]:10.1f} {times[0] / build:6.3f} {times[1]:10.2f} "
             f"{shown(recalls[rows // 5]):>17} {shown(afresh):>17} {shown(recalls[rows // 2]):>17}")
@@ -315,6 +325,8 @@ def whole_video(session: Pinned, path: str, sampling: Sampling) -> int:
 def streamed(session: Pinned, path: str, sampling: Sampling) -> int:
     """How `index` embeds a video now (`client.library.stream`)."""
     [(_, done)] = embed_stream(session, [path], str, sampling)
+    if isinstance(done, VideoError):
+        raise done
     return len(done.embeddings)
 
 

@@ -135,7 +135,7 @@ def stderr_silenced():
 
 def write_video(path: Path, frames: list[np.ndarray]) -> None:
     with stderr_silenced():
-        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"VP80"), FPS, (SIDE, SIDE))
+        writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"VP80"), FPS, (SIDE, SIDE))
     if not writer.isOpened():
         raise RuntimeError(f"OpenCV cannot write VP8 WebM to {path}")
     for frame in frames:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -103,7 +103,7 @@ class ClipReader:
         self._open_failures: dict[Path, int] = {}  # videos that failed to open: at OPEN_FAILURES, not tried again
         self._lock = threading.Lock()
 
-    def batches(self, start: int, stop: int) -> Iterator[Batch]:
+    def batches(self, start: int, stop: int) -> Generator[Batch, None, None]:
         """This worker's batch of each step in [start, stop), in order; `prefetch` steps are read ahead."""
         with ThreadPoolExecutor(self.readers, thread_name_prefix="clip-reader") as pool:
             pending: deque[list[Future]] = deque()

@@ -22,6 +22,8 @@ def vocabulary_table(words: Sequence[str] | None = None, path: str | None = None
     if path is not None:
         init = tf.lookup.TextFileInitializer(path, tf.string, 0, tf.int32, 1, delimiter="\t")
     else:
+        if words is None:
+            raise ValueError("vocabulary_table needs words or a path")
         init = tf.lookup.KeyValueTensorInitializer(
             tf.constant(list(words), tf.string), tf.range(1, len(words) + 1, dtype=tf.int32))
     return tf.lookup.StaticHashTable(init, default_value=0)

@@ -363,8 +363,8 @@ def _loop(settings: Settings, work: Path, trainer: Trainer, batches: Iterator[Ba
             bar.set_postfix(loss=f"{loss:.3f}", clips_s=f"{rate:.0f}")
             bar.update()
             if step % checkpoint_every == 0 or step == settings.steps or done_here == stop_after:
-                if cluster.chief:  # the log first: a kill between the two leaves rows the resume drops, none missing
-                    _append_log(work / LOG, rows[logged:])
+                if summaries is not None:  # the chief's log first: a kill between the two leaves rows the resume
+                    _append_log(work / LOG, rows[logged:])  # drops, none missing
                     logged = len(rows)
                     summaries.flush()
                 trainer.save(work)

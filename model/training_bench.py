@@ -88,6 +88,14 @@ def readers_against_step(root: Path) -> None:
               f"{loops[cache_mb]:.0f} clips/s = {loops[cache_mb] / step:.2f}x the step")
 
 
+def _said(pattern: str, output: str) -> str:
+    """The figure `pattern` finds in a run's output."""
+    found = re.search(pattern, output)
+    if found is None:
+        raise SystemExit(f"error: the training run did not print {pattern!r}; its output:\n{output}")
+    return found.group(1)
+
+
 def corpus_sizes(root: Path) -> None:
     print("\nbefore the first step, `python -m model train --steps 2`, 100 videos against 400:")
     print(f"  {'videos':>6} {'first step s':>12} {'peak RSS MB':>12} {'run folder MB':>14} {'corpus MB':>10}")
@@ -100,8 +108,8 @@ def corpus_sizes(root: Path) -> None:
         said = subprocess.run([sys.executable, "-c", PEAK, sys.executable, "-m", "model", "train", "--data",
                                str(world / "train"), "--out", str(out), "--steps", "2", "--checkpoint-every", "1"],
                               capture_output=True, text=True, check=True).stdout
-        first = float(re.search(r"first step done ([\d.]+) s", said).group(1))
-        peak = int(re.search(r"peak_kb (\d+)", said).group(1)) / 1024
+        first = float(_said(r"first step done ([\d.]+) s", said))
+        peak = int(_said(r"peak_kb (\d+)", said)) / 1024
         disk = folder_bytes(out.parent / f"{out.name}.train") / 1e6
         rows[videos] = (first, peak, disk)
         print(f"  {videos:6} {first:12.1f} {peak:12.0f} {disk:14.1f} {folder_bytes(world / 'train') / 1e6:10.1f}")

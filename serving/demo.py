@@ -34,7 +34,7 @@ from s3d_retrieval.client.library.evaluate import Evaluation, evaluate
 from s3d_retrieval.client.library.index import Index
 from s3d_retrieval.client.library.indexing import index_videos
 from s3d_retrieval.client.library.metrics import IOU_AT, iou
-from s3d_retrieval.client.library.rank import Windows, rank
+from s3d_retrieval.client.library.rank import rank
 from s3d_retrieval.client.outputs.report import as_table
 from s3d_retrieval.client.library.search import Result, search_index
 from s3d_retrieval.client.transport.session import Options, Pinned, Session
@@ -49,6 +49,7 @@ def start_server(model_dir: Path) -> tuple[subprocess.Popen, str]:
                              "--host", "127.0.0.1", "--port", "0", "--rest-port", "0"],
                             stdout=subprocess.PIPE, stderr=None if verbose() else subprocess.DEVNULL, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.stdout is not None  # stdout=PIPE
     line = proc.stdout.readline()
     if "gRPC " not in line:
         proc.kill()
@@ -67,6 +68,12 @@ class Demo:
     events: list[tuple[str, float, float]]  # (sentence, start, end) of each narrated event
     pairs: list[tuple[str, str]]  # (video, sentence) of the held-out clips
     indexed: str  # the index run's summary
+
+    @property
+    def spans(self) -> tuple[dict[str, float], dict[str, float]]:
+        """The story's moment figures and its best window's (always measured: its events have spans)."""
+        assert self.story.moments is not None and self.story.best_window is not None
+        return self.story.moments, self.story.best_window
 
 
 def run(model_dir: Path, out: Path, seed: int = 0) -> Demo:
@@ -94,7 +101,7 @@ def run(model_dir: Path, out: Path, seed: int = 0) -> Demo:
                 heldout = evaluate(session, load_evalset(heldout_csv, heldout_csv.parent), index=index)
                 moments = evaluate(session, load_evalset(story_csv, story_csv.parent), index=index)
                 shown = search_index(session, [s for _, s in pairs[:SHOWN]], index, index.view(), top=3)
-                windows = Windows.join(index.parts([index.entry(str(story))]))
+                windows = index.windows([str(story)])
             queries = [text for text, _, _ in events]
             best = Result(queries, rank(session.embed_text(queries), windows, 1))
     finally:
@@ -105,7 +112,7 @@ def run(model_dir: Path, out: Path, seed: int = 0) -> Demo:
 
 def figures(demo: Demo) -> str:
     """The demo's measured line: held-out retrieval, and the story's moments beside the best window alone."""
-    t2v, moments, window = demo.heldout.text_to_video, demo.story.moments, demo.story.best_window
+    t2v, (moments, window) = demo.heldout.text_to_video, demo.spans
     spans = lambda f: "/".join(f"{f[f'R@1,IoU>={t}']:.2f}" for t in IOU_AT) + f", mIoU {f['mIoU']:.2f}"  # noqa: E731
     return (f"held-out text->video R@1 {t2v['R@1']:.2f}, R@5 {t2v['R@5']:.2f} (chance {1 / demo.heldout.videos:.2f}) "
             f"over {demo.heldout.queries} queries; story moments R@1 at IoU>={'/'.join(map(str, IOU_AT))} "
@@ -119,7 +126,8 @@ def over_seeds(model_dir: Path, out: Path, seeds: list[int]) -> None:
     rows = []
     for seed in seeds:
         demo = run(model_dir, out / f"seed-{seed}", seed)
-        rows.append([demo.heldout.text_to_video["R@1"], *demo.story.best_window.values(), *demo.story.moments.values()])
+        moments, window = demo.spans
+        rows.append([demo.heldout.text_to_video["R@1"], *window.values(), *moments.values()])
         print(f"seed {seed}: {figures(demo)}", flush=True)
     print("  ".join(header))
     for label, row in [*zip(map(str, seeds), rows), ("mean", np.mean(rows, axis=0))]:

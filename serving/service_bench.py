@@ -91,6 +91,7 @@ def start_page(folder: Path, address: str, reload_every: float = 0.2) -> tuple[s
     page = subprocess.Popen([sys.executable, "-m", "s3d_retrieval.client", "--server", address, "ui", "--index",
                              str(folder), "--port", "0", "--reload-every", str(reload_every)],
                             stderr=subprocess.PIPE, text=True)
+    assert page.stderr is not None  # stderr=PIPE
     line = page.stderr.readline()
     while "serving" not in line:
         if page.poll() is not None or not line:
@@ -146,7 +147,7 @@ def api_against_page(folder: Path, address: str) -> None:
         print(f"  {name:36} {ms:8.1f} {ms / page_ms:7.2f}")
 
 
-def page_while_writing(folder: Path, matrix: np.ndarray, address: str) -> None:
+def page_while_writing(folder: Path, matrix: np.memmap, address: str) -> None:
     print(f"\n{'the page while a run commits':38} {'p50 ms':>8} {'last 1/4':>8} {'x idle':>7} {'peak heap MiB':>13} "
           f"{'run s':>6}   "
           f"({WRITTEN} videos, {WRITTEN * PER_VIDEO:,} windows, {COMMIT} a commit every {PACE:g} s)")
@@ -165,7 +166,7 @@ def page_while_writing(folder: Path, matrix: np.ndarray, address: str) -> None:
                 first = VIDEOS + (1 if "now" in name else 2) * WRITTEN
                 began = time.perf_counter()
                 writer = subprocess.Popen([sys.executable, "-m", "s3d_retrieval.serving.service_bench", "write",
-                                           str(folder), matrix.filename, str(first), str(refresh)])
+                                           str(folder), str(matrix.filename), str(first), str(refresh)])
                 times = []
                 while writer.poll() is None:
                     times.append(page_p50(address, port, sentences(1, f"w{len(times)}")))
@@ -229,9 +230,9 @@ def promote_following(address: str) -> None:
     with tempfile.TemporaryDirectory() as tmp, Client(address) as api:
         matrix = synthetic_windows(Path(tmp) / "m.npy", 200 * PER_VIDEO, seed=3)
         version = api.model_version()  # the bench serves one version: the indexes are its
-        for name in ("old", "new"):
-            with Index(Path(tmp) / name, MODEL_NAME, Sampling(size=64), create=True, model_version=version) as index:
-                index.commit([Entry(f"/lib/{name}/video{v:04d}.mp4", f"s{v}", 1, 1.0, version, 800.0, "", 0, 0)
+        for side in ("old", "new"):
+            with Index(Path(tmp) / side, MODEL_NAME, Sampling(size=64), create=True, model_version=version) as index:
+                index.commit([Entry(f"/lib/{side}/video{v:04d}.mp4", f"s{v}", 1, 1.0, version, 800.0, "", 0, 0)
                               for v in range(200)],
                              [np.asarray(matrix[v * PER_VIDEO: (v + 1) * PER_VIDEO]) for v in range(200)], [SPANS] * 200)
                 index.refresh_search()
@@ -268,8 +269,8 @@ def page_answer(port: int, query: str) -> str:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["write"]:  # the writer of `page_while_writing`, in a process of its own
-        folder, matrix, first, refresh = argv[1:]
-        return fill(Path(folder), np.load(matrix, mmap_mode="r"), int(first), WRITTEN, float(refresh), PACE)
+        where, stored, first, refresh = argv[1:]
+        return fill(Path(where), np.load(stored, mmap_mode="r"), int(first), WRITTEN, float(refresh), PACE)
     parser = argparse.ArgumentParser(prog="python -m serving.service_bench", description=__doc__)
     parser.add_argument("--model-dir", type=Path, default=Path("models") / MODEL_NAME)
     parser.add_argument("--part", choices=("api", "writing", "filters", "promote"), action="append")

@@ -23,7 +23,7 @@ def synthetic_clips(folder: Path, seconds: float = 6.0, fps: int = 24, size: int
     paths = []
     for name, scene in scenes.items():
         path = folder / name
-        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (size, size))
+        writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), fps, (size, size))
         for i in range(int(seconds * fps)):
             writer.write(np.clip(scene(i / fps), 0, 255).astype(np.uint8))
         writer.release()
@@ -51,7 +51,7 @@ def sweeping_video(path: Path, seconds: float, fps: float, width: int, height: i
     """A video of any length or resolution, cheap to write (MJPG of a sweeping gradient): for memory figures."""
     gradient = np.linspace(0, 255, width, dtype=np.float32).astype(np.uint8)
     base = np.ascontiguousarray(np.broadcast_to(gradient[None, :, None], (height, width, 3)))
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (width, height))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), fps, (width, height))
     for i in range(int(seconds * fps)):
         writer.write(np.roll(base, 7 * i, axis=1))
     writer.release()

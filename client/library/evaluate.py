@@ -32,7 +32,8 @@ from s3d_retrieval.client.library.moments import find, inside
 from s3d_retrieval.client.library.rank import Windows, best_per_video
 from s3d_retrieval.client.library.search import embed_videos
 from s3d_retrieval.client.transport.session import Pinned
-from s3d_retrieval.client.decode.video import Capture, Sampling, VideoError, colab_windows, pad, sampled_frames, segment_windows
+from s3d_retrieval.client.decode.video import (Capture, Sampling, VideoError, colab_windows, model_sampling, pad,
+                                               sampled_frames, segment_windows)
 
 PROTOCOLS = ("max", "mean", "colab")
 
@@ -144,7 +145,7 @@ def from_index(index: Store, evalset: EvalSet) -> tuple[list[np.ndarray | None],
         if len(rows) == 0:
             out.append(None)
             continue
-        if clip.start is not None:
+        if clip.start is not None and clip.end is not None:
             rows = rows[inside(windows.spans[rows], clip.start, clip.end)]
         out.append(np.asarray(windows.embeddings[rows]))
     return out, windows
@@ -153,14 +154,14 @@ def from_index(index: Store, evalset: EvalSet) -> tuple[list[np.ndarray | None],
 def moments(text: np.ndarray, evalset: EvalSet, windows: Windows) -> tuple[dict[str, float], dict[str, float]]:
     """Each segment's sentence searched inside its whole video: IoU with the annotation of the best moment, and
     of the best window alone."""
-    found, truth = [], []
+    found, annotated = [], []
     for sentence, t in zip(text, evalset.truth):
         clip = evalset.clips[t]
         rows = windows.rows(clip.video)
         best = find(windows.embeddings[rows], windows.spans[rows], sentence)[0] if len(rows) else None
         found.append([(best.start, best.end), best.window] if best else [(0.0, 0.0)] * 2)
-        truth.append((clip.start, clip.end))
-    spans, truth = np.array(found), np.array(truth)
+        annotated.append((clip.start, clip.end))
+    spans, truth = np.array(found), np.array(annotated, np.float64)
     return moment_summary(iou(spans[:, 0], truth)), moment_summary(iou(spans[:, 1], truth))
 
 
@@ -175,7 +176,8 @@ def evaluate(session: Pinned, evalset: EvalSet, protocol: str = "max", count: in
              sampling: Sampling | None = None, index: Store | None = None,
              errors: list[tuple[str, str]] | None = None, add: bool = True) -> Evaluation:
     """Score every sentence against every clip and summarise, the way the field reports retrieval. With `index`,
-    its windows (the videos it lacks embedded into it first, unless `add` is False: then they are refused)."""
+    its windows (the videos it lacks embedded into it first, unless `add` is False: then they are refused).
+    `sampling` defaults to the one the model was trained with."""
     errors = [] if errors is None else errors
     whole: Windows | None = None
     if index is not None:
@@ -190,15 +192,16 @@ def evaluate(session: Pinned, evalset: EvalSet, protocol: str = "max", count: in
             raise ValueError(f"{index.where} lacks {len(lacking)} video(s) of the labelled set ({lacking[0]}"
                              f"{', ...' if len(lacking) > 1 else ''}): index them into it first")
     else:
+        sampling = sampling or model_sampling(session.preprocessing())
         per_clip = embed_clips(session, evalset, protocol, sampling, count, errors)
-    failed = {i for i, e in enumerate(per_clip) if e is None}
-    keep = [i for i in range(len(evalset.clips)) if i not in failed]
+    keep = [i for i, e in enumerate(per_clip) if e is not None]
+    embedded = [e for e in per_clip if e is not None]
     if not keep:
         raise ValueError("no clip could be embedded: " + "; ".join(f"{v}: {why}" for v, why in errors[:3]))
     renumber = {old: new for new, old in enumerate(keep)}
     queries = [(s, renumber[t]) for s, t in zip(evalset.sentences, evalset.truth) if t in renumber]
     text = session.embed_text([s for s, _ in queries])
-    scores = clip_scores(text, [per_clip[i] for i in keep])
+    scores = clip_scores(text, embedded)
     truth = np.array([t for _, t in queries])
     mask = np.zeros(scores.shape, bool)
     mask[np.arange(len(truth)), truth] = True

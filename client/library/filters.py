@@ -39,13 +39,13 @@ class Paths:
     def starting(self, prefix: str) -> np.ndarray:
         """Numbers of the paths that start with `prefix`."""
         def at(x: str) -> int:
-            return bisect_left(self.forward, x, key=self.paths.__getitem__)
+            return bisect_left(self.forward, x, key=lambda i: self.paths[int(i)])
         return self.forward[at(prefix): at(prefix + LAST)]
 
     def ending(self, suffix: str) -> np.ndarray:
         """Numbers of the paths that end with `suffix`."""
         def at(x: str) -> int:
-            return bisect_left(self.backward, x, key=lambda i: self.paths[i][::-1])
+            return bisect_left(self.backward, x, key=lambda i: self.paths[int(i)][::-1])
         return self.backward[at(suffix[::-1]): at(suffix[::-1] + LAST)]
 
     def mask(self, numbers: np.ndarray) -> np.ndarray:
@@ -72,7 +72,7 @@ class Paths:
             return found
         match = re.compile(fnmatch.translate(pattern)).match
         for n in np.flatnonzero(found):
-            found[n] = match(self.paths[n]) is not None
+            found[n] = match(self.paths[int(n)]) is not None
         with self._lock:
             self._globs[pattern] = found
             if len(self._globs) > PATTERNS:

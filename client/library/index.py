@@ -79,7 +79,8 @@ class Record:
 
 def _holds(built: dict | None, generation: str, kind: str | None) -> bool:
     """A structure of this version's format, at `generation`, of the `kind` asked (None: any)."""
-    return bool(built) and "segments" in built and built["generation"] == generation and kind in (None, built["kind"])
+    return built is not None and "segments" in built and built["generation"] == generation and \
+        kind in (None, built["kind"])
 
 
 def file_sha256(path: str | Path) -> str:
@@ -141,7 +142,7 @@ class Index:
             f"{self.name} (-> {self.folder})"
         if not (self.folder / DB).is_file() and not create:
             raise IndexFolderError(f"{self.folder}: no index here; build one with `index PATH... --index {self.folder}`")
-        self.lock = None if read_only else WriterLock(self.folder, lock_wait, log)
+        self._lock = None if read_only else WriterLock(self.folder, lock_wait, log)
         self._reader: ReadOnlyDB | None = None
         try:
             self._open(model, sampling, read_only)
@@ -150,6 +151,13 @@ class Index:
             self.close()
             raise
         self.swept = [] if read_only else self._sweep()  # what dead writers left, deleted on opening
+
+    @property
+    def lock(self) -> WriterLock:
+        """The writers' lock; an index opened read-only has none, and never writes."""
+        if self._lock is None:
+            raise PermissionError(f"{self.where} is opened read-only: only a writer changes it")
+        return self._lock
 
     def _open(self, model: str, sampling: Sampling | None, read_only: bool) -> None:
         """Connect, and check the index is of this format, model and sampling."""
@@ -459,8 +467,8 @@ class Index:
         try:
             kept, removed, dying = self._changes(built, entries) if built and "segments" in built else (set(), {}, 0)
             rows = sum(e.row_count for e in entries)
-            if vectors.needs_build(self.folder, built, kind, rows, dying) and (full or
-                                                                              vectors.must_build(built, kind, rows)):
+            if built is None or vectors.needs_build(self.folder, built, kind, rows, dying) and \
+                    (full or vectors.must_build(built, kind, rows)):
                 vectors.build(self.folder, self._segment_parts(entries), generation, kind)
             else:
                 added = [e for e in entries if e.path not in kept]
@@ -537,7 +545,7 @@ class Index:
         if self.generation() != view.generation:
             return True
         built = vectors.read_manifest(self.folder) if view.stale else None
-        return bool(built) and built["generation"] == view.generation
+        return built is not None and built["generation"] == view.generation
 
 
 def _generation(db: sqlite3.Connection) -> str:

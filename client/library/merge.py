@@ -78,7 +78,7 @@ def merge(sources: list[Path], out: Path, model: str, lock_wait: float = LOCK_WA
             if index.sampling != sampling:
                 raise IndexFolderError(f"{index.folder} was built with {index.sampling} but {opened[0].folder} "
                                        f"with {sampling}: merge only indexes built with the same settings")
-        versions = {index.model_version for index in opened} - {None}
+        versions = {index.model_version for index in opened if index.model_version is not None}
         if len(versions) > 1:
             raise IndexFolderError(f"the shard indexes hold model versions {sorted(versions)}: merge only shards "
                                    f"embedded by one version (index --model-version N)")

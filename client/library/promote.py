@@ -18,7 +18,7 @@ import json
 import os
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -74,11 +74,11 @@ class Name(Protocol):
     def record(self, history: list[Step]) -> None:
         """Keep `history` beside the name (replaced whole, atomically)."""
 
-    def locked(self) -> Iterator[None]:
-        """One promote or rollback at a time (a context manager)."""
+    def locked(self) -> AbstractContextManager[None]:
+        """One promote or rollback at a time."""
 
-    def connected(self) -> Iterator[None]:
-        """Able to read the name, without its lock (a context manager): to refuse bad input before locking."""
+    def connected(self) -> AbstractContextManager[None]:
+        """Able to read the name, without its lock: to refuse bad input before locking."""
 
     def same(self, target: Location) -> str:
         """How the history names `target`."""

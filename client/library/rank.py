@@ -2,7 +2,7 @@
 its moments (`moments`)."""
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,7 +47,7 @@ class Windows:
         return np.flatnonzero(self.owner == self.videos.index(video))
 
     @classmethod
-    def join(cls, parts: list[tuple[str, np.ndarray, list[tuple[float, float]]]]) -> Windows:
+    def join(cls, parts: Sequence[tuple[str, np.ndarray, np.ndarray | Sequence[tuple[float, float]]]]) -> Windows:
         """From (video, embeddings [W, D], spans) per video."""
         if not parts:
             return cls([], np.zeros((0, 0), np.float32), np.zeros(0, np.int64), np.zeros((0, 2)))

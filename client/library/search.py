@@ -102,7 +102,7 @@ def search(session: Pinned, queries: Sequence[str], paths: Sequence[str], sampli
     windows = embed_videos(session, paths, sampling, result.errors)
 
     def source(like: Like) -> tuple[np.ndarray, np.ndarray]:
-        rows = next((windows.rows(p) for p in windows.videos if like.same_video(p)), [])
+        rows = next((windows.rows(p) for p in windows.videos if like.same_video(p)), np.zeros(0, np.int64))
         if len(rows):
             return windows.embeddings[rows], windows.spans[rows]
         failed = next((why for p, why in result.errors if like.same_video(p)), None)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol, Self
 
 import numpy as np
 
@@ -19,6 +19,9 @@ from s3d_retrieval.client.defaults import TIMEOUT
 from s3d_retrieval.client.errors import Error
 from s3d_retrieval.client.library.filters import Filters
 from s3d_retrieval.client.library.rank import Match, Windows
+
+if TYPE_CHECKING:
+    from s3d_retrieval.client.library.promote import Name
 
 
 class StoreError(Error):
@@ -53,10 +56,21 @@ Still = Callable[[Entry], str | None]  # why a video may no longer be committed 
 class View(Protocol):
     """The index as one reader sees it at one moment: what a search ranks, what the page lists."""
 
-    generation: str  # moves with every change of the entries
-    model_version: int | None  # the version that embedded every video, and must embed the queries
-    kind: str  # how it searches ("exact", "ivf", or the store's own)
-    stale: str | None  # why some videos are searched the slow way, else None
+    @property
+    def generation(self) -> str:
+        """Moves with every change of the entries."""
+
+    @property
+    def model_version(self) -> int | None:
+        """The version that embedded every video, and must embed the queries."""
+
+    @property
+    def kind(self) -> str:
+        """How it searches ("exact", "ivf", or the store's own)."""
+
+    @property
+    def stale(self) -> str | None:
+        """Why some videos are searched the slow way, else None."""
 
     @property
     def videos(self) -> int: ...
@@ -82,13 +96,16 @@ class Store(Protocol):
     """An index opened by a reader (view, outdated, entry) or a writer (the rest)."""
 
     where: str  # how messages name it
-    target: Location  # the index opened (the one a name pointed at when it was opened)
     sampling: Sampling  # how its videos were cut into windows
     model_version: int | None  # the version that embedded them (None: an empty index of an earlier release)
 
+    @property
+    def target(self) -> Location:
+        """The index opened (the one a name pointed at when it was opened)."""
+
     def close(self) -> None: ...
 
-    def __enter__(self) -> Store: ...
+    def __enter__(self) -> Self: ...
 
     def __exit__(self, *exc: object) -> None: ...
 
@@ -145,5 +162,5 @@ class Location(Protocol):
         `create` makes it with `sampling` and `model_version` (else `new_sampling()`, `new_version()`: the served
         model's) when missing, and refuses other settings (and another `model_version`) when not."""
 
-    def name(self, lock_wait: float = ...) -> Any:
-        """This location as a name readers follow (`client.library.promote.Name`)."""
+    def name(self, lock_wait: float = ...) -> Name:
+        """This location as a name readers follow."""

@@ -42,6 +42,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Callable
+from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -309,12 +310,16 @@ class Segment:
         self.dead = np.zeros(len(self.videos), bool)
         if dead:
             self.dead[np.load(path / dead)] = True
-        self.owner_of = lambda rows: np.searchsorted(self.first, rows, side="right") - 1
         self.path, self.dead_file = path, dead
-        self.ann, self.nprobe = None, 1
+        self.ann: Any = None  # its faiss inverted file, once searched approximately
+        self.nprobe = 1
         stored = [path / name for name in ORDERS]  # read now, with the rest: a writer may collect the segment later
         self._orders = [np.load(f) for f in stored] if all(f.is_file() for f in stored) else None
         self._paths: list[Paths] = []  # made at the first filter, shared with the copies (`with_dead`)
+
+    def owner_of(self, rows: np.ndarray | int) -> np.ndarray:
+        """The video numbers of window `rows`."""
+        return np.searchsorted(self.first, rows, side="right") - 1
 
     def select(self, filters: Filters) -> np.ndarray | None:
         """Mask of the videos `filters` accept (dead ones included), or None when nothing is filtered."""
@@ -446,10 +451,10 @@ class VectorSearch:
         self.manifest = json.loads((base / "manifest.json").read_text())
         self.kind = kind or self.manifest["kind"]
         self.asked = (kind, nprobe)  # how it was asked to search: a reload asked the same way may reuse it whole
-        reuse = loaded and loaded.kind == self.kind and self.manifest["kind"] == self.kind and \
-            loaded.manifest.get("trained") == self.manifest.get("trained")  # not inverted files made in memory
-        before = {seg.path.name: seg for seg in loaded.segments} if reuse else {}
-        self.segments = [before[s["name"]].with_dead(s["dead"]) if s["name"] in before
+        reuse = loaded if loaded and loaded.kind == self.kind and self.manifest["kind"] == self.kind and \
+            loaded.manifest.get("trained") == self.manifest.get("trained") else None  # not in-memory inverted files
+        before = {seg.path.name: seg for seg in reuse.segments} if reuse else {}
+        self.segments: list[Segment] = [before[s["name"]].with_dead(s["dead"]) if s["name"] in before
                          else Segment(base / s["name"], s["dead"]) for s in self.manifest["segments"]]
         self.videos = [v for seg in self.segments for v in seg.videos]
         self.placements = [k for seg in self.segments for k in seg.placements]
@@ -476,8 +481,8 @@ class VectorSearch:
 
     def select(self, filters: Filters) -> np.ndarray | None:
         """Mask over the video numbers of every segment of the videos `filters` accept, or None: all."""
-        masks = [seg.select(filters) for seg in self.segments]
-        if not self.segments or masks[0] is None:
+        masks = [mask for seg in self.segments if (mask := seg.select(filters)) is not None]
+        if not masks:  # no segments, or nothing filtered
             return None
         return np.concatenate(masks)
 

@@ -38,7 +38,8 @@ class MilvusView:
     """What a reader searches in a store: committed videos only. Milvus answers for the newest commits itself,
     so a view is never behind (`stale` is None), never outdated, and holds nothing in memory."""
 
-    generation, kind, stale = "milvus", "milvus", None
+    generation, kind = "milvus", "milvus"
+    stale: str | None = None
 
     def __init__(self, store: MilvusStore):
         self.store = store

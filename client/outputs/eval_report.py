@@ -25,7 +25,7 @@ def as_table(ev: Evaluation) -> str:
              "  direction      " + "".join(f"{m:>8}" for m in METRICS)]
     for name, figures in (("text->video", ev.text_to_video), ("video->text", ev.video_to_text)):
         lines.append(f"  {name:<15}" + "".join(f"{_cell(m, figures[m]):>8}" for m in METRICS))
-    if ev.moments:
+    if ev.moments and ev.best_window:
         lines.append("  moments        " + ", ".join(f"{k} {100 * v:.1f}" for k, v in ev.moments.items()))
         lines.append("  (best window   " + ", ".join(f"{k} {100 * v:.1f}" for k, v in ev.best_window.items()) + ")")
     lines.append(f"  chance R@1     {100 / max(1, ev.videos):>8.1f}")

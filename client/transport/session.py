@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -194,7 +195,7 @@ class Protocol:
         return request
 
     @staticmethod
-    def _signatures(response) -> tuple[int, object]:
+    def _signatures(response) -> tuple[int, Any]:
         signatures = protos.SignatureDefMap()
         signatures.ParseFromString(response.metadata["signature_def"].value)
         return response.model_spec.version.value, signatures
@@ -359,7 +360,7 @@ class Session(Protocol):
         """(version, state, error code, error message) of every version the server knows."""
         return self._status_rows(self.call(protos.GET_MODEL_STATUS, self._status_request()))
 
-    def metadata(self, version: int | None = None, label: str | None = None) -> tuple[int, object]:
+    def metadata(self, version: int | None = None, label: str | None = None) -> tuple[int, Any]:
         """(version, SignatureDefMap) of `version`, of the version `label` names, or of the one the server would
         use."""
         return self._signatures(self.call(protos.GET_MODEL_METADATA, self._metadata_request(version, label)))

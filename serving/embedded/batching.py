@@ -90,7 +90,8 @@ class BatchScheduler:
     """The server's batch threads, shared by every queue (as TF Serving's shared batch scheduler is)."""
 
     def __init__(self, options: BatchingOptions, metrics: Metrics):
-        self.options, self.metrics = options, metrics
+        assert metrics.batching is not None, "a scheduler's metrics count its batches (Metrics(batching=True))"
+        self.options, self.metrics, self.counts = options, metrics, metrics.batching
         self._queues: dict[tuple, deque[Batch]] = {}
         self._cond = threading.Condition()
         self._stopping = False
@@ -122,7 +123,7 @@ class BatchScheduler:
         if task.size > self.options.max_batch_size:
             raise invalid(f"Task size {task.size} is larger than maximum input batch size "
                           f"{self.options.max_batch_size}")
-        self.metrics.batching.input_batch_size.add(task.size)
+        self.counts.input_batch_size.add(task.size)
         key = _signature(owner, fetches, feeds)
         with self._cond:
             queue = self._queues.setdefault(key, deque())
@@ -142,6 +143,7 @@ class BatchScheduler:
         task.done.wait()
         if task.error is not None:
             raise task.error
+        assert task.outputs is not None  # a task is done with outputs or an error
         return task.outputs
 
     def _ready(self, now: float) -> tuple[Batch | None, float | None]:
@@ -174,7 +176,7 @@ class BatchScheduler:
     def _process(self, batch: Batch) -> None:
         now = time.monotonic()
         for task in batch.tasks:
-            self.metrics.batching.queuing_latency.add((now - task.enqueued) * 1e6, "")
+            self.counts.queuing_latency.add((now - task.enqueued) * 1e6, "")
         try:
             if all(t.deadline is not None and t.deadline <= now for t in batch.tasks):
                 raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -198,7 +200,7 @@ class BatchScheduler:
         feeds = {name: np.concatenate([t.feeds[name] for t in batch.tasks]
                                       + [np.repeat(last.feeds[name][:1], padding, axis=0)])
                  for name in last.feeds}
-        batching = self.metrics.batching
+        batching = self.counts
         batching.processed_batch_size.add(target)
         batching.padding_size.add(padding, str(target))
         try:

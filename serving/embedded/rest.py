@@ -53,7 +53,8 @@ def _decode(value, dtype: int) -> np.ndarray:
     return np.asarray(value, dtype=np_type)
 
 
-def _encode(array: np.ndarray):
+def _encode(array: np.ndarray | None):
+    assert array is not None, "the server's own outputs are tensors TensorFlow reads"
     if array.dtype == object:
         return np.vectorize(lambda b: b.decode("utf-8", "replace"), otypes=[object])(array).tolist()
     return array.tolist()
