@@ -35,7 +35,7 @@ browser: ## Debian's Chromium for the search page's browser test (apt-get, as ro
 test: setup k8s-check ## validate the Kubernetes manifests, then run the whole suite in one pytest process
 	$(PY) -m pytest -q
 
-k8s-check: setup ## render the Kubernetes manifests (gpu/cpu x image/init, indexing Jobs, search page, training Job) and validate them offline, strictly
+k8s-check: setup ## build every Kustomize overlay (serving/k8s/overlays) with kubectl kustomize and validate it offline, strictly
 	$(PY) -m serving.manifests check
 
 IMAGE_VARIANT ?= gpu

@@ -33,7 +33,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=GRPC_PORT, help=f"gRPC port ({GRPC_PORT})")
     parser.add_argument("--rest-port", type=int, default=REST_PORT, help=f"REST and metrics port ({REST_PORT}); 0: no REST")
     parser.add_argument("--batching", action=argparse.BooleanOptionalAction, default=True,
-                        help="server-side batching with serving/batching.config")
+                        help="server-side batching with serving/config/batching.config")
     parser.add_argument("--load-retries", type=int, default=LOAD_RETRIES,
                         help=f"retries of a failed version load ({LOAD_RETRIES}, TF Serving's default)")
     parser.add_argument("--load-retry-interval", type=float, default=LOAD_RETRY_INTERVAL, metavar="SECONDS",

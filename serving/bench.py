@@ -5,7 +5,7 @@
   streamed), its peak RSS and windows/s, for a 2-hour video, a 20-minute one at the released model's windows
   (the case that took 3.6 GB before) and a 1080p one;
 - server-side batching: 8 concurrent clients sending single-window requests, batching off against on
-  (`serving/batching.config`), windows/s and latency percentiles;
+  (`serving/config/batching.config`), windows/s and latency percentiles;
 - the search page's API under load: 20 concurrent HTTP clients for a bounded time against `s3d-client ui`'s
   app on loopback, queries repeated (the text cache answers) against all distinct (each embedded): requests/s,
   p50/p99 and errors.

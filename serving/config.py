@@ -1,4 +1,6 @@
-"""The serving configuration files in this folder, parsed as TF Serving parses them.
+"""The serving configuration files in `config/` beside this module, parsed as TF Serving parses them.
+
+The same files are `make serve`'s and the Kubernetes ConfigMaps' (`config/kustomization.yaml` generates them).
 
 `models.config` is read with the official `tensorflow_serving.config` protos. The `tensorflow-serving-api`
 package ships neither `BatchingParameters` nor `MonitoringConfig`, so those two are checked against
@@ -8,14 +10,14 @@ descriptors declared here with the official field names, numbers and types, unde
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format, wrappers_pb2
-from google.protobuf.message import Message
 
 HERE = Path(__file__).resolve().parent
-MODELS_CONFIG = HERE / "models.config"
-BATCHING_CONFIG = HERE / "batching.config"
-MONITORING_CONFIG = HERE / "monitoring.config"
+MODELS_CONFIG = HERE / "config" / "models.config"
+BATCHING_CONFIG = HERE / "config" / "batching.config"
+MONITORING_CONFIG = HERE / "config" / "monitoring.config"
 # Pinned TF Serving image: the newest release (its TF must not be older than the exporting TF's ops).
 TF_SERVING_VERSION = "2.20.0"
 TF_SERVING_IMAGE = f"tensorflow/serving:{TF_SERVING_VERSION}"
@@ -24,7 +26,7 @@ LOAD_RETRIES = 5
 LOAD_RETRY_INTERVAL = 60.0  # seconds
 
 _F = descriptor_pb2.FieldDescriptorProto
-_FIELDS = {  # message -> [(name, number, type, label, type_name)]
+_FIELDS: dict[str, list[tuple[str, int, int, int, str | None]]] = {  # message -> [(name, number, type, label, type_name)]
     "BatchingParameters": [
         ("max_batch_size", 1, _F.TYPE_MESSAGE, _F.LABEL_OPTIONAL, ".google.protobuf.Int64Value"),
         ("batch_timeout_micros", 2, _F.TYPE_MESSAGE, _F.LABEL_OPTIONAL, ".google.protobuf.Int64Value"),
@@ -44,7 +46,7 @@ _FIELDS = {  # message -> [(name, number, type, label, type_name)]
 }
 
 
-def _message_classes() -> dict[str, type[Message]]:
+def _message_classes() -> dict[str, Any]:  # classes made at run time: their fields are unknown to a type checker
     pool = descriptor_pool.DescriptorPool()
     pool.AddSerializedFile(wrappers_pb2.DESCRIPTOR.serialized_pb)
     file = descriptor_pb2.FileDescriptorProto(name="s3d_serving/config.proto", package="s3d_serving.config",
@@ -69,7 +71,7 @@ def parse_models(path: Path = MODELS_CONFIG):
     return text_format.Parse(path.read_text(), model_server_config_pb2.ModelServerConfig())
 
 
-def parse_batching(path: Path = BATCHING_CONFIG) -> Message:
+def parse_batching(path: Path = BATCHING_CONFIG) -> Any:  # (its class is made at run time)
     params = text_format.Parse(path.read_text(), _CLASSES["BatchingParameters"]())
     sizes = list(params.allowed_batch_sizes)
     if sizes and (sizes != sorted(set(sizes)) or sizes[-1] != params.max_batch_size.value):
@@ -77,5 +79,5 @@ def parse_batching(path: Path = BATCHING_CONFIG) -> Message:
     return params
 
 
-def parse_monitoring(path: Path = MONITORING_CONFIG) -> Message:
+def parse_monitoring(path: Path = MONITORING_CONFIG) -> Any:
     return text_format.Parse(path.read_text(), _CLASSES["MonitoringConfig"]())

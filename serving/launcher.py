@@ -1,7 +1,8 @@
 """Pick how to serve: the `tensorflow_model_server` binary, the pinned Docker image, or the embedded server.
 
-All three read the same config files from this folder; only the model base path is rewritten to the local
-model directory (the committed `models.config` carries the container path /models/<name>).
+All three read the same config files, `serving/config/` (the Kubernetes ConfigMaps' source too); only the model
+base path is rewritten to the local model directory (the committed `models.config` carries the container path
+/models/<name>).
 """
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ def models_config(plan: Plan, base_path: str | None = None) -> str:
     config = parse_models()
     entry = config.model_config_list.config[0]
     entry.name = plan.model_name
+    assert plan.model_dir is not None, "a plan without --model-config names its model directory"
     entry.base_path = base_path or str(plan.model_dir.resolve())
     return text_format.MessageToString(config)
 
