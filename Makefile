@@ -3,11 +3,14 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 PY     := $(VENV)/bin/python
 LOCK   := requirements.lock
-STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCK) | cksum | cut -d' ' -f1)
+# The install is redone when the project's settings, the lock or its list of files change (a new module must be
+# linked into the editable tree).
+SOURCES = $(shell find client model export serving -name __pycache__ -prune -o -type f -print | LC_ALL=C sort)
+STAMP  := $(VENV)/.installed-$(shell { cat pyproject.toml $(LOCK); echo $(SOURCES); } | cksum | cut -d' ' -f1)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help setup lock browser test ui k8s-check image client-image train-image demo demo-model moments corpus standin model export serve bench clean
+.PHONY: help setup lock browser test typecheck ui k8s-check image client-image train-image demo demo-model moments corpus standin model export serve bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -15,11 +18,13 @@ help: ## list the targets
 setup: $(STAMP) browser ## create .venv with the exact versions of requirements.lock, and Chromium for the browser test (quick when done)
 
 # Exact versions with their hashes, then the project itself with nothing resolved again (its build backend,
-# setuptools, comes from the lock too).
+# setuptools, comes from the lock too). `editable_mode=strict`: a tree of links, build/__editable__.*, maps
+# `s3d_retrieval.*` to the top-level folders, so static tools (mypy, pyright, an IDE) resolve the names as Python
+# does; setuptools' default finder maps them only at import time.
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --require-hashes -r $(LOCK)
-	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e . --config-settings editable_mode=strict
 	rm -f $(VENV)/.installed-* && touch $@
 
 LOCK_EXTRAS := --extra tf --extra ui --extra milvus --extra dev
@@ -32,8 +37,11 @@ browser: ## Debian's Chromium for the search page's browser test (apt-get, as ro
 	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
 	  || echo "note: Chromium is not installed (needs root and apt-get); the browser test will say it was skipped"
 
-test: setup k8s-check ## validate the Kubernetes manifests, then run the whole suite in one pytest process
+test: setup k8s-check typecheck ## validate the Kubernetes manifests, type-check, then run the whole suite in one pytest process
 	$(PY) -m pytest -q
+
+typecheck: setup ## mypy over the whole package, as installed (settings in pyproject.toml)
+	$(PY) -m mypy
 
 k8s-check: setup ## build every Kustomize overlay (serving/k8s/overlays) with kubectl kustomize and validate it offline, strictly
 	$(PY) -m serving.manifests check

@@ -32,7 +32,7 @@ TEXT_OUTPUT = "text_embedding"
 LABELS = ("stable", "canary")
 DEFAULT_LABEL = "stable"
 
-# Requests stay within the server's batching limit (serving/batching.config max_batch_size 16): TF Serving
+# Requests stay within the server's batching limit (serving/config/batching.config max_batch_size 16): TF Serving
 # refuses a request larger than a batch ("Task size N is larger than maximum input batch size").
 WINDOWS_PER_REQUEST = 4
 SENTENCES_PER_REQUEST = 16

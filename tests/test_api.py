@@ -128,8 +128,9 @@ def test_a_fresh_virtualenv_gets_only_s3d_retrieval(server, library, tmp_path):
     assert installed == {"s3d_retrieval"}, installed
     assert all((fresh / "bin" / name).is_file() for name in ("s3d-client", "s3d-model", "s3d-export", "s3d-serve"))
     package = site / "s3d_retrieval"  # what the model side reads beside its code came along
-    assert all((package / name).is_file() for name in ("serving/batching.config", "serving/k8s-ui/search.yaml",
-                                                       "model/demo/s3d-demo-tiny/saved_model.pb", "py.typed"))
+    assert all((package / name).is_file() for name in (
+        "serving/config/batching.config", "serving/k8s/search-page/search.yaml", "model/demo/s3d-demo-tiny/saved_model.pb",
+        "py.typed"))
     # Its dependencies (numpy, grpc, opencv, faiss) from this environment, without reading its .pth files (the
     # editable install's finder), so `s3d_retrieval` can only come from the wheel.
     (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
@@ -149,4 +150,5 @@ assert "tensorflow" not in sys.modules
     with Client(f"127.0.0.1:{server.port}") as client:
         here = client.search("water", videos=[str(library / "clip0.avi")], sampling=client.sampling(size=64))
     assert json.loads(done.stdout) == here.as_json()
-    assert s3d_retrieval.__file__ == str(ROOT / "client" / "s3d_retrieval" / "__init__.py")  # the checkout's, here
+    # the checkout's, here (through the editable install's tree of links)
+    assert Path(s3d_retrieval.__file__).resolve() == ROOT / "client" / "s3d_retrieval" / "__init__.py"

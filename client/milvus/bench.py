@@ -26,7 +26,7 @@ SIZES = [100_000, 1_000_000]
 QUERIES = 8
 VIDEOS_PER_COMMIT = 200
 DIMENSION, FLOAT32 = 512, 4
-NODE_GB = 64  # a query node's memory (serving/k8s-milvus/values.yaml)
+NODE_GB = 64  # a query node's memory (serving/k8s/overlays/milvus/values.yaml)
 HNSW_M = 18  # the graph's degree AUTOINDEX builds with
 SCALARS = 8 + 100 + 32 + 3 * 8  # bytes a window of id, path (~100), token and three doubles
 
