@@ -37,8 +37,11 @@ browser: ## Debian's Chromium for the search page's browser test (apt-get, as ro
 	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
 	  || echo "note: Chromium is not installed (needs root and apt-get); the browser test will say it was skipped"
 
-test: setup k8s-check typecheck ## validate the Kubernetes manifests, type-check, then run the whole suite in one pytest process
-	$(PY) -m pytest -q
+# Test files are shared among TEST_WORKERS processes (a file's tests stay in one, with its fixtures); on two cores
+# two processes overlap one's single-threaded tracing and waiting with the other's work.
+TEST_WORKERS ?= 2
+test: setup k8s-check typecheck ## validate the Kubernetes manifests, type-check, then run the suite (TEST_WORKERS=2 processes)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=10
 
 typecheck: setup ## mypy over the whole package, as installed (settings in pyproject.toml)
 	$(PY) -m mypy

@@ -3,8 +3,8 @@
 The port (antoine77340/S3D_HowTo100M) holds the TF Hub weights as a bare state_dict of 537 tensors,
 channels-first. `convert` renames and transposes them into this network's variables: Conv3d
 [out, in, t, h, w] -> [t, h, w, in, out], Linear [out, in] -> [in, out], BatchNorm weight/bias/running stats ->
-gamma/beta/moving stats (`num_batches_tracked` is dropped). Reading a .pth needs torch (the optional `torch`
-extra); `convert` itself works on any name -> array mapping.
+gamma/beta/moving stats (`num_batches_tracked` is dropped). The .pth is read without PyTorch (`pth`); `convert`
+itself works on any name -> array mapping.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from s3d_retrieval.model.config import INCEPTION_BLOCKS
+from s3d_retrieval.model.pth import CheckpointError, read_tensors
 
 BRANCHES = {"conv_b0": "b0", "conv_b1_a": "b1a", "conv_b1_b": "b1b", "conv_b2_a": "b2a", "conv_b2_b": "b2b",
             "conv_b3_b": "b3b"}
@@ -70,11 +71,9 @@ def convert(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
     try:
-        import torch
-    except ImportError:
-        raise SystemExit("error: reading a .pth needs PyTorch: pip install '.[torch]'") from None
-    state = torch.load(str(path), map_location="cpu", weights_only=True)
-    return {k: v.numpy() for k, v in state.items()}
+        return read_tensors(path)
+    except (CheckpointError, OSError) as err:
+        raise SystemExit(f"error: {path}: {err}; pass the port's s3d_howto100m.pth") from None
 
 
 def read_vocabulary(path: str | Path) -> list[str]:

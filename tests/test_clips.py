@@ -4,6 +4,7 @@ and an unreadable video is named once, counted and replaced the same way whateve
 from __future__ import annotations
 
 import threading
+from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 from s3d_retrieval.client.decode.video import VideoError, pad, sampled_frames
 from s3d_retrieval.model.clips import ClipSampling, Plan, read_clip
 from s3d_retrieval.model.narration import Line, NarratedVideo
+from s3d_retrieval.model import readers
 from s3d_retrieval.model.readers import ClipReader
 from tests.conftest import write_clip
 
@@ -151,13 +153,38 @@ def test_each_worker_reads_only_its_share_of_the_global_batch():
     assert not {c[0] for c in decoders[0].calls[:4]} & {c[0] for c in decoders[1].calls[:4]}
 
 
-def test_readers_decode_a_bounded_number_of_steps_ahead():
+class InlineExecutor:
+    """Runs each read when it is submitted: the clips decoded are then exactly the clips the reader asked for, with
+    no reader thread still on its way."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __enter__(self) -> InlineExecutor:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def submit(self, fn, *args) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args))
+        except BaseException as err:
+            future.set_exception(err)
+        return future
+
+
+def test_readers_decode_a_bounded_number_of_steps_ahead(monkeypatch):
+    monkeypatch.setattr(readers, "ThreadPoolExecutor", InlineExecutor)
     decoder = FakeDecoder()
     plan = Plan(narrated(1000), SAMPLING, candidates=2, seed=11)
     reader = ClipReader(plan, 4, readers=2, prefetch=2, read=decoder)
     batches = reader.batches(0, 100)
     next(batches)
-    assert len(decoder.calls) <= 3 * 4  # the step taken and two ahead, not the corpus nor the run
+    assert len(decoder.calls) == 3 * 4  # the step taken and two ahead, not the corpus nor the run
+    next(batches)
+    assert len(decoder.calls) == 4 * 4  # one more step ahead for each step taken
     batches.close()
 
 

@@ -1,5 +1,13 @@
-"""Loading the PyTorch port's weights, on synthetic state_dicts in the port's exact key and shape layout."""
+"""Loading the PyTorch port's weights, on synthetic state_dicts in the port's exact key and shape layout, and
+reading .pth files without PyTorch: files PyTorch wrote (tests/data), and the released layout at full size."""
 from __future__ import annotations
+
+import pickle
+import struct
+import sys
+import types
+from collections import OrderedDict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,6 +17,7 @@ import tensorflow_hub as hub
 from s3d_retrieval.model.__main__ import main
 from s3d_retrieval.model.config import INCEPTION_BLOCKS, POOL_BEFORE, SIZES, Config
 from s3d_retrieval.model.network import Network, named_variables
+from s3d_retrieval.model.pth import LEGACY_MAGIC, LEGACY_PROTOCOL, CheckpointError, read_tensors
 from s3d_retrieval.model.text import vocabulary_table
 from s3d_retrieval.model.torch_weights import convert
 from s3d_retrieval.model.weights import assign
@@ -95,10 +104,100 @@ def test_an_unknown_key_is_refused():
         convert(state)
 
 
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.mark.parametrize("name", ["legacy.pth", "zipped.pth"])
+def test_a_checkpoint_pytorch_wrote_reads_without_pytorch(name):
+    """tests/data/*.pth: written by torch 2.13.0 (CPU) with `torch.save(state, path)`, legacy.pth with
+    `_use_new_zipfile_serialization=False` (the released weights' format), from this state_dict:
+    base = torch.arange(24, dtype=torch.float32).reshape(4, 6); {"whole": base, "row": base[1],
+    "transposed": base.t(), "half": torch.linspace(-1, 1, 5, dtype=torch.float16),
+    "count": torch.tensor(7, dtype=torch.int64), "empty": torch.zeros(0, 3)}."""
+    assert "torch" not in sys.modules
+    state = read_tensors(DATA / name)
+    base = np.arange(24, dtype=np.float32).reshape(4, 6)
+    expected = {"whole": base, "row": base[1], "transposed": base.T, "half": np.linspace(-1, 1, 5, dtype=np.float16),
+                "count": np.array(7, np.int64), "empty": np.zeros((0, 3), np.float32)}
+    assert list(state) == list(expected)
+    for key, value in expected.items():
+        assert state[key].dtype == value.dtype and state[key].shape == value.shape, key
+        np.testing.assert_array_equal(state[key], value, err_msg=key)
+
+
+def test_a_checkpoint_that_would_run_code_or_is_not_one_is_refused(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (tmp_path / "ran",))
+
+    evil = tmp_path / "evil.pth"
+    with open(evil, "wb") as f:
+        for part in (LEGACY_MAGIC, LEGACY_PROTOCOL, {"little_endian": True}, {"weight": Payload()}):
+            pickle.dump(part, f)
+    with pytest.raises(CheckpointError, match="refusing pathlib"):
+        read_tensors(evil)
+    assert not (tmp_path / "ran").exists()
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes((DATA / "legacy.pth").read_bytes()[:-40])
+    with pytest.raises(CheckpointError, match="cut short"):
+        read_tensors(cut)
+    text = tmp_path / "notes.pth"
+    text.write_text("not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):
+        read_tensors(text)
+
+
+def save_legacy(state: dict[str, np.ndarray], path: Path, monkeypatch) -> None:
+    """`torch.save(state, path, _use_new_zipfile_serialization=False)` without PyTorch, in the layout of
+    tests/data/legacy.pth: the four pickles, each tensor its own storage, then the storages."""
+    kinds = {np.dtype(np.float32): "FloatStorage", np.dtype(np.int64): "LongStorage"}
+    torch, utils = types.ModuleType("torch"), types.ModuleType("torch._utils")
+    for kind in kinds.values():
+        setattr(torch, kind, type(kind, (), {"__module__": "torch"}))
+
+    def _rebuild_tensor_v2(*args):
+        raise AssertionError("only pickled here")
+
+    _rebuild_tensor_v2.__module__, _rebuild_tensor_v2.__qualname__ = "torch._utils", "_rebuild_tensor_v2"
+    utils._rebuild_tensor_v2 = _rebuild_tensor_v2  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "torch", torch)  # names pickle writes by reference, and checks
+    monkeypatch.setitem(sys.modules, "torch._utils", utils)
+
+    class Storage:
+        def __init__(self, key: str, array: np.ndarray):
+            self.key, self.array = key, np.ascontiguousarray(array)
+
+    class Tensor:
+        def __init__(self, storage: Storage):
+            self.storage = storage
+
+        def __reduce__(self):
+            shape = self.storage.array.shape
+            strides = tuple(s // self.storage.array.itemsize for s in self.storage.array.strides)
+            return _rebuild_tensor_v2, (self.storage, 0, shape, strides, False, OrderedDict())
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            if isinstance(obj, Storage):
+                kind = getattr(torch, kinds[obj.array.dtype])
+                return ("storage", kind, obj.key, "cpu", obj.array.size, None)
+            return None
+
+    storages = [Storage(str(n), value) for n, value in enumerate(state.values())]
+    with open(path, "wb") as f:
+        for part in (LEGACY_MAGIC, LEGACY_PROTOCOL, {"protocol_version": LEGACY_PROTOCOL, "little_endian": True}):
+            pickle.dump(part, f, protocol=2)
+        Pickler(f, protocol=2).dump(OrderedDict((k, Tensor(s)) for k, s in zip(state, storages)))
+        pickle.dump(sorted(s.key for s in storages), f, protocol=2)
+        for storage in sorted(storages, key=lambda s: s.key):
+            f.write(struct.pack("<q", storage.array.size) + storage.array.tobytes())
+
+
 def test_from_torch_writes_a_module_with_the_ported_vocabulary(tmp_path, monkeypatch):
-    torch = pytest.importorskip("torch")
     state = port_state_dict(SIZES["full"], None)
-    torch.save({k: torch.from_numpy(v) for k, v in state.items()}, tmp_path / "s3d_howto100m.pth")
+    with monkeypatch.context() as patched:
+        save_legacy(state, tmp_path / "s3d_howto100m.pth", patched)
+    assert read_tensors(tmp_path / "s3d_howto100m.pth").keys() == state.keys()
     np.save(tmp_path / "s3d_dict.npy", np.array(["playing", "guitar"] + [f"w{i}" for i in range(66_247)]))
     assert main(["from-torch", str(tmp_path / "s3d_howto100m.pth"), str(tmp_path / "s3d_dict.npy"),
                  str(tmp_path / "module")]) == 0

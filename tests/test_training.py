@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,8 @@ import tensorflow_hub as hub
 from s3d_retrieval.client.defaults import MODEL_NAME
 from s3d_retrieval.client.transport.session import Options, Pinned, Session
 from s3d_retrieval.client.decode.video import Sampling
+from s3d_retrieval.client.library.evalset import load_evalset
+from s3d_retrieval.client.library.evaluate import evaluate
 from s3d_retrieval.client.library.search import search
 from s3d_retrieval.export.pipeline import export_model
 from s3d_retrieval.model.__main__ import main as model_main
@@ -50,23 +53,23 @@ def settings(world: Path, steps: int, **changes) -> Settings:
 
 
 @pytest.fixture(scope="module")
-def trainer(world) -> tuple[Trainer, list]:
-    """A trainer whose learning rate warms up over 20 steps (Adam's first steps at 1e-3 overshoot), and the
-    batches of steps 0 and 1 read by the clip readers."""
+def trainer(world) -> tuple[Trainer, list, list[float]]:
+    """A trainer whose learning rate warms up over 20 steps (Adam's first steps at 1e-3 overshoot), the batches of
+    steps 0 and 1 read by the clip readers, and the losses of 16 steps on the first batch (one traced step function
+    for every test of the trainer)."""
     s = settings(world, 400)
     data = read_dataset(Path(s.data))
     module, _ = initial_module(s, [line.text for v in data.videos for line in v.lines])
     net = Network(module.config, vocabulary_table(words=module.vocabulary))
     assign(net, module.weights)
     batches = list(ClipReader(Plan(data.videos, SAMPLING, 2, 7), 4, readers=2).batches(0, 2))
-    return Trainer(net, s, freeze_words=False), batches
+    tr = Trainer(net, s, freeze_words=False)
+    return tr, batches, [tr.step(batches[0].clips, batches[0].texts) for _ in range(16)]
 
 
 def test_steps_lower_the_loss_on_a_fixed_batch(trainer):
-    tr, batches = trainer
-    batch = batches[0]
-    assert batch.clips.shape == (4, 16, 64, 64, 3) and len(batch.texts) == 8
-    losses = [tr.step(batch.clips, batch.texts) for _ in range(16)]
+    tr, batches, losses = trainer
+    assert batches[0].clips.shape == (4, 16, 64, 64, 3) and len(batches[0].texts) == 8
     # Over batches of two corpus seeds the last three steps sat 18-27% below the first (README, "Training"):
     # half the smallest drop is the bar, and the loss must fall over each half of the run, not just wander.
     assert np.mean(losses[-3:]) < 0.92 * losses[0], losses
@@ -81,7 +84,7 @@ def test_a_batch_too_small_for_batchnorm_is_refused_before_any_work(world, tmp_p
 
 
 def test_batchnorm_statistics_move_in_training_and_serve_inference(trainer):
-    tr, batches = trainer
+    tr, batches, _ = trainer
     norms = [m for m in tr.net.video.submodules if isinstance(m, BatchNorm)]
     before = [bn.moving_mean.numpy().copy() for bn in norms]
     batch = batches[1]
@@ -98,32 +101,47 @@ def test_batchnorm_statistics_move_in_training_and_serve_inference(trainer):
     assert not np.allclose(inference, training_mode)  # ...which differ from the batch's
 
 
+@dataclasses.dataclass
+class Runs:
+    whole: Path  # a 6-step run done in one go
+    resumed: Path  # the same run stopped after 4 steps and resumed
+    data: Path  # their narrated videos: the corpus's, and a corrupt one
+    said: list[str]  # what the whole run logged
+
+
 @pytest.fixture(scope="module")
-def trained(world, tmp_path_factory) -> tuple[Path, Path]:
-    """A 6-step run done in one go, and the same run stopped after 4 steps and resumed. As `python -m model train`
-    does, the caller turns on op determinism, which the resume guarantee rests on."""
+def trained(world, tmp_path_factory) -> Runs:
+    """The runs every test of a trained module shares. As `python -m model train` does, the caller turns on op
+    determinism, which the resume guarantee rests on."""
     from tensorflow.python.framework.config import disable_op_determinism
 
     tf.config.experimental.enable_op_determinism()
     root = tmp_path_factory.mktemp("runs")
-    whole = train(settings(world, 6), root / "whole", checkpoint_every=1, progress=False, log=lambda _: None)
-    assert train(settings(world, 6), root / "resumed", checkpoint_every=3, progress=False, log=lambda _: None,
-                 stop_after=4) is None
+    data = root / "data"
+    shutil.copytree(world / "train", data)
+    (data / "broken.webm").write_bytes(b"\x1a\x45\xdf\xa3 not really a video")
+    (data / "broken.srt").write_bytes((world / "train" / "v000.srt").read_bytes())
+    said: list[str] = []
+    whole = train(settings(world, 6, data=str(data)), root / "whole", checkpoint_every=1, progress=False,
+                  log=said.append)
+    assert train(settings(world, 6, data=str(data)), root / "resumed", checkpoint_every=3, progress=False,
+                 log=lambda _: None, stop_after=4) is None
     assert not (root / "resumed").exists()
     assert tf.train.latest_checkpoint(str(root / "resumed.train" / CHECKPOINTS)).endswith("ckpt-4")
     with open(root / "resumed.train" / LOG, "a") as f:  # a kill after the log was written, before the checkpoint
         f.write("4,9.99999,0.001,1.0,0.0\n5,9.99999,0.001,1.0,0.0\n")
-    resumed = train(settings(world, 6), root / "resumed", checkpoint_every=3, progress=False, log=lambda _: None)
+    resumed = train(settings(world, 6, data=str(data)), root / "resumed", checkpoint_every=3, progress=False,
+                    log=lambda _: None)
     disable_op_determinism()  # the rest of the suite runs as it would without this fixture
-    return whole, resumed
+    return Runs(whole, resumed, data, said)
 
 
 def test_a_stopped_run_resumes_to_the_same_weights(trained):
-    whole, resumed = (read_module(p) for p in trained)
+    whole, resumed = (read_module(p) for p in (trained.whole, trained.resumed))
     assert whole.weights.keys() == resumed.weights.keys()
     for name, value in whole.weights.items():
         np.testing.assert_allclose(resumed.weights[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
-    logs = [(p.parent / f"{p.name}.train" / LOG).read_text().splitlines() for p in trained]
+    logs = [(p.parent / f"{p.name}.train" / LOG).read_text().splitlines() for p in (trained.whole, trained.resumed)]
     assert len(logs[0]) == len(logs[1]) == 7  # header + one row per step, none twice
     assert [row.split(",")[1] for row in logs[0]] == [row.split(",")[1] for row in logs[1]]  # the same losses
 
@@ -170,7 +188,7 @@ def test_checkpoints_append_to_the_log_and_a_resume_cuts_it_once(tmp_path):
 
 
 def test_checkpoints_keep_the_last_three_and_tensorboard_gets_the_scalars(trained):
-    work = trained[0].parent / f"{trained[0].name}.train"
+    work = trained.whole.parent / f"{trained.whole.name}.train"
     assert sorted(p.name for p in (work / CHECKPOINTS).glob("ckpt-*.index")) == [
         "ckpt-4.index", "ckpt-5.index", "ckpt-6.index"]  # one per step, the last three kept
     scalars: dict[str, list[int]] = {}
@@ -180,29 +198,29 @@ def test_checkpoints_keep_the_last_three_and_tensorboard_gets_the_scalars(traine
                 scalars.setdefault(value.tag, []).append(event.step)
     assert {tag: sorted(steps) for tag, steps in scalars.items()} == {
         tag: list(range(6)) for tag in ("loss", "learning_rate", "clips_per_s", "input_wait_s")}
-    resumed = trained[1].parent / f"{trained[1].name}.train" / TENSORBOARD
+    resumed = trained.resumed.parent / f"{trained.resumed.name}.train" / TENSORBOARD
     starts = [event.step for events in resumed.glob("events.out.tfevents.*")
               for event in tf.compat.v1.train.summary_iterator(str(events)) if event.session_log.status == 1]
     assert starts == [4]  # the resumed session tells TensorBoard to drop what the first logged from step 4 on
 
 
 def test_the_module_carries_its_manifest_and_vocabulary(trained, world):
-    module = read_module(trained[0])
+    module = read_module(trained.whole)
     manifest = module.manifest
     assert manifest["sampling"] == dataclasses.asdict(SAMPLING)
     assert manifest["settings"]["steps"] == 6 and manifest["settings"]["seed"] == 7
     assert manifest["init_manifest"] is None  # trained from scratch; a fine-tune carries its --init's manifest
     assert manifest["data"]["videos"] == 6 and manifest["heldout"]["queries"] == 4
-    assert 0 <= manifest["heldout"]["R@1"] <= 1 and manifest["heldout"]["chance_R@1"] == 0.25
+    assert manifest["heldout"]["chance_R@1"] == 0.25  # its figures: the client's evaluation of the served module
     narrated = {w for v in read_dataset(world / "train").videos for line in v.lines for w in words(line.text)}
     assert {"red", "ball", "beach"} <= set(module.vocabulary) == narrated
 
 
 def test_a_trained_module_loads_exports_serves_and_tells_the_client_its_sampling(trained, world, tmp_path):
-    hub_module = hub.load(str(trained[0]))
+    hub_module = hub.load(str(trained.whole))
     local = hub_module.signatures["text"](tf.constant(["a red ball"]))["text_embedding"].numpy()
     model_dir = tmp_path / MODEL_NAME
-    result = export_model(str(trained[0]), model_dir)
+    result = export_model(str(trained.whole), model_dir)
     assert max(result.parity.values()) <= 1e-5 and result.preprocessing == dataclasses.asdict(SAMPLING)
     server = start_server(model_dir)
     try:
@@ -213,14 +231,19 @@ def test_a_trained_module_loads_exports_serves_and_tells_the_client_its_sampling
             found = search(Pinned(session, 1), ["a red ball"], videos, Sampling(frames=16, fps=10, size=64, stride=0.8),
                            top=4)
             assert not found.errors and len(found.matches[0]) == 4
+            heldout = world / "heldout" / "queries.csv"  # the figures the run recorded are `eval`'s of the module
+            served = evaluate(Pinned(session, 1), load_evalset(heldout, heldout.parent), "max",
+                              sampling=Sampling(frames=16, fps=10, size=64, stride=1.6))
     finally:
         server.stop(grace=5)
+    recorded = read_module(trained.whole).manifest["heldout"]
+    assert {k: recorded[k] for k in served.text_to_video} == served.text_to_video, (recorded, served.text_to_video)
 
 
 def test_fine_tuning_keeps_the_init_modules_vocabulary(trained, world, tmp_path):
-    s = settings(world, 1, init=str(trained[0]))
+    s = settings(world, 1, init=str(trained.whole))
     module, frozen = initial_module(s, ["entirely new words here"])
-    assert frozen and module.vocabulary == read_module(trained[0]).vocabulary
+    assert frozen and module.vocabulary == read_module(trained.whole).vocabulary
 
 
 def test_bad_training_input_is_one_line_and_writes_no_module(world, tmp_path, capsys):
@@ -239,21 +262,12 @@ def test_bad_training_input_is_one_line_and_writes_no_module(world, tmp_path, ca
     assert not out.exists()
 
 
-def test_a_corrupt_video_is_skipped_named_and_counted(world, tmp_path):
-    data = tmp_path / "data"
-    data.mkdir()
-    for name in ("v000", "v001", "v002"):
-        for suffix in (".webm", ".srt"):
-            (data / f"{name}{suffix}").write_bytes((world / "train" / f"{name}{suffix}").read_bytes())
-    (data / "broken.webm").write_bytes(b"\x1a\x45\xdf\xa3 not really a video")
-    (data / "broken.srt").write_bytes((world / "train" / "v000.srt").read_bytes())
-    said: list[str] = []
-    # batch 4 of 4 videos: the step draws every one, so the broken one is met
-    out = train(settings(world, 1, data=str(data), heldout=None), tmp_path / "m", progress=False, log=said.append)
-    assert [line for line in said if line.startswith("skipped")] == [
-        f"skipped {data / 'broken.webm'}: cannot be opened as a video (unsupported format or corrupt file)"]
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["data"]["videos"] == 3 and manifest["data"]["skipped"] == [str(data / "broken.webm")]
+def test_a_corrupt_video_is_skipped_named_and_counted(trained):
+    broken = trained.data / "broken.webm"  # drawn in the shared run (24 draws of 7 videos; seed 7)
+    assert [line for line in trained.said if line.startswith("skipped")] == [
+        f"skipped {broken}: cannot be opened as a video (unsupported format or corrupt file)"]
+    manifest = json.loads((trained.whole / "manifest.json").read_text())
+    assert manifest["data"]["videos"] == 6 and manifest["data"]["skipped"] == [str(broken)]
 
 
 def test_a_changed_run_is_not_resumed_silently(world, tmp_path):
@@ -278,22 +292,20 @@ def test_synchronised_batchnorm_computes_what_the_fused_kernel_does():
 
 
 def test_a_bfloat16_step_trains_on_the_same_clips(world, trainer):
-    tr, batches = trainer
+    _, batches, first = trainer  # float32's first loss, from the same initial weights (the same seed)
     s = settings(world, 400, precision="bfloat16")
     data = read_dataset(Path(s.data))
     module, _ = initial_module(s, [line.text for v in data.videos for line in v.lines])
-    losses = {}
-    for precision in ("float32", "bfloat16"):
-        net = Network(module.config, vocabulary_table(words=module.vocabulary))
-        assign(net, module.weights)
-        half = Trainer(net, dataclasses.replace(s, precision=precision), freeze_words=False)
-        losses[precision] = half.step(batches[0].clips, batches[0].texts)
+    net = Network(module.config, vocabulary_table(words=module.vocabulary))
+    assign(net, module.weights)
+    half = Trainer(net, s, freeze_words=False)
+    losses = {"float32": first[0], "bfloat16": half.step(batches[0].clips, batches[0].texts)}
     # the same weights and clips: bfloat16's 2-3 digits move the loss a little, not to another value
     assert losses["bfloat16"] != losses["float32"] and abs(losses["bfloat16"] / losses["float32"] - 1) < 0.05, losses
 
 
 def test_bfloat16_runs_the_video_tower_in_bfloat16_and_keeps_its_embeddings(trainer):
-    tr, batches = trainer
+    tr, batches, _ = trainer
     clips = tf.constant(batches[0].clips, tf.float32) / 255.0
     full = tr.net.video(clips, training=True)["video_embedding"].numpy()
     half = tr.net.video(tf.cast(clips, tf.bfloat16), training=True)["video_embedding"]

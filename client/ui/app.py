@@ -35,7 +35,7 @@ from s3d_retrieval.client.transport.session import ServerError
 from s3d_retrieval.client.ui.catalog import Catalog, NotServed
 from s3d_retrieval.client.ui.texts import TextCache
 
-STATIC = Path(__file__).parent / "static"
+STATIC = Path(__file__).resolve().parent / "static"  # real files: StaticFiles refuses links that lead out of it
 MAX_TOP = 100  # videos a query may ask for
 MAX_MOMENTS = 20  # moments per video
 STILL = 240  # pixels, square
