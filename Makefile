@@ -8,9 +8,11 @@ LOCK   := requirements.lock
 SOURCES = $(shell find client model export serving -name __pycache__ -prune -o -type f -print | LC_ALL=C sort)
 STAMP  := $(VENV)/.installed-$(shell { cat pyproject.toml $(LOCK); echo $(SOURCES); } | cksum | cut -d' ' -f1)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
+export DISABLE_MKDOCS_2_WARNING ?= true
+export NO_MKDOCS_2_WARNING ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup lock browser test typecheck ui k8s-check image client-image train-image demo demo-model moments corpus standin model export serve bench clean
+.PHONY: help setup lock browser test typecheck docs docs-serve ui k8s-check image client-image train-image demo demo-model moments corpus standin model export serve bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -40,11 +42,17 @@ browser: ## Debian's Chromium for the search page's browser test (apt-get, as ro
 # Test files are shared among TEST_WORKERS processes (a file's tests stay in one, with its fixtures); on two cores
 # two processes overlap one's single-threaded tracing and waiting with the other's work.
 TEST_WORKERS ?= 2
-test: setup k8s-check typecheck ## validate the Kubernetes manifests, type-check, then run the suite (TEST_WORKERS=2 processes)
+test: setup k8s-check typecheck docs ## validate the Kubernetes manifests, type-check, build the docs, then run the suite (TEST_WORKERS=2 processes)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=10
 
 typecheck: setup ## mypy over the whole package, as installed (settings in pyproject.toml)
 	$(PY) -m mypy
+
+docs: setup ## build the documentation site strictly into build/site (its reference pages generated from the code)
+	$(PY) -m mkdocs build --strict
+
+docs-serve: setup ## browse the documentation at http://127.0.0.1:8000/ while editing it
+	$(PY) -m mkdocs serve
 
 k8s-check: setup ## build every Kustomize overlay (serving/k8s/overlays) with kubectl kustomize and validate it offline, strictly
 	$(PY) -m serving.manifests check

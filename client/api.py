@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 
 from s3d_retrieval.client.decode.video import Sampling, model_sampling
-from s3d_retrieval.client.defaults import (GRPC_PORT, LOCK_WAIT, MODEL_NAME, SENTENCES_PER_REQUEST, SHORT_WAIT, TIMEOUT,
-                                           WINDOWS_PER_REQUEST)
+from s3d_retrieval.client.defaults import (GRPC_PORT, LOCK_WAIT, MODEL_NAME, SENTENCES_PER_REQUEST, SERVER_ENV,
+                                           SHORT_WAIT, TIMEOUT, WINDOWS_PER_REQUEST)
 from s3d_retrieval.client.library.evalset import load_evalset
 from s3d_retrieval.client.library.evaluate import Evaluation, evaluate
 from s3d_retrieval.client.library.filters import Filters
@@ -87,12 +87,17 @@ def _asked(queries: Queries, like: Likes, index, videos, top: int, moments: int)
     return checked(queries, like, top, moments)
 
 
-def options(address: str = f"localhost:{GRPC_PORT}", *, model: str = MODEL_NAME, timeout: float = TIMEOUT,
+def default_server() -> str:
+    """The address of the model server when none is given (SERVER_ENV, else localhost)."""
+    return os.environ.get(SERVER_ENV) or f"localhost:{GRPC_PORT}"
+
+
+def options(address: str | None = None, *, model: str = MODEL_NAME, timeout: float = TIMEOUT,
             wait: float = SHORT_WAIT, tls: bool = False, tls_ca: str | Path | None = None,
             windows_per_request: int = WINDOWS_PER_REQUEST, sentences_per_request: int = SENTENCES_PER_REQUEST,
             concurrency: int = 4, float_input: bool = False, log: Callable[[str], None] | None = None) -> Options:
     """The transport's settings, one keyword per CLI flag, with its defaults."""
-    return Options(address=address, model=model, timeout=timeout, wait=wait, tls=tls,
+    return Options(address=address or default_server(), model=model, timeout=timeout, wait=wait, tls=tls,
                    tls_ca=Path(tls_ca) if tls_ca else None, windows_per_request=windows_per_request,
                    sentences_per_request=sentences_per_request, concurrency=concurrency, float_input=float_input,
                    log=log)
@@ -101,13 +106,14 @@ def options(address: str = f"localhost:{GRPC_PORT}", *, model: str = MODEL_NAME,
 class Client:
     """`with Client("localhost:8500") as c: c.search(["playing guitar"], index="lib.idx")`.
 
+    `address`: the model server's gRPC HOST:PORT; by default $S3D_SERVER, else localhost:8500.
     Keywords as the CLI's global flags: `model`, `timeout` (seconds per call), `wait` (seconds of patience while
     the server is UNAVAILABLE, retried with jittered back-off; 10 by default, the CLI's `index` uses 300),
     `tls`/`tls_ca`, `windows_per_request`, `sentences_per_request`, `concurrency`, `float_input`, `lock_wait`
     (seconds a writer of an index waits for another), `log` (where "waiting for the server" notes go).
     """
 
-    def __init__(self, address: str = f"localhost:{GRPC_PORT}", *, lock_wait: float = LOCK_WAIT,
+    def __init__(self, address: str | None = None, *, lock_wait: float = LOCK_WAIT,
                  log: Callable[[str], None] | None = None, **transport):
         self.options = options(address, log=log, **transport)
         self.lock_wait, self.log = lock_wait, log
@@ -453,7 +459,7 @@ class AsyncClient:
     are `Client`'s, streaming videos as it does. Create it inside the running event loop.
     """
 
-    def __init__(self, address: str = f"localhost:{GRPC_PORT}", *, lock_wait: float = LOCK_WAIT,
+    def __init__(self, address: str | None = None, *, lock_wait: float = LOCK_WAIT,
                  log: Callable[[str], None] | None = None, **transport):
         try:
             asyncio.get_running_loop()

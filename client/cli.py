@@ -16,8 +16,8 @@ import numpy as np
 from s3d_retrieval.client.api import Client, checked, stderr_note
 from s3d_retrieval.client.decode.video import Sampling, load, model_sampling
 from s3d_retrieval.client.defaults import (FPS, FRAMES, GRPC_PORT, INDEX_WAIT, LOCK_WAIT, MODEL_NAME,
-                                           SENTENCES_PER_REQUEST, SHORT_WAIT, SIZE, TIMEOUT, UI_PORT, VACUUM_AGE,
-                                           WINDOWS_PER_REQUEST)
+                                           SENTENCES_PER_REQUEST, SERVER_ENV, SHORT_WAIT, SIZE, TIMEOUT, UI_PORT,
+                                           VACUUM_AGE, WINDOWS_PER_REQUEST)
 from s3d_retrieval.client.errors import Error
 from s3d_retrieval.client.files import atomic_write
 from s3d_retrieval.client.library.evaluate import PROTOCOLS
@@ -82,7 +82,8 @@ def _shard(text: str) -> Shard:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="s3d-client", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--server", default=f"localhost:{GRPC_PORT}", help="gRPC address HOST:PORT")
+    p.add_argument("--server", help=f"the model server's gRPC address HOST:PORT (default: ${SERVER_ENV}, else "
+                                    f"localhost:{GRPC_PORT})")
     p.add_argument("--model", default=MODEL_NAME, help="served model name")
     p.add_argument("--timeout", type=float, default=TIMEOUT, help="deadline of each call, seconds")
     p.add_argument("--wait", type=float, metavar="SECONDS",

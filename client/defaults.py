@@ -10,6 +10,9 @@ HUB_HANDLE = "https://tfhub.dev/deepmind/mil-nce/s3d/1"
 
 GRPC_PORT = 8500
 REST_PORT = 8501
+# The model server a client asks when no address is given: $S3D_SERVER (a container's or a shell's setting), else
+# this machine's GRPC_PORT.
+SERVER_ENV = "S3D_SERVER"
 UI_PORT = 8080  # s3d-client ui: the search page and its JSON API
 
 # Signatures of an exported model version (the first and last are the hub module's own contract).

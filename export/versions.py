@@ -1,4 +1,16 @@
-"""TF Serving model versions: numbered child folders of a model's base path, published atomically."""
+"""TF Serving model versions: numbered child folders of a model's base path, published atomically.
+
+`MODEL_DIR/<version>/` (TF Serving's layout; `python -m export` writes the next number, never over one):
+- `saved_model.pb`, `variables/`, `assets/` (the vocabulary, when the module keeps it as a file): the SavedModel,
+  tag `serve`, with the signatures of the served-signatures reference;
+- `assets.extra/tf_serving_warmup_requests`: PredictionLog records TF Serving replays when it loads the version;
+- `assets.extra/manifest.json`: what the version is: its source (handle, path, format), the TensorFlow that
+  exported it, the signatures with dtypes and shapes, the input contract, the preprocessing the model was trained
+  with (also answered by the `preprocessing` signature), and the parity measured against the source.
+
+A version is staged under a temporary name beside the others and renamed into place once verified: TF Serving,
+which polls the base path, never sees half of one.
+"""
 from __future__ import annotations
 
 import os

@@ -34,7 +34,7 @@ def listen(host: str, port: int) -> socket.socket:
                          f"--host, or stop what uses it") from None
 
 
-def serve(index: Where, address: str, transport: dict, host: str, port: int, roots: list[Path] | None,
+def serve(index: Where, address: str | None, transport: dict, host: str, port: int, roots: list[Path] | None,
           check_every: float) -> int:
     """`index`: a folder, or a Milvus collection; `transport`: `Client`'s keywords (the CLI's global flags)."""
     catalog = Catalog(functools.partial(location(index).open, transport.get("model", MODEL_NAME), read_only=True,
@@ -45,7 +45,7 @@ def serve(index: Where, address: str, transport: dict, host: str, port: int, roo
         catalog.close()
 
 
-def _serve(catalog: Catalog, address: str, transport: dict, host: str, port: int) -> int:
+def _serve(catalog: Catalog, address: str | None, transport: dict, host: str, port: int) -> int:
     snapshot = catalog.current()  # a missing or unreadable index stops here, with its message
     listener = listen(host, port)
     probing = {**transport, "timeout": PROBE_TIMEOUT, "wait": 0}
