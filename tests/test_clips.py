@@ -4,6 +4,7 @@ and an unreadable video is named once, counted and replaced the same way whateve
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -122,6 +123,20 @@ class FakeDecoder:
         return clip
 
 
+class FailingDecoder(FakeDecoder):
+    """A FakeDecoder whose read of a video fails with `error` when `fails(name, names met before)` says so."""
+
+    def __init__(self, fails: Callable[[str, set[str]], bool], error: str):
+        super().__init__()
+        self.fails, self.error = fails, error
+
+    def __call__(self, path: Path, first: int, sampling: ClipSampling) -> np.ndarray:
+        if self.fails(path.name, {call[0] for call in self.calls}):
+            self.calls.append((path.name, first))
+            raise VideoError(f"{path}: {self.error}")
+        return super().__call__(path, first, sampling)
+
+
 def read(videos, batch, steps, share=(0, 1), readers=2, decoder=None, log=None) -> list:
     plan = Plan(videos, SAMPLING, candidates=2, seed=11)
     reader = ClipReader(plan, batch, readers, share=share, log=log or (lambda _: None), read=decoder or FakeDecoder())
@@ -223,14 +238,8 @@ def test_a_video_that_fails_at_one_instant_is_tried_again_at_others(tmp_path):
     bad = min(drawn[1] - drawn[0])  # first met at step 1, drawn again later
     name = f"v{bad:03}.webm"
 
-    class FailsOnce(FakeDecoder):
-        def __call__(self, path, first, sampling):
-            if path.name == name and not any(call[0] == name for call in self.calls):
-                self.calls.append((path.name, first))
-                raise VideoError(f"{path}: frame 3 cannot be decoded (corrupt file?)")
-            return super().__call__(path, first, sampling)
-
-    decoder = FailsOnce()
+    decoder = FailingDecoder(lambda met, before: met == name and name not in before,  # fails once
+                             "frame 3 cannot be decoded (corrupt file?)")
     said: list[str] = []
     clips = read(videos, 6, (0, 8), readers=1, decoder=decoder, log=said.append)
     assert said == [f"skipped {tmp_path / name}: frame 3 cannot be decoded (corrupt file?)"]
@@ -247,16 +256,9 @@ def test_a_video_that_fails_to_open_is_tried_again_until_it_has_failed_a_few_tim
     lost = next(v for v in range(12) if v != back and sum(v in step for step in drawn) > OPEN_FAILURES)
     back_name, lost_name = f"v{back:03}.webm", f"v{lost:03}.webm"
 
-    class Mount(FakeDecoder):
-        """A network mount on which `back` is missing at its first open only, `lost` at every one."""
-
-        def __call__(self, path, first, sampling):
-            if path.name == lost_name or (path.name == back_name and back_name not in {c[0] for c in self.calls}):
-                self.calls.append((path.name, first))
-                raise VideoError(f"{path}: no such file")
-            return super().__call__(path, first, sampling)
-
-    decoder = Mount()
+    # a network mount on which `back` is missing at its first open only, `lost` at every one
+    decoder = FailingDecoder(lambda met, before: met == lost_name or (met == back_name and back_name not in before),
+                             "no such file")
     said: list[str] = []
     clips = read(videos, 6, (0, 20), readers=1, decoder=decoder, log=said.append)
     assert sorted(said) == sorted(f"skipped {Path('/corpus') / name}: no such file"

@@ -5,7 +5,6 @@ import argparse
 import json
 import os
 import re
-import shlex
 import shutil
 import subprocess
 from pathlib import Path

@@ -12,7 +12,7 @@ import grpc
 import numpy as np
 import pytest
 from google.protobuf import text_format
-from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 from tensorflow_serving.config import model_server_config_pb2
 
 from s3d_retrieval.client.api import Client
