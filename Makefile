@@ -4,9 +4,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 LOCK   := requirements.lock
 # The install is redone when the project's settings, the lock or its list of files change (a new module must be
-# linked into the editable tree).
+# linked into the editable tree), or the tree of links is gone.
 SOURCES = $(shell find client model export serving -name __pycache__ -prune -o -type f -print | LC_ALL=C sort)
-STAMP  := $(VENV)/.installed-$(shell { cat pyproject.toml $(LOCK); echo $(SOURCES); } | cksum | cut -d' ' -f1)
+STAMP  := $(VENV)/.installed-$(shell { cat pyproject.toml $(LOCK); echo $(SOURCES) $(wildcard build/__editable__.*); } | cksum | cut -d' ' -f1)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export DISABLE_MKDOCS_2_WARNING ?= true
 export NO_MKDOCS_2_WARNING ?= 1

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 
 from s3d_retrieval.client.decode.video import Sampling, model_sampling
-from s3d_retrieval.client.defaults import (GRPC_PORT, LOCK_WAIT, MODEL_NAME, SENTENCES_PER_REQUEST, SERVER_ENV,
-                                           SHORT_WAIT, TIMEOUT, WINDOWS_PER_REQUEST)
+from s3d_retrieval.client.defaults import (LOCK_WAIT, MODEL_NAME, SENTENCES_PER_REQUEST, SHORT_WAIT, TIMEOUT,
+                                           WINDOWS_PER_REQUEST)
 from s3d_retrieval.client.library.evalset import load_evalset
 from s3d_retrieval.client.library.evaluate import Evaluation, evaluate
 from s3d_retrieval.client.library.filters import Filters
@@ -39,7 +39,7 @@ from s3d_retrieval.client.library.store import Location, Store, StoreError
 from s3d_retrieval.client.library.walk import Shard
 from s3d_retrieval.client.transport.aio import AsyncSession
 from s3d_retrieval.client.transport.session import (Options, Pinned, ServerError, Session, VersionNotServed,
-                                                    served_text)
+                                                    default_server, served_text)
 
 Queries = str | Sequence[str]
 Where = str | Path | Location  # an index: its folder, or another store's location (`Milvus(uri, collection)`)
@@ -85,11 +85,6 @@ def _asked(queries: Queries, like: Likes, index, videos, top: int, moments: int)
     if (index is None) == (videos is None):
         raise ValueError("search needs index= (an index folder) or videos= (video files), not both")
     return checked(queries, like, top, moments)
-
-
-def default_server() -> str:
-    """The address of the model server when none is given (SERVER_ENV, else localhost)."""
-    return os.environ.get(SERVER_ENV) or f"localhost:{GRPC_PORT}"
 
 
 def options(address: str | None = None, *, model: str = MODEL_NAME, timeout: float = TIMEOUT,

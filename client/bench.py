@@ -166,7 +166,8 @@ def synthetic_search(folder: Path, matrix_path: Path, rows: int) -> None:
     parts = synthetic_parts(np.load(segment / "embeddings.npy", mmap_mode="r"), "base")
     np.save(segment / "first.npy", np.cumsum([0, *parts.counts]).astype(np.int64))
     np.save(segment / "spans.npy", np.zeros((rows, 2)))
-    listed = [[p, d, k] for (p, d), k in zip(parts.videos, parts.placements or [])]
+    assert parts.placements is not None  # synthetic_parts names every video's placement
+    listed = [[p, d, k] for (p, d), k in zip(parts.videos, parts.placements)]
     (segment / "videos.json").write_text(json.dumps(listed))
     vectors.write_manifest(base, "synthetic", "exact", [{"name": segment.name, "rows": rows,
                                                          "videos": len(parts.videos), "dead": None}], 0, None)
@@ -179,7 +180,7 @@ def unit(x: np.ndarray) -> np.ndarray:
 def sentence_queries(targets: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Queries shaped like sentences: cosine `BEST_COSINE` with a target window; the rest is a direction shared by
     every query (the modality offset) and noise, weighted so that two queries meet at ~`SENTENCE_COSINE`."""
-    offset = unit(rng.standard_normal((targets.shape[1],), dtype=np.float32))
+    offset = unit(rng.standard_normal((targets.shape[1],)).astype(np.float32))
     share = math.sqrt(SENTENCE_COSINE / (1 - BEST_COSINE ** 2))
     rest = offset * share + unit(rng.standard_normal(targets.shape).astype(np.float32)) * math.sqrt(1 - share ** 2)
     rest = unit(rest - (rest * targets).sum(axis=1, keepdims=True) * targets)  # orthogonal to the target

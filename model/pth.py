@@ -41,19 +41,40 @@ class _Storage:
         self.data: np.ndarray = np.zeros(count, DTYPES[kind])
 
 
-class _Tensor:
-    """A tensor as `torch._utils._rebuild_tensor_v2` describes it: a strided view of a storage."""
+def _naturals(values: Any, what: str) -> tuple[int, ...]:
+    if not isinstance(values, tuple) or not all(type(v) is int and v >= 0 for v in values):
+        raise CheckpointError(f"a tensor's {what} is not a tuple of non-negative integers: {values!r}")
+    return values
 
-    def __init__(self, storage: _Storage, offset: int, size: tuple[int, ...], stride: tuple[int, ...], *_: Any):
-        self.storage, self.offset, self.size, self.stride = storage, offset, tuple(size), tuple(stride)
+
+class _Tensor:
+    """A tensor as `torch._utils._rebuild_tensor_v2` describes it: a strided view of a storage, checked to lie
+    inside it."""
+
+    def __init__(self, storage: Any, offset: Any, size: Any, stride: Any, *_: Any):
+        if not isinstance(storage, _Storage):
+            raise CheckpointError("a tensor without a storage")
+        (self.offset,) = _naturals((offset,), "offset")
+        self.storage, self.size, self.stride = storage, _naturals(size, "size"), _naturals(stride, "stride")
+        if len(self.size) != len(self.stride):
+            raise CheckpointError(f"a tensor of size {self.size} with strides {self.stride}")
+        last = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride))
+        if 0 not in self.size and last >= len(storage.data):
+            raise CheckpointError("a tensor reaches past its storage")
 
     def array(self) -> np.ndarray:
         data = self.storage.data
-        item = data.itemsize
-        if self.size and self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride)) >= len(data):
-            raise CheckpointError("a tensor reaches past its storage")
-        view = np.lib.stride_tricks.as_strided(data[self.offset:], self.size, [s * item for s in self.stride])
+        if 0 in self.size:
+            return np.zeros(self.size, data.dtype)
+        view = np.lib.stride_tricks.as_strided(data[self.offset:], self.size, [s * data.itemsize for s in self.stride])
         return np.array(view)  # its own contiguous copy
+
+
+class _Plain(pickle.Unpickler):
+    """For the pickles around the object (magic number, protocol, system info, storage keys): plain values only."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"refusing {module}.{name}: this part of a checkpoint holds plain values")
 
 
 class _Unpickler(pickle.Unpickler):
@@ -80,20 +101,25 @@ def _legacy(file: IO[bytes], size: int) -> tuple[Any, dict[str, _Storage]]:
     storages: dict[str, _Storage] = {}
 
     def storage(pid: tuple) -> _Storage:
-        _, kind, key, _location, count, *_ = pid
+        _, kind, key, _location, count, view, *_ = pid
+        if view is not None:
+            raise CheckpointError("storage views (torch before 1.0) are not supported")
         if key not in storages:
             storages[key] = _Storage(kind, count, size)
         return storages[key]
 
-    if pickle.load(file) != LEGACY_MAGIC:
+    if _Plain(file).load() != LEGACY_MAGIC:
         raise CheckpointError("not a PyTorch checkpoint (no torch.save magic number)")
-    if pickle.load(file) != LEGACY_PROTOCOL:
+    if _Plain(file).load() != LEGACY_PROTOCOL:
         raise CheckpointError("a torch.save protocol this reader does not know")
-    info = pickle.load(file)
-    if not info.get("little_endian", True):
-        raise CheckpointError("saved on a big-endian machine")
+    info = _Plain(file).load()
+    if not isinstance(info, dict) or not info.get("little_endian", True):
+        raise CheckpointError("saved on a big-endian machine, or without its system information")
     state = _Unpickler(file, storage).load()
-    for key in pickle.load(file):
+    keys = _Plain(file).load()
+    if not isinstance(keys, list) or set(keys) != set(storages):
+        raise CheckpointError("the storages listed are not the storages the tensors use")
+    for key in keys:
         data = storages[key].data
         (count,) = struct.unpack("<q", file.read(8))
         raw = file.read(data.nbytes) if count == len(data) else b""
@@ -111,6 +137,8 @@ def _zipped(path: Path, size: int) -> tuple[Any, dict[str, _Storage]]:
             raise CheckpointError("a zip file without a torch.save data.pkl")
         pickled = found[0]
         root = pickled.rsplit("/", 1)[0]
+        if f"{root}/byteorder" in archive.namelist() and archive.read(f"{root}/byteorder").strip() != b"little":
+            raise CheckpointError("saved on a big-endian machine")
 
         def storage(pid: tuple) -> _Storage:
             _, kind, key, _location, count, *_ = pid
@@ -136,10 +164,10 @@ def read_tensors(path: str | Path) -> dict[str, np.ndarray]:
         else:
             with open(path, "rb") as file:
                 state, _ = _legacy(file, size)
-    except (pickle.UnpicklingError, EOFError, KeyError, struct.error, zipfile.BadZipFile, ValueError) as err:
-        if isinstance(err, CheckpointError):
-            raise
-        raise CheckpointError(f"not a PyTorch checkpoint this reader takes ({err})") from None
-    if not isinstance(state, dict) or not all(isinstance(v, _Tensor) for v in state.values()):
-        raise CheckpointError("the checkpoint is not a bare state_dict of tensors")
-    return {str(k): v.array() for k, v in state.items()}
+        if not isinstance(state, dict) or not all(isinstance(v, _Tensor) for v in state.values()):
+            raise CheckpointError("the checkpoint is not a bare state_dict of tensors")
+        return {str(k): v.array() for k, v in state.items()}
+    except (CheckpointError, OSError, MemoryError):
+        raise
+    except Exception as err:  # whatever a malformed pickle makes of the rebuild's arguments: one line, no traceback
+        raise CheckpointError(f"not a PyTorch checkpoint this reader takes ({type(err).__name__}: {err})") from None

@@ -108,3 +108,11 @@ def files_of(folder: Path) -> dict[str, tuple[int, int, str]]:
     return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns,
                                          hashlib.sha256(p.read_bytes()).hexdigest())
             for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(autouse=True)
+def no_server_from_the_environment(monkeypatch):
+    """A developer's $S3D_SERVER never redirects the suite: each test names its server, or sets the variable."""
+    from s3d_retrieval.client.defaults import SERVER_ENV
+
+    monkeypatch.delenv(SERVER_ENV, raising=False)

@@ -21,6 +21,7 @@ from s3d_retrieval.client.cli import main
 from s3d_retrieval.client.library.index import Index
 from s3d_retrieval.client.library.rank import Windows, rank
 from s3d_retrieval.client.library.search import search
+from s3d_retrieval.client.api import Client
 from s3d_retrieval.client.transport.session import Options, Pinned, ServerError, Session
 from s3d_retrieval.client.transport.tensors import to_numpy, to_proto
 from s3d_retrieval.client.decode.video import Sampling, VideoError, load
@@ -320,6 +321,22 @@ def test_cli_frames_status_metadata_and_an_unreachable_server(server, clips, tmp
     assert main(["--server", "127.0.0.1:1", "--wait", "0", "status"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: cannot reach the model server at 127.0.0.1:1") and len(err.splitlines()) == 1
+
+
+def test_the_server_is_named_by_the_flag_else_the_environment_else_this_machine(server, monkeypatch, capsys):
+    from s3d_retrieval.client.defaults import SERVER_ENV
+
+    monkeypatch.setenv(SERVER_ENV, f"127.0.0.1:{server.port}")
+    assert main(["status"]) == 0  # the environment's
+    assert capsys.readouterr().out.strip() == "version 1: AVAILABLE"
+    assert main(["--server", "127.0.0.1:1", "--wait", "0", "status"]) == 2  # the flag's, over the environment's
+    assert "cannot reach the model server at 127.0.0.1:1" in capsys.readouterr().err
+    assert Options().address == f"127.0.0.1:{server.port}"  # the transport's own default too
+    with Client() as client:
+        assert client.options.address == f"127.0.0.1:{server.port}" and client.ready() == 1
+    monkeypatch.setenv(SERVER_ENV, "")  # set but empty: this machine's
+    with Client() as client:
+        assert client.options.address == Options().address == "localhost:8500"
 
 
 class Unavailable(grpc.RpcError):

@@ -125,18 +125,38 @@ def test_a_checkpoint_pytorch_wrote_reads_without_pytorch(name):
         np.testing.assert_array_equal(state[key], value, err_msg=key)
 
 
-def test_a_checkpoint_that_would_run_code_or_is_not_one_is_refused(tmp_path):
+@pytest.mark.parametrize("part", ["magic", "protocol", "info", "object", "keys"])
+def test_a_checkpoint_that_would_run_code_anywhere_is_refused_before_running_it(tmp_path, part):
     class Payload:
         def __reduce__(self):
             return (Path.touch, (tmp_path / "ran",))
 
+    parts = {"magic": LEGACY_MAGIC, "protocol": LEGACY_PROTOCOL, "info": {"little_endian": True},
+             "object": {"weight": 1}, "keys": []}
+    parts[part] = {"weight": Payload()} if part == "object" else Payload()
     evil = tmp_path / "evil.pth"
     with open(evil, "wb") as f:
-        for part in (LEGACY_MAGIC, LEGACY_PROTOCOL, {"little_endian": True}, {"weight": Payload()}):
-            pickle.dump(part, f)
+        for value in parts.values():
+            pickle.dump(value, f)
     with pytest.raises(CheckpointError, match="refusing pathlib"):
         read_tensors(evil)
     assert not (tmp_path / "ran").exists()
+
+
+@pytest.mark.parametrize("offset,size,stride,says", [
+    (0, (7,), (1,), "reaches past its storage"), (5, (), (), "reaches past its storage"),
+    (-1, (4,), (1,), "offset is not"), (0, (2,), (-1,), "stride is not"), (0, 5, (1,), "size is not"),
+    (0, (2, 2), (1,), "with strides")])
+def test_a_tensor_outside_its_storage_or_malformed_is_refused_in_one_line(tmp_path, monkeypatch, offset, size,
+                                                                           stride, says):
+    path = tmp_path / "bad.pth"
+    with monkeypatch.context() as patched:
+        save_legacy({"weight": np.zeros(4, np.float32)}, path, patched, layout=(offset, size, stride))
+    with pytest.raises(CheckpointError, match=says):
+        read_tensors(path)
+
+
+def test_a_checkpoint_cut_short_or_not_one_is_refused(tmp_path):
     cut = tmp_path / "cut.pth"
     cut.write_bytes((DATA / "legacy.pth").read_bytes()[:-40])
     with pytest.raises(CheckpointError, match="cut short"):
@@ -145,11 +165,16 @@ def test_a_checkpoint_that_would_run_code_or_is_not_one_is_refused(tmp_path):
     text.write_text("not a checkpoint")
     with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):
         read_tensors(text)
+    with pytest.raises(SystemExit, match=f"^error: {text}: not a PyTorch checkpoint .*; pass the port's"):
+        main(["from-torch", str(text), str(text), str(tmp_path / "module")])  # one line, no traceback
+    assert not (tmp_path / "module").exists()
 
 
-def save_legacy(state: dict[str, np.ndarray], path: Path, monkeypatch) -> None:
+def save_legacy(state: dict[str, np.ndarray], path: Path, monkeypatch,
+                layout: tuple[object, object, object] | None = None) -> None:
     """`torch.save(state, path, _use_new_zipfile_serialization=False)` without PyTorch, in the layout of
-    tests/data/legacy.pth: the four pickles, each tensor its own storage, then the storages."""
+    tests/data/legacy.pth: the four pickles, each tensor its own storage, then the storages. `layout`: the
+    (offset, size, stride) every tensor claims instead of its own."""
     kinds = {np.dtype(np.float32): "FloatStorage", np.dtype(np.int64): "LongStorage"}
     torch, utils = types.ModuleType("torch"), types.ModuleType("torch._utils")
     for kind in kinds.values():
@@ -174,7 +199,8 @@ def save_legacy(state: dict[str, np.ndarray], path: Path, monkeypatch) -> None:
         def __reduce__(self):
             shape = self.storage.array.shape
             strides = tuple(s // self.storage.array.itemsize for s in self.storage.array.strides)
-            return _rebuild_tensor_v2, (self.storage, 0, shape, strides, False, OrderedDict())
+            offset, size, stride = layout or (0, shape, strides)
+            return _rebuild_tensor_v2, (self.storage, offset, size, stride, False, OrderedDict())
 
     class Pickler(pickle.Pickler):
         def persistent_id(self, obj):

@@ -8,6 +8,7 @@ names the address and what to check.
 """
 from __future__ import annotations
 
+import os
 import random
 import re
 import threading
@@ -15,7 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,8 @@ import numpy as np
 from s3d_retrieval.client.transport import protos
 from s3d_retrieval.client.defaults import (DEFAULT_LABEL, GRPC_PORT, INPUT_KEYS, LABELS, MODEL_NAME,
                                            PREPROCESSING_OUTPUT, PREPROCESSING_SIGNATURE, SENTENCES_PER_REQUEST,
-                                           TEXT_OUTPUT, TEXT_SIGNATURE, TIMEOUT, VIDEO_SIGNATURE, VIDEO_UINT8_SIGNATURE,
-                                           WINDOWS_PER_REQUEST)
+                                           SERVER_ENV, TEXT_OUTPUT, TEXT_SIGNATURE, TIMEOUT, VIDEO_SIGNATURE,
+                                           VIDEO_UINT8_SIGNATURE, WINDOWS_PER_REQUEST)
 from s3d_retrieval.client.transport.tensors import to_numpy, to_proto
 from s3d_retrieval.client.errors import Error
 
@@ -56,9 +57,14 @@ class VersionNotServed(ServerError):
         self.version, self.served = version, served
 
 
+def default_server() -> str:
+    """The model server's address when none is given: $S3D_SERVER (SERVER_ENV), else this machine's GRPC_PORT."""
+    return os.environ.get(SERVER_ENV) or f"localhost:{GRPC_PORT}"
+
+
 @dataclass
 class Options:
-    address: str = f"localhost:{GRPC_PORT}"
+    address: str = field(default_factory=default_server)
     model: str = MODEL_NAME
     timeout: float = TIMEOUT  # seconds, per call
     wait: float = 10.0  # seconds to keep retrying while the server is UNAVAILABLE (0: fail at once)
