@@ -138,5 +138,7 @@ def test_the_distributed_result_exports_serves_and_retrieves_heldout_clips(runs,
     text = module.signatures["text"](tf.constant(sentences))["text_embedding"].numpy()
     best = np.stack([(text @ module.signatures["video"](tf.constant(load(video, sampling)[0] / 255, tf.float32))[
         "video_embedding"].numpy().T).max(axis=1) for video in videos], axis=1)  # [query, video]
-    expected = [[videos[v] for v in np.argsort(-row, kind="stable")[:2]] for row in best]
-    assert [[m.video for m in matches] for matches in found.matches] == expected
+    for row, matches in zip(best, found.matches):  # the module's two best, in order (up to export parity: 1e-5)
+        got = [videos.index(m.video) for m in matches]
+        assert len(set(got)) == 2 and all(row[v] >= want - 1e-4 for v, want in zip(got, np.sort(row)[::-1])), \
+            (row, got)
