@@ -59,7 +59,7 @@ LOG_FIELDS = ["step", "loss", "lr", "clips_per_s", "input_wait_s"]
 KEEP_CHECKPOINTS = 3
 PRECISIONS = {"float32": tf.float32, "bfloat16": tf.bfloat16}
 # Training-mode BatchNorm needs this many values per channel in its deepest layers. On fixed batches of the tiny
-# network (`python -m model.bench`, README "Training"): with 4 (batch 4 of 8x32x32 clips) the early layers'
+# network (`python -m model.bench`, docs/how-to/train.md): with 4 (batch 4 of 8x32x32 clips) the early layers'
 # gradients are up to 10^5 times the loss's real slope and the loss only wanders; with 32 it falls steadily.
 MIN_BATCHNORM_VALUES = 16
 
@@ -87,7 +87,7 @@ class Settings:
 
 # Where the learning rate goes after the 5% warm-up, as a fraction of --lr at the last step (Keras CosineDecay's
 # alpha): "none" holds it, "cosine" decays it to a tenth. On two corpora of 120 narrated videos, 800 steps of batch
-# 16 (README "Training", the curves), holding it learned fastest; decaying to zero was worst.
+# 16 (docs/how-to/train.md, the curves), holding it learned fastest; decaying to zero was worst.
 LR_DECAYS = {"none": 1.0, "cosine": 0.1}
 
 

@@ -1,6 +1,6 @@
 """`make k8s-check`: build every Kustomize overlay of `serving/k8s/overlays/` and validate it offline.
 
-The manifests are plain YAML and Kustomize (README "Kubernetes"): `kubectl apply -k serving/k8s/overlays/NAME`
+The manifests are plain YAML and Kustomize (docs/how-to/kubernetes.md): `kubectl apply -k serving/k8s/overlays/NAME`
 deploys, and Argo CD or Flux render the same overlays. Nothing here renders them: `python -m serving.manifests
 check [--out-dir build/k8s]` runs `kubectl kustomize` on each overlay, writes build/k8s/NAME.yaml, validates every
 object strictly against the pinned Kubernetes version (the offline schemas of `kubernetes-validate`) and prints one

@@ -35,7 +35,7 @@ STEPS, EVERY = 16, 4
 # worker's own BatchNorm statistics would move it 1e-3, its own negatives only ~0.7 (log 62/2 -> log 30/2).
 FIRST_STEP = 1e-4
 # Later steps: those float differences pass through the tiny network's early BatchNorm gradients, which amplify
-# them (README "Training"): on one device, swapping the fused BatchNorm kernel for the two-pass formula moves the
+# them (docs/how-to/train.md): on one device, swapping the fused BatchNorm kernel for the two-pass formula moves the
 # loss by 0.045 at the sixth step at --lr 1e-3. Single steps then differ by up to 0.075 at --lr 2e-4 (one batch
 # against another varies as much); the means of each 8 steps stayed within 0.025.
 WINDOW, CURVE = 8, 0.04

@@ -647,7 +647,7 @@ def test_training_job_runs_every_worker_with_its_own_tf_config_and_shares_the_ru
 
 
 def test_the_training_knobs_keep_workers_gpus_batch_and_readers_together(tmp_path):
-    """3 workers of 2 GPUs: the overlay's knob patch edited as the README says; the rest follows."""
+    """3 workers of 2 GPUs: the overlay's knob patch edited as docs/how-to/kubernetes.md says; the rest follows."""
     overlays = tree(tmp_path)
     path = overlays / "training" / "kustomization.yaml"
     text = path.read_text()

@@ -70,7 +70,7 @@ def trainer(world) -> tuple[Trainer, list, list[float]]:
 def test_steps_lower_the_loss_on_a_fixed_batch(trainer):
     tr, batches, losses = trainer
     assert batches[0].clips.shape == (4, 16, 64, 64, 3) and len(batches[0].texts) == 8
-    # Over batches of two corpus seeds the last three steps sat 18-27% below the first (README, "Training"):
+    # Over batches of two corpus seeds the last three steps sat 18-27% below the first (docs/how-to/train.md):
     # half the smallest drop is the bar, and the loss must fall over each half of the run, not just wander.
     assert np.mean(losses[-3:]) < 0.92 * losses[0], losses
     assert losses[0] > np.mean(losses[6:9]) > np.mean(losses[-3:]), losses

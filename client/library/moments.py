@@ -20,8 +20,8 @@ alone covers a part of one. The rule, for one video's window scores against a qu
    first (by their best window), the first holding the video's best window.
 
 `GROW` was chosen on the demo world's story videos (corpus seeds 0-7, 4 s events, 1.6 s windows at half-window
-stride), where 0.15-0.25 all gave about the same figures; `make moments` measures seeds 0-4 (README, "The
-demo"). It is a property of that synthetic world, not a measurement on real video.
+stride), where 0.15-0.25 all gave about the same figures; `make moments` measures seeds 0-4
+(docs/explanation/benchmarks.md). It is a property of that synthetic world, not a measurement on real video.
 """
 from __future__ import annotations
 

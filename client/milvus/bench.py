@@ -83,7 +83,7 @@ def sizing(windows: int) -> tuple[tuple[float, float, float], list[int]]:
 
 
 def capacity() -> None:
-    """What Milvus Distributed needs to hold 100M and 1B windows (the README's sizing: 100,000 hours are 112.5M
+    """What Milvus Distributed needs to hold 100M and 1B windows (docs/how-to/milvus.md sizing: 100,000 hours are 112.5M
     windows of the released model), for the index types that matter at that size: HNSW (float32 vectors and a
     graph in memory; what AUTOINDEX gives on open-source Milvus, the store's choice), IVF_SQ8 (8-bit codes in
     memory, ~4x less) and DiskANN (vectors on NVMe, ~1/8 in memory), and the query nodes holding them."""
