@@ -12,7 +12,7 @@ export DISABLE_MKDOCS_2_WARNING ?= true
 export NO_MKDOCS_2_WARNING ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup lock browser test typecheck docs docs-serve ui k8s-check image client-image train-image demo demo-model moments corpus standin model export serve bench clean
+.PHONY: help setup lock browser test typecheck docs docs-serve ui k8s-check image client-image train-image demo demo-model moments train-compare corpus standin model export serve bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -82,6 +82,9 @@ demo: setup ## the main job, offline: serve the trained demo model, search held-
 moments: setup ## moment figures of the demo model on the held-out clips and stories of corpus seeds 0-4: the best window alone against moments
 	@ls -d $(DEMO_MODEL_DIR)/[0-9]* >/dev/null 2>&1 || $(PY) -m export --source $(DEMO_MODULE) --model-dir $(DEMO_MODEL_DIR)
 	$(PY) -m serving.demo --model-dir $(DEMO_MODEL_DIR) --out out/moments --seeds 0 1 2 3 4
+
+train-compare: setup ## the trainer against a plain MIL-NCE loop, per seed on fresh 120-video corpora (seeds 0-3, ~25 min; out/train-compare, resumable)
+	$(PY) -m model.plain_bench compare --root out/train-compare --seeds 0 1 2 3
 
 corpus: $(CORPUS)/corpus.json ## generate the narrated demo world (out/corpus: train/, heldout/, story/)
 

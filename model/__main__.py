@@ -2,7 +2,7 @@
 
   python -m model standin OUT [--size tiny|full] [--seed N] [--vocab asset|graph] [--variables ...]
   python -m model from-torch s3d_howto100m.pth s3d_dict.npy OUT     (the released weights, via the PyTorch port)
-  python -m model corpus OUT [--videos N] [--seed S]                  (a narrated demo world)
+  python -m model corpus OUT [--videos N] [--seed S] [--heldout N]    (a narrated demo world)
   python -m model train --data DIR --out MODULE_DIR [--size tiny|full] [--steps N] ...   (MIL-NCE training)
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from s3d_retrieval.client.files import folder_bytes
 from s3d_retrieval.model.config import SIZES, VARIABLE_KINDS, VOCAB_LAYOUTS
-from s3d_retrieval.model.corpus import TRAIN_VIDEOS
+from s3d_retrieval.model.corpus import ALL_EVENTS, HELDOUT, TRAIN_VIDEOS
 from s3d_retrieval.model.quiet import add_verbose_flag, quiet_tensorflow
 
 
@@ -39,12 +39,14 @@ def main(argv: list[str] | None = None) -> int:
     corpus.add_argument("out", type=Path, help="folder to create (must not exist)")
     corpus.add_argument("--videos", type=int, default=TRAIN_VIDEOS, help=f"training videos ({TRAIN_VIDEOS})")
     corpus.add_argument("--seed", type=int, default=0)
+    corpus.add_argument("--heldout", type=int, default=HELDOUT,
+                        help=f"held-out clips, one query each ({HELDOUT}; at most {len(ALL_EVENTS) - 10})")
     add_train_parser(verbs)
     for verb in verbs.choices.values():
         add_verbose_flag(verb)
     args = parser.parse_args(argv)
     if args.verb == "corpus":
-        return write_demo_corpus(args.out, args.videos, args.seed)
+        return write_demo_corpus(args.out, args.videos, args.seed, args.heldout)
     if args.verb == "train":
         return run_training(args)
     if args.out.exists():
@@ -154,7 +156,7 @@ def run_training(args) -> int:
     return 0
 
 
-def write_demo_corpus(out: Path, videos: int, seed: int) -> int:
+def write_demo_corpus(out: Path, videos: int, seed: int, heldout: int = HELDOUT) -> int:
     from s3d_retrieval.model.corpus import write_corpus
 
     if out.exists():
@@ -163,7 +165,10 @@ def write_demo_corpus(out: Path, videos: int, seed: int) -> int:
     if videos < 2:
         print("error: --videos must be at least 2", file=sys.stderr)
         return 2
-    summary = write_corpus(out, videos=videos, seed=seed)
+    if not 1 <= heldout <= len(ALL_EVENTS) - 10:  # the held-out clips and the story's 10 events are all different
+        print(f"error: --heldout must be 1 to {len(ALL_EVENTS) - 10}", file=sys.stderr)
+        return 2
+    summary = write_corpus(out, videos=videos, heldout=heldout, seed=seed)
     print(f"wrote {out}: {videos} narrated videos in train/, {summary['heldout']} held-out clips with "
           f"queries in heldout/, a {summary['story_seconds']:.0f} s story video with {summary['story_events']} "
           f"events in story/")

@@ -29,6 +29,7 @@ SIDE = 128  # pixels; the model samples them down to its own size
 EVENT_SECONDS = 4.0
 GAP_SECONDS = 1.0
 MAX_SHIFT = 2.0  # narration lines start up to this many seconds before or after their event
+HELDOUT = 32  # held-out clips, one query each
 TRAIN_VIDEOS = 400  # enough variety that the tiny network learns the attributes rather than the videos
 # The committed demo model: the tiny network trained on this world (`make demo-model`); `make demo` serves it.
 DEMO_MODULE = Path(__file__).resolve().parent / "demo" / "s3d-demo-tiny"
@@ -186,7 +187,7 @@ def narration(spans: list[tuple[float, float, Event]], duration: float, rng: np.
     return lines
 
 
-def write_corpus(out: Path, videos: int = TRAIN_VIDEOS, events_per_video: int = 4, heldout: int = 32,
+def write_corpus(out: Path, videos: int = TRAIN_VIDEOS, events_per_video: int = 4, heldout: int = HELDOUT,
                  story_events: int = 10, seed: int = 0) -> dict:
     """Write the corpus to `out` (which must not exist) through a temporary sibling; returns its summary.
 

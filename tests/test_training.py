@@ -22,7 +22,7 @@ from s3d_retrieval.client.library.search import search
 from s3d_retrieval.export.pipeline import export_model
 from s3d_retrieval.model.__main__ import main as model_main
 from s3d_retrieval.model.clips import ClipSampling, Plan
-from s3d_retrieval.model.corpus import write_corpus
+from s3d_retrieval.model.corpus import ALL_EVENTS, write_corpus
 from s3d_retrieval.model.hub_format import read_module
 from s3d_retrieval.model.layers import BatchNorm
 from s3d_retrieval.model.narration import DataError, read_dataset
@@ -259,6 +259,10 @@ def test_bad_training_input_is_one_line_and_writes_no_module(world, tmp_path, ca
     assert "--batch must be at least 2" in capsys.readouterr().err
     assert model_main(["train", "--data", str(empty), "--out", str(out), "--readers", "0"]) == 2
     assert "--readers must be >= 1" in capsys.readouterr().err
+    assert not out.exists()
+    for heldout in ("0", str(len(ALL_EVENTS) - 9)):  # the held-out clips' events and the story's are all different
+        assert model_main(["corpus", str(out), "--videos", "2", "--heldout", heldout]) == 2
+        assert f"--heldout must be 1 to {len(ALL_EVENTS) - 10}" in capsys.readouterr().err
     assert not out.exists()
 
 
