@@ -12,7 +12,7 @@ export DISABLE_MKDOCS_2_WARNING ?= true
 export NO_MKDOCS_2_WARNING ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup lock browser test typecheck docs docs-serve ui k8s-check image client-image train-image demo demo-model moments train-compare corpus standin model export serve bench clean
+.PHONY: help setup lock browser test typecheck docs docs-shots docs-serve ui k8s-check image client-image train-image demo demo-model moments train-compare corpus standin model export serve bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -50,6 +50,9 @@ typecheck: setup ## mypy over the whole package, as installed (settings in pypro
 
 docs: setup ## build the documentation site strictly into build/site (its reference pages generated from the code)
 	$(PY) -m mkdocs build --strict
+
+docs-shots: docs browser ## look at the built site as a reader would: screenshots in headless Chromium (build/site-shots/); fails on a request that leaves loopback
+	$(PY) docs/gen/screenshots.py
 
 docs-serve: setup ## browse the documentation at http://127.0.0.1:8000/ while editing it
 	$(PY) -m mkdocs serve

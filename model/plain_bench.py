@@ -1,6 +1,8 @@
 """The trainer against a plain MIL-NCE loop, for sample efficiency (docs/how-to/train.md).
 
   python -m model.plain_bench compare --root DIR [--seeds 0 1 2 3] [--steps 800] [--batch 16] [--label trainer]
+        [--only trainer|plain] [--plain-label plain-X --plain-args "--draw instant"] [--train-args "..."]
+  python -m model.plain_bench table --root DIR
   python -m model.plain_bench plain --data DIR/train --heldout DIR/heldout/queries.csv --out RUN.json [--seed S]
 
 `plain` is the loop a reader would write first, over the project's network, loss, vocabulary and held-out
@@ -16,7 +18,8 @@ weights (`initial_module`, as the trainer's) and the draws.
 loop with the same steps, batch and seed; each in its own process, one at a time, its output in DIR/logs/. Results
 are kept in DIR/results.json by (label, seed), so an interrupted comparison resumes and a run done is not done
 again; `--label` names the trainer's runs (e.g. `before` and `after` a change, side by side in one table).
-Prints seed, R@1, R@5 and median rank of each, then their mean, standard deviation and range.
+Prints seed, R@1, R@5 and median rank of each, then their mean, standard deviation and range, and each label's
+difference from the first, paired by seed.
 
 The ablation flags of `plain` (`--draw instant`, `--distinct`, `--warmup`, `--deterministic`) each give it one
 of the trainer's choices, to find which of them costs what.
@@ -107,7 +110,8 @@ def run_plain(data: Path, heldout: Path, steps: int, batch: int, seed: int, cand
     rng = np.random.default_rng(seed)
     losses = []
     for s in range(steps):
-        picks = rng.choice(len(videos), batch, replace=False) if distinct else rng.integers(len(videos), size=batch)
+        picks = (rng.choice(len(videos), batch, replace=len(videos) < batch) if distinct
+                 else rng.integers(len(videos), size=batch))
         clips, texts = [], []
         for v in picks:
             lines = videos[v].lines
@@ -158,18 +162,19 @@ def compare(root: Path, seeds: list[int], steps: int, batch: int, labels: dict[s
                 continue
             run = root / "runs" / f"{name}{seed}"
             if what == "trainer":
-                _run([python, "-m", "model", "train", "--data", str(corpus / "train"), "--out", str(run), "--steps",
-                      str(steps), "--batch", str(batch), "--seed", str(seed), "--heldout", str(queries),
-                      *extra["trainer"]],
-                     root / "logs" / f"{name}{seed}.log")
+                if not (run / "manifest.json").is_file():  # a run done before an interruption is kept
+                    _run([python, "-m", "model", "train", "--data", str(corpus / "train"), "--out", str(run),
+                          "--steps", str(steps), "--batch", str(batch), "--seed", str(seed), "--heldout",
+                          str(queries), *extra["trainer"]], root / "logs" / f"{name}{seed}.log")
                 manifest = json.loads((run / "manifest.json").read_text())
                 with open(run.parent / f"{run.name}.train" / "log.csv") as f:
                     losses = [float(row.split(",")[1]) for row in f.read().splitlines()[1:]]
                 results[key] = _figures(manifest["heldout"], losses, manifest["seconds_this_session"])
             else:
-                _run([python, "-m", "model.plain_bench", "plain", "--data", str(corpus / "train"), "--heldout",
-                      str(queries), "--out", f"{run}.json", "--steps", str(steps), "--batch", str(batch), "--seed",
-                      str(seed), *extra[PLAIN]], root / "logs" / f"{name}{seed}.log")
+                if not Path(f"{run}.json").is_file():
+                    _run([python, "-m", "model.plain_bench", "plain", "--data", str(corpus / "train"), "--heldout",
+                          str(queries), "--out", f"{run}.json", "--steps", str(steps), "--batch", str(batch),
+                          "--seed", str(seed), *extra[PLAIN]], root / "logs" / f"{name}{seed}.log")
                 done = json.loads(Path(f"{run}.json").read_text())
                 results[key] = _figures(done["heldout"], done["losses"], done["seconds"])
             results[key].update(steps=steps, batch=batch)
@@ -206,6 +211,18 @@ def table(results: dict) -> None:
             else:
                 cells.append(" / ".join(f"{fn(c):.2f}" if i < 2 else f"{fn(c):.1f}" for i, c in enumerate(columns)))
         print(f"{what:>8}" + "".join(f"{c:>34}" for c in cells))
+    # Paired by seed (one corpus, one initialisation each): the differences cancel what the corpus and the
+    # initial weights do to both, which the spread across seeds above does not.
+    for label in labels[1:]:
+        common = [s for s in seeds if f"{label}/{s}" in results and f"{labels[0]}/{s}" in results]
+        if len(common) < 2:
+            continue
+        line = []
+        for k in ("R@1", "MdR"):
+            d = np.array([results[f"{label}/{s}"][k] - results[f"{labels[0]}/{s}"][k] for s in common])
+            line.append(f"{k} {d.mean():+.3f} ± {d.std(ddof=1) / math.sqrt(len(d)):.3f}")
+        print(f"{label} minus {labels[0]}, paired over {len(common)} seeds (mean ± standard error): "
+              + ", ".join(line))
 
 
 def main(argv: list[str] | None = None) -> int:
