@@ -86,8 +86,8 @@ moments: setup ## moment figures of the demo model on the held-out clips and sto
 	@ls -d $(DEMO_MODEL_DIR)/[0-9]* >/dev/null 2>&1 || $(PY) -m export --source $(DEMO_MODULE) --model-dir $(DEMO_MODEL_DIR)
 	$(PY) -m serving.demo --model-dir $(DEMO_MODEL_DIR) --out out/moments --seeds 0 1 2 3 4
 
-train-compare: setup ## the trainer against a plain MIL-NCE loop, per seed on fresh 120-video corpora (seeds 0-3, ~25 min; out/train-compare, resumable)
-	$(PY) -m model.plain_bench compare --root out/train-compare --seeds 0 1 2 3
+train-compare: setup ## the trainer against a plain MIL-NCE loop, per seed on fresh 120-video corpora (seeds 0-3, ~25 min; out/train-compare keeps runs by LABEL and seed: after a change, give a new LABEL=...)
+	$(PY) -m model.plain_bench compare --root out/train-compare --seeds 0 1 2 3 --label $(or $(LABEL),trainer)
 
 corpus: $(CORPUS)/corpus.json ## generate the narrated demo world (out/corpus: train/, heldout/, story/)
 

@@ -29,6 +29,10 @@ class ClipSampling:
     size: int
 
 
+# How a step's clips are drawn, recorded with a run: a run resumes only on the plan it began with. 1 drew each clip
+# around a random instant of its narration's span; 2 centres it on the narration.
+PLAN = 2
+
 # Per network size: the tiny one trains on small clips (CPU-friendly), the full one on the serving defaults.
 DEFAULT_SAMPLING = {"tiny": ClipSampling(16, FPS, 64), "full": ClipSampling(FRAMES, FPS, SIZE)}
 
@@ -107,7 +111,7 @@ class Plan:
     def _draw(self, rng: np.random.Generator, v: int) -> Draw:
         lines = self.videos[v].lines
         i = int(rng.integers(len(lines)))
-        centre = (lines[i].start + lines[i].end) / 2  # the narration's middle: where what it says is likeliest
+        centre = (lines[i].start + lines[i].end) / 2  # the narration's middle
         return Draw(v, i, max(0, int(round(centre * self.sampling.fps)) - self.sampling.frames // 2))
 
     def texts(self, draw: Draw) -> list[str]:

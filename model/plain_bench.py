@@ -2,7 +2,7 @@
 
   python -m model.plain_bench compare --root DIR [--seeds 0 1 2 3] [--steps 800] [--batch 16] [--label trainer]
         [--only trainer|plain] [--plain-label plain-X --plain-args "--draw instant"] [--train-args "..."]
-  python -m model.plain_bench table --root DIR
+  python -m model.plain_bench table --root DIR [--baseline LABEL ...]
   python -m model.plain_bench plain --data DIR/train --heldout DIR/heldout/queries.csv --out RUN.json [--seed S]
 
 `plain` is the loop a reader would write first, over the project's network, loss, vocabulary and held-out
@@ -182,10 +182,12 @@ def compare(root: Path, seeds: list[int], steps: int, batch: int, labels: dict[s
     table(results)
 
 
-def table(results: dict) -> None:
-    """Per seed R@1 / R@5 / MdR of every label, then mean, standard deviation (n-1) and range per label."""
+def table(results: dict, baselines: list[str] | None = None) -> None:
+    """Per seed R@1 / R@5 / MdR (loss) of every label; mean, standard deviation (n-1) and range per label; then
+    every other label minus each baseline (default: the first label), paired by seed."""
     labels = sorted({key.split("/")[0] for key in results}, key=lambda n: (n.startswith(PLAIN), n))
     seeds = sorted({int(key.split("/")[1]) for key in results})
+    metrics = ("R@1", "R@5", "MdR", "loss_last_100")
     print(f"\nheld-out text->video, {VIDEOS} training videos; R@1 / R@5 / median rank (loss, mean of the last 100 "
           "steps)")
     print(f"{'seed':>8}" + "".join(f"{label:>34}" for label in labels))
@@ -196,33 +198,30 @@ def table(results: dict) -> None:
             cells.append(f"{r['R@1']:.2f} / {r['R@5']:.2f} / {r['MdR']:>4g} ({r['loss_last_100']:.2f})"
                          if r else "-")
         print(f"{seed:>8}" + "".join(f"{c:>34}" for c in cells))
-    for what, fn in (("mean", np.mean), ("std", lambda x: np.std(x, ddof=1) if len(x) > 1 else math.nan),
-                     ("min-max", None)):
+    for what in ("mean", "std", "min-max"):
         cells = []
         for label in labels:
             rows = [results[f"{label}/{s}"] for s in seeds if f"{label}/{s}" in results]
-            if not rows:
-                cells.append("-")
+            r1, r5, mdr, loss = ([r[k] for r in rows] for k in metrics)
+            if what == "min-max":
+                cells.append(f"{min(r1):.2f}-{max(r1):.2f} / {min(r5):.2f}-{max(r5):.2f} / {min(mdr):g}-{max(mdr):g}")
                 continue
-            columns = [[r[k] for r in rows] for k in ("R@1", "R@5", "MdR")]
-            if fn is None:
-                cells.append(" / ".join(f"{min(c):.2f}-{max(c):.2f}" if i < 2 else f"{min(c):g}-{max(c):g}"
-                                        for i, c in enumerate(columns)))
-            else:
-                cells.append(" / ".join(f"{fn(c):.2f}" if i < 2 else f"{fn(c):.1f}" for i, c in enumerate(columns)))
+            fn = np.mean if what == "mean" else (lambda x: np.std(x, ddof=1) if len(x) > 1 else math.nan)
+            cells.append(f"{fn(r1):.2f} / {fn(r5):.2f} / {fn(mdr):.1f} ({fn(loss):.2f})")
         print(f"{what:>8}" + "".join(f"{c:>34}" for c in cells))
     # Paired by seed (one corpus, one initialisation each): the differences cancel what the corpus and the
     # initial weights do to both, which the spread across seeds above does not.
-    for label in labels[1:]:
-        common = [s for s in seeds if f"{label}/{s}" in results and f"{labels[0]}/{s}" in results]
-        if len(common) < 2:
-            continue
-        line = []
-        for k in ("R@1", "MdR"):
-            d = np.array([results[f"{label}/{s}"][k] - results[f"{labels[0]}/{s}"][k] for s in common])
-            line.append(f"{k} {d.mean():+.3f} ± {d.std(ddof=1) / math.sqrt(len(d)):.3f}")
-        print(f"{label} minus {labels[0]}, paired over {len(common)} seeds (mean ± standard error): "
-              + ", ".join(line))
+    for base in baselines or labels[:1]:
+        for label in labels:
+            common = [s for s in seeds if f"{label}/{s}" in results and f"{base}/{s}" in results]
+            if label == base or len(common) < 2:
+                continue
+            line = []
+            for k in metrics[:3]:
+                d = np.array([results[f"{label}/{s}"][k] - results[f"{base}/{s}"][k] for s in common])
+                line.append(f"{k} {d.mean():+.3f} ± {d.std(ddof=1) / math.sqrt(len(d)):.3f}")
+            print(f"{label} minus {base}, paired over {len(common)} seeds (mean ± standard error): "
+                  + ", ".join(line))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -255,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     cmp.add_argument("--plain-args", default="", help="extra arguments for `plain` (its ablation flags), one string")
     show = verbs.add_parser("table", help="print the table of the results kept in ROOT/results.json")
     show.add_argument("--root", type=Path, required=True)
+    show.add_argument("--baseline", nargs="+", help="labels to pair the others with (default: the first)")
     args = parser.parse_args(argv)
     if args.verb == "plain":
         done = run_plain(args.data, args.heldout, args.steps, args.batch, args.seed, args.candidates, args.lr,
@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
                 [args.only] if args.only else ["trainer", PLAIN],
                 {"trainer": args.train_args.split(), PLAIN: args.plain_args.split()})
     else:
-        table(json.loads((args.root / "results.json").read_text()))
+        table(json.loads((args.root / "results.json").read_text()), args.baseline)
     return 0
 
 

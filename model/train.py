@@ -42,7 +42,7 @@ from s3d_retrieval.client.files import atomic_write
 from s3d_retrieval.client.library.evalset import read_sentences
 from s3d_retrieval.client.library.evaluate import clip_scores
 from s3d_retrieval.client.library.metrics import ranks, summary
-from s3d_retrieval.model.clips import Batch, ClipSampling, Plan, read_clip
+from s3d_retrieval.model.clips import PLAN, Batch, ClipSampling, Plan, read_clip
 from s3d_retrieval.model.config import SIZES
 from s3d_retrieval.model.distribute import Cluster, cluster_from_environment
 from s3d_retrieval.model.hub_format import Module, read_module, write_module
@@ -80,6 +80,7 @@ class Settings:
     heldout: str | None = None
     precision: str = "float32"
     lr_decay: str = "none"
+    plan: int = PLAN  # how the clips are drawn (model.clips.PLAN); not a flag
 
     def as_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -267,6 +268,10 @@ def train(settings: Settings, out: Path, checkpoint_every: int = 100, progress: 
     run_file = work / RUN
     if run_file.is_file():
         previous = json.loads(run_file.read_text())
+        if previous.get("plan", 1) != settings.plan:
+            raise DataError(f"{work} holds a run begun by a trainer that drew its clips another way (plan "
+                            f"{previous.get('plan', 1)}, this one {settings.plan}), so it cannot resume on the same "
+                            f"clips: remove {work} to start afresh")
         if previous != json.loads(json.dumps(settings.as_json())):
             raise DataError(f"{work} holds a run with other settings; pass the same ones to resume it, "
                             f"or remove {work} to start afresh")

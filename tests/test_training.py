@@ -280,6 +280,11 @@ def test_a_changed_run_is_not_resumed_silently(world, tmp_path):
     (work / "run.json").write_text(json.dumps(settings(world, 6).as_json()))
     with pytest.raises(DataError, match="holds a run with other settings"):
         train(settings(world, 6, lr=5e-4), tmp_path / "m", progress=False, log=lambda _: None)
+    begun_before = {k: v for k, v in settings(world, 6).as_json().items() if k != "plan"}  # by the trainer of plan 1
+    (work / "run.json").write_text(json.dumps(begun_before))
+    with pytest.raises(DataError, match="drew its clips another way \\(plan 1, this one 2\\)"):
+        train(settings(world, 6), tmp_path / "m", progress=False, log=lambda _: None)
+    assert not (tmp_path / "m").exists()
 
 
 def test_synchronised_batchnorm_computes_what_the_fused_kernel_does():
