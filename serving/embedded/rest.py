@@ -123,12 +123,14 @@ def make_handler(api: Api, metrics_path: str | None) -> type[BaseHTTPRequestHand
             verb = "predict" if method == "POST" and match and match["verb"] == ":predict" else ""
             start, status = time.perf_counter(), "OK"
             try:
-                self._json(200, self._answer(method, match))
+                code, payload = 200, self._answer(method, match)
             except ServingError as err:
                 status = err.code.name
-                self._json(HTTP_STATUS.get(err.code, 500), {"error": err.message})
-            finally:  # every REST request counts, its latency only when it succeeded (TF Serving's http_server)
+                code, payload = HTTP_STATUS.get(err.code, 500), {"error": err.message}
+            finally:  # every REST request counts, its latency only when it succeeded (TF Serving's http_server);
+                # counted before the answer leaves, so whoever has the answer finds it counted
                 api.metrics.request(model, verb, "REST", status, time.perf_counter() - start)
+            self._json(code, payload)
 
         def _answer(self, method: str, match: re.Match | None) -> dict:
             if not match or (method == "POST") != (match["verb"] == ":predict"):
