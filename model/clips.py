@@ -84,8 +84,8 @@ class Batch:
 
 class Plan:
     """Draws the clips of step `step` deterministically: distinct videos, a narration in each, the clip centred
-    on it (drawn at a random instant of the narration instead, the clips missed more of what was said and the
-    trainer learned less per step than a plain loop: docs/how-to/train.md).
+    on it (drawn at a random instant of the narration's span, a clip could sit half outside what was said; see
+    docs/how-to/train.md).
 
     A slot whose video cannot be read takes a replacement drawn from (seed, step, slot, attempt) among the
     videos the step did not plan, so what a step trains on depends on the data and (seed, step) only.
