@@ -349,3 +349,38 @@ def test_a_full_build_opens_each_shard_once(tmp_path, monkeypatch):
         monkeypatch.setattr(Index, "_shard", lambda self, shard: opened.append(shard) or real(self, shard))
         index.refresh_search()
     assert len(opened) == 2 == len(set(opened))
+
+
+def test_a_reader_following_promotes_holds_two_stores_at_most():
+    """Each promote leaves a store open for the requests still on it; the one before it is closed, so a page that
+    lives through many promotes does not pile up connections."""
+    from s3d_retrieval.client.library.reader import Reader
+
+    class Named:  # a store opened by a name; `points` is where the name points now
+        points, opened = 0, []
+
+        def __init__(self):
+            self.target, self.closed = Named.points, False
+            Named.opened.append(self)
+
+        def resolve(self):
+            return Named.points
+
+        def view(self, lender, kind, nprobe):
+            return object()
+
+        def outdated(self, view):
+            return False
+
+        def close(self):
+            self.closed = True
+
+    reader = Reader(Named)
+    first = reader.current()
+    for promote in range(1, 5):
+        Named.points = promote
+        now = reader.current()
+        assert now.store.target == promote and now.store is not first.store
+        assert sum(not store.closed for store in Named.opened) == 2  # the current one and the one just left
+    reader.close()
+    assert all(store.closed for store in Named.opened) and len(Named.opened) == 5

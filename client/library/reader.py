@@ -4,8 +4,8 @@ once and loaded again only when the store changed, so a search costs the search,
 Whether the store changed, and whether the name it was opened by now points at another index (`promote`), is
 asked at most every `check_every` seconds (0: before every search; one SQLite row and a path for a folder). While
 one caller loads the new view, the others keep answering from the one before; after a promote, a request in
-flight finishes on the index it began on (the stores a promote left stay open until the reader closes: a few
-connections, no views).
+flight finishes on the index it began on: the store the last promote left stays open (no views), and the one
+before it is closed when a promote comes again, so a long-lived reader holds two stores at most.
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ class Reader:
         """`open_store()`: the index, for reading, as its location (a name, perhaps) gives it now."""
         self.open_store, self.check_every = open_store, check_every
         self.store = open_store()
-        self._left: list[Store] = []  # the stores promotes left, kept for the requests still on them
+        self._left: Store | None = None  # the store the last promote left, kept for the requests still on it
         self._views: OrderedDict[tuple[str | None, int | None], tuple[Current, float]] = OrderedDict()
         self._loading = threading.Lock()
 
@@ -66,11 +66,13 @@ class Reader:
     def _follow(self) -> None:
         """Open the index the name points at now; the store before stays open for requests still on its views."""
         fresh = self.open_store()
-        self._left.append(self.store)
-        self.store = fresh
+        if self._left is not None:  # two promotes ago: no request is still on it
+            self._left.close()
+        self._left, self.store = self.store, fresh
         self._views.clear()
 
     def close(self) -> None:
         self._views.clear()
-        for store in [*self._left, self.store]:
-            store.close()
+        for store in (self._left, self.store):
+            if store is not None:
+                store.close()
