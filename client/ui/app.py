@@ -84,7 +84,7 @@ def create_app(catalog: Catalog, client: Client, probe: Client) -> Starlette:
                           _number(request, "min_duration", float, low=0),
                           _number(request, "max_duration", float, low=0))
         snapshot = catalog.current()
-        version = client.session_for(snapshot.view.model_version, catalog.folder).version  # 503 when it is not served
+        version = client.session_for(snapshot.view.model_version, snapshot.store.where).version  # 503: not served
         try:
             result = search_view(lambda sentences: texts.embed(version, sentences), queries, snapshot.view, top,
                                  filters, moments, likes)
@@ -104,8 +104,9 @@ def create_app(catalog: Catalog, client: Client, probe: Client) -> Starlette:
         index: dict = {"folder": str(catalog.folder), "loaded": False}
         server: dict = {"address": probe.options.address, "model": probe.options.model, "reachable": False}
         try:
-            view = catalog.current().view
-            index.update(loaded=True, generation=view.generation, videos=view.videos, windows=view.windows,
+            snapshot = catalog.current()
+            view = snapshot.view
+            index.update(folder=str(snapshot.store.where), loaded=True, generation=view.generation, videos=view.videos, windows=view.windows,
                          search=view.kind, stale=view.stale, model_version=view.model_version)
         except (StoreError, OSError, sqlite3.Error) as err:
             index["error"] = str(err)
@@ -113,7 +114,7 @@ def create_app(catalog: Catalog, client: Client, probe: Client) -> Starlette:
             server.update(versions=sorted(v for v, state, _, _ in probe.status() if state == "AVAILABLE"),
                           labels=probe.labels(), reachable=True)
             if index["loaded"]:  # the version the index needs, served (else the sentence that says what is)
-                server["version"] = probe.session_for(index["model_version"], catalog.folder).version
+                server["version"] = probe.session_for(index["model_version"], index["folder"]).version
         except ServerError as err:  # reachable, but without the version (or refusing): still an answer
             server.update(error=str(err), reachable=err.code is None or err.code.name not in UNREACHABLE)
         ok = index["loaded"] and "version" in server

@@ -28,6 +28,7 @@ class NotServed(Exception):
 
 @dataclass(frozen=True)
 class Snapshot:
+    store: Store  # the index the view was read from (after a promote, not the one the name points at now)
     view: View  # the entries at one generation, and how to search them
     roots: list[str]  # real folders whose files may be sent
 
@@ -58,10 +59,10 @@ class Catalog:
     def current(self) -> Snapshot:
         """The loaded state; loaded anew first when a writer committed since (checked at most every
         `check_every` seconds). While one request loads, the others answer from the state before."""
-        view = self.reader.current().view
+        now = self.reader.current()
         snapshot = self._snapshot
-        if snapshot is None or snapshot.view is not view:
-            snapshot = self._snapshot = Snapshot(view, self._library(view))
+        if snapshot is None or snapshot.view is not now.view:
+            snapshot = self._snapshot = Snapshot(now.store, now.view, self._library(now.view))
         return snapshot
 
     def _library(self, view: View) -> list[str]:
@@ -86,12 +87,14 @@ class Catalog:
             stat = os.stat(real)
         except OSError as err:
             raise NotServed(404, f"{video!r} cannot be read now ({err.strerror}); run index again") from None
-        if (stat.st_size, stat.st_mtime) != (entry.size, entry.mtime) and not self._touched(entry, stat):
+        unchanged = (stat.st_size, stat.st_mtime) == (entry.size, entry.mtime)
+        if not unchanged and not self._touched(snapshot.store, entry, stat):
             raise NotServed(409, f"{video!r} changed since it was indexed; run index again to serve it")
         return real
 
-    def _touched(self, loaded: Entry, stat: os.stat_result) -> bool:
+    @staticmethod
+    def _touched(store: Store, loaded: Entry, stat: os.stat_result) -> bool:
         """The file as `index` last recorded it, with the loaded entry's content: a re-run that found its bytes
         unchanged records a new modification time without a new generation, so the loaded entry can be older."""
-        now = self.reader.store.entry(loaded.path)
+        now = store.entry(loaded.path)
         return now is not None and now.sha256 == loaded.sha256 and (stat.st_size, stat.st_mtime) == (now.size, now.mtime)
