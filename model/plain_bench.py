@@ -21,8 +21,8 @@ again; `--label` names the trainer's runs (e.g. `before` and `after` a change, s
 Prints seed, R@1, R@5 and median rank of each, then their mean, standard deviation and range, and each label's
 difference from the first, paired by seed.
 
-The ablation flags of `plain` (`--draw instant`, `--distinct`, `--warmup`, `--deterministic`) each give it one
-of the trainer's choices, to find which of them costs what.
+The ablation flags of `plain` each give it one of the trainer's choices (`--distinct`, `--warmup`,
+`--deterministic`), or the trainer's draw before plan 2 (`--draw instant`), to find which of them costs what.
 """
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def cut(frames: np.ndarray, centre: float, fps: float, length: int) -> np.ndarra
 
 
 def run_plain(data: Path, heldout: Path, steps: int, batch: int, seed: int, candidates: int = 2, lr: float = 1e-3,
-              draw: str = "centre", distinct: bool = False, warmup: float = 0.0, deterministic: bool = False,
+              draw: str = "centre", distinct: bool = False, warmup: bool = False, deterministic: bool = False,
               log=print) -> dict:
     """Train the tiny network with the plain loop; its held-out figures, loss curve and time."""
     quiet_tensorflow()
@@ -73,7 +73,7 @@ def run_plain(data: Path, heldout: Path, steps: int, batch: int, seed: int, cand
     from s3d_retrieval.model.narration import read_dataset
     from s3d_retrieval.model.network import Network
     from s3d_retrieval.model.text import vocabulary_table
-    from s3d_retrieval.model.train import Settings, heldout_figures, initial_module
+    from s3d_retrieval.model.train import Settings, heldout_figures, initial_module, schedule
     from s3d_retrieval.model.weights import assign
 
     if deterministic:
@@ -91,9 +91,7 @@ def run_plain(data: Path, heldout: Path, steps: int, batch: int, seed: int, cand
         f"in {decoded:.0f} s")
     rate: float | keras.optimizers.schedules.LearningRateSchedule = lr
     if warmup:
-        ramp = max(1, int(steps * warmup))
-        rate = keras.optimizers.schedules.CosineDecay(lr / ramp, max(1, steps - ramp), alpha=1.0, warmup_target=lr,
-                                                      warmup_steps=ramp)
+        rate = schedule(settings)  # the trainer's own: 5% linear warm-up, then --lr held
     optimizer = keras.optimizers.Adam(rate)
     variables = net.trainable_variables
 
@@ -238,9 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     plain.add_argument("--candidates", type=int, default=2)
     plain.add_argument("--lr", type=float, default=1e-3)
     plain.add_argument("--draw", choices=("centre", "instant"), default="centre",
-                       help="the clip centred on its narration, or at a random instant of its span (the trainer's)")
+                       help="the clip centred on its narration, or at a random instant of its span (the trainer's before plan 2)")
     plain.add_argument("--distinct", action="store_true", help="each batch item a different video (the trainer's)")
-    plain.add_argument("--warmup", type=float, default=0.0, help="fraction of steps of linear warm-up (trainer: 0.05)")
+    plain.add_argument("--warmup", action="store_true", help="the trainer's learning-rate schedule (a 5%% warm-up)")
     plain.add_argument("--deterministic", action="store_true", help="op determinism on (the trainer's CLI)")
     cmp = verbs.add_parser("compare", help="corpus, trainer and plain loop for each seed; the table")
     cmp.add_argument("--root", type=Path, required=True, help="folder for corpora, runs, logs and results.json")
