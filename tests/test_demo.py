@@ -140,4 +140,6 @@ def test_the_tutorial_and_the_readme_run_as_written(demo_run, tmp_path):
     clips = sorted(str(p) for p in (home / "Videos").glob("*.webm"))
     assert "added 32" in said[0]
     listed = [line.split()[1] for line in said[2].splitlines()]  # the Python's three lines: score, video, span
-    assert len(listed) == 3 and set(listed) <= set(clips) and listed[0] in said[1]
+    assert len(listed) == 3 and set(listed) <= set(clips)
+    shown = sorted((c for c in clips if c in said[1]), key=said[1].index)  # the CLI's `search --top 3`
+    assert shown == listed, (said[1], listed)  # the same three videos in the same order as from Python

@@ -308,9 +308,11 @@ def test_a_bfloat16_step_trains_on_the_same_clips(world, trainer):
     net = Network(module.config, vocabulary_table(words=module.vocabulary))
     assign(net, module.weights)
     half = Trainer(net, s, freeze_words=False)
-    losses = {"float32": first[0], "bfloat16": half.step(batches[0].clips, batches[0].texts)}
-    # the same weights and clips: bfloat16's 2-3 digits move the loss a little, not to another value
-    assert losses["bfloat16"] != losses["float32"] and abs(losses["bfloat16"] / losses["float32"] - 1) < 0.05, losses
+    losses = [half.step(batches[0].clips, batches[0].texts) for _ in range(len(first))]
+    # the same weights and clips: bfloat16's 2-3 digits move the loss a little, not to another value...
+    assert losses[0] != first[0] and abs(losses[0] / first[0] - 1) < 0.05, (losses[0], first[0])
+    # ...and its steps train as float32's do (the bar of test_steps_lower_the_loss_on_a_fixed_batch)
+    assert np.mean(losses[-3:]) < 0.92 * losses[0], losses
 
 
 def test_bfloat16_runs_the_video_tower_in_bfloat16_and_keeps_its_embeddings(trainer):
