@@ -368,3 +368,31 @@ def test_a_milvus_alias_is_promoted_followed_and_rolled_back(served, library, tm
     assert cli(served, "promote", "--milvus", uri, "lib", "lib_v2", "--eval", str(labelled / "set.csv"), "--videos",
                str(labelled)) == 2  # the gate's own refusal, not a Milvus failure
     assert "lacks 1 video(s) of the labelled set" in capsys.readouterr().err
+
+
+def test_a_name_always_resolves_while_promote_moves_it(tmp_path, monkeypatch):
+    """The swap is one atomic rename: at every file-system call promote makes, the name still points at an index
+    (the old one until the rename, the new one after), never at nothing."""
+    import os
+
+    from s3d_retrieval.client.library.index import Folder
+    from s3d_retrieval.client.library.promote import FolderName
+
+    old, new, name = tmp_path / "lib-v1", tmp_path / "lib-v2", FolderName(tmp_path / "lib")
+    old.mkdir()
+    new.mkdir()
+    name.point(Folder(old))
+    seen: list[str] = []
+
+    def watched(call):
+        def run(*args, **kwargs):
+            seen.append(os.path.realpath(name.path))
+            assert name.path.exists(), f"{call.__name__}{args}: the name resolves to nothing"
+            return call(*args, **kwargs)
+        return run
+
+    for call in ("symlink", "replace", "rename", "unlink", "remove"):
+        monkeypatch.setattr(os, call, watched(getattr(os, call)))
+    name.point(Folder(new))
+    monkeypatch.undo()
+    assert os.path.realpath(name.path) == str(new) and seen and set(seen) == {str(old)}
